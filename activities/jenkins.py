@@ -1,0 +1,635 @@
+"""Jenkins activities: read a job's parameters, start the deploy build once, read its diff, answer or
+watch its `input` step, wait for its result, abort it.
+
+`JenkinsActivities` is built once by the worker and holds one python-jenkins client per worker thread
+(its `requests.Session` is not thread-safe). Every activity is a sync `def` run by the worker's thread
+pool, takes one model and returns one model. The polling activities heartbeat on every poll and notice
+cancellation cooperatively between polls (`no_thread_cancel_exception=True`: no exception is injected
+into a thread in the middle of a request on its client).
+
+Failures are classified where they happen:
+- 401/403 → non-retryable `JenkinsAuth` (names the URL and user, never the token); a 403 "No valid
+  crumb" is retryable `JenkinsCrumb` and the cached crumb is dropped so the retry fetches a fresh one.
+- 404 → non-retryable `JenkinsNotFound`; other 4xx → non-retryable `JenkinsRejected`.
+- 429 → retryable, honouring `Retry-After`; 5xx → retryable `JenkinsUnavailable`; connection errors and
+  timeouts → retryable `JenkinsUnreachable`.
+python-jenkins reports statuses in three ways (`JenkinsException("…[403]…")`, `NotFoundException`, or its
+own "does not exist" re-raised from either); the status is recovered from the exception chain.
+
+How the input step's answer is attributed: Jenkins prints "Approved by NAME" / "Rejected by NAME" (and
+"Aborted by NAME" for a stop) in the console, NAME being the user's display name. An answer counts as
+ours when NAME is our user id or its full name (read from `/me/api/json`) and its verb matches our
+decision; any other answer is reported as `answered_elsewhere`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, timedelta
+from typing import Any, TypeVar
+from urllib.parse import quote, unquote, urlsplit
+
+import jenkins
+import requests
+from temporalio import activity
+from temporalio.exceptions import ApplicationError, CancelledError
+
+from workflows.models import (
+    AbortBuildInput,
+    BuildRef,
+    BuildResult,
+    BuildResultInput,
+    InputActionInput,
+    InputActionResult,
+    JobParameter,
+    JobParametersInput,
+    JobParametersResult,
+    ReadDiffInput,
+    ReadDiffResult,
+    TriggerBuildInput,
+    TriggerBuildResult,
+    WaitBuildStartedInput,
+    WatchInputInput,
+    WatchInputResult,
+)
+
+T = TypeVar("T")
+
+#: A build of ours may carry a timestamp slightly before `not_before` (clock skew between us and Jenkins).
+NOT_BEFORE_SKEW = timedelta(seconds=2)
+
+#: What trigger_build reads of the job: its parameter definitions and its recent builds' parameters.
+_TRIGGER_TREE = (
+    "property[parameterDefinitions[name,type,defaultParameterValue[value],choices]],"
+    "builds[number,url,timestamp,queueId,actions[parameters[name,value]]]{0,100}"
+)
+_QUEUE_ID_TREE = "builds[number,url,queueId]{0,100}"
+_STATUS_IN_MESSAGE = re.compile(r"\[(\d{3})\]")
+_ANSWER_LINE = re.compile(r"^(Approved|Rejected|Aborted) by (.+?)\s*$")
+_ANSWER_KIND = {"Approved": "proceed", "Rejected": "abort", "Aborted": "stop"}
+_TAGS = re.compile(r"<[^>]+>")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pure helpers (unit-testable, no I/O)
+
+
+def job_path(job: str) -> str:
+    """`platform/deploy-x` → `job/platform/job/deploy-x/` (relative to the Jenkins root)."""
+    return "".join(f"job/{quote(part, safe='')}/" for part in job.split("/"))
+
+
+def input_url_id(input_id: str) -> str:
+    """The input step's id as it appears in URLs: Jenkins upper-cases the first letter."""
+    return input_id[:1].upper() + input_id[1:]
+
+
+def extract_diff(console: str, begin: str, end: str) -> list[str] | None:
+    """The console lines strictly between the first `begin` marker line and the next `end` marker line,
+    or None while the block is not complete. Marker lines match after stripping surrounding whitespace."""
+    lines = [line.rstrip("\r") for line in console.split("\n")]
+    start = next((i for i, line in enumerate(lines) if line.strip() == begin.strip()), None)
+    if start is None:
+        return None
+    stop = next((i for i in range(start + 1, len(lines)) if lines[i].strip() == end.strip()), None)
+    if stop is None:
+        return None
+    return lines[start + 1 : stop]
+
+
+def diff_text(lines: list[str]) -> str:
+    """The diff as hashed: the lines joined with "\\n" plus a final "\\n"."""
+    return "\n".join(lines) + "\n"
+
+
+def param_text(value: Any) -> str | None:
+    """A parameter value as Jenkins receives it: text, `true`/`false` for booleans."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def parameter_definitions(job_info: dict[str, Any]) -> list[JobParameter]:
+    """The `parameterDefinitions` of a job's `api/json` (in `property`, or `actions` on old Jenkins)."""
+    holders = [*(job_info.get("property") or []), *(job_info.get("actions") or [])]
+    for holder in holders:
+        if isinstance(holder, dict) and holder.get("parameterDefinitions"):
+            out: list[JobParameter] = []
+            for d in holder["parameterDefinitions"]:
+                default = d.get("defaultParameterValue")
+                choices = d.get("choices")
+                out.append(
+                    JobParameter(
+                        name=d["name"],
+                        type=d.get("type")
+                        or str(d.get("_class", "")).rsplit(".", 1)[-1]
+                        or "StringParameterDefinition",
+                        default=param_text(default.get("value")) if isinstance(default, dict) else None,
+                        choices=[str(c) for c in choices] if isinstance(choices, list) else None,
+                    )
+                )
+            return out
+    return []
+
+
+def action_params(obj: dict[str, Any]) -> dict[str, str | None]:
+    """The parameters of a build or queue item (`actions[].parameters`); password values read as None."""
+    for action in obj.get("actions") or []:
+        if isinstance(action, dict) and isinstance(action.get("parameters"), list):
+            return {p["name"]: param_text(p.get("value")) for p in action["parameters"] if "name" in p}
+    return {}
+
+
+def same_params(found: dict[str, str | None], wanted: dict[str, str]) -> bool:
+    """Exactly the same names, and the same values (a value Jenkins hides, like a password, matches)."""
+    return set(found) == set(wanted) and all(v is None or v == wanted[k] for k, v in found.items())
+
+
+def url_job_part(url: str) -> str:
+    """The `/job/…` part of a Jenkins URL's path, decoded: compares URLs whatever the root URL is."""
+    path = unquote(urlsplit(url).path)
+    i = path.find("/job/")
+    return path[i:] if i >= 0 else path
+
+
+def first_answer(console: str) -> tuple[str, str, str] | None:
+    """The first "Approved by X" / "Rejected by X" / "Aborted by X" line: (kind, who, line)."""
+    for raw in console.split("\n"):
+        line = raw.rstrip("\r")
+        m = _ANSWER_LINE.match(line)
+        if m:
+            return _ANSWER_KIND[m.group(1)], m.group(2), line
+    return None
+
+
+def http_status(exc: BaseException) -> int | None:
+    rsp = _http_response(exc)
+    if rsp is not None:
+        return rsp.status_code
+    e: BaseException | None = exc
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, jenkins.NotFoundException):
+            return 404
+        if isinstance(e, jenkins.JenkinsException):
+            m = _STATUS_IN_MESSAGE.search(str(e))
+            if m:
+                return int(m.group(1))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _http_response(exc: BaseException) -> requests.Response | None:
+    e: BaseException | None = exc
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, requests.HTTPError) and e.response is not None:
+            return e.response
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _sleep(seconds: float) -> None:
+    """Sleep, returning early on cancellation (raised as CancelledError) or worker shutdown (retryable)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        activity.wait_for_cancelled_sync(min(remaining, 0.1))
+        if activity.is_cancelled():
+            raise CancelledError("activity cancelled")
+        if activity.is_worker_shutdown():
+            raise ApplicationError("worker shutting down; another worker takes over", type="WorkerShutdown")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The activities
+
+
+class JenkinsActivities:
+    def __init__(
+        self,
+        url: str,
+        user: str,
+        token: str,
+        timeout: float = 10.0,
+        *,
+        poll_interval: float = 0.5,
+        watch_interval: float = 1.0,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.user = user
+        self._token = token
+        self.timeout = timeout
+        self.poll_interval = poll_interval
+        self.watch_interval = watch_interval
+        self._local = threading.local()
+        self._our_names: frozenset[str] | None = None
+
+    def __repr__(self) -> str:
+        return f"JenkinsActivities(url={self.url!r}, user={self.user!r})"
+
+    # -- plumbing ----------------------------------------------------------------------------------
+
+    def _client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = jenkins.Jenkins(self.url, username=self.user, password=self._token, timeout=self.timeout)
+            self._local.client = client
+        return client
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._token, "***") if self._token else text
+
+    def _failure(self, exc: BaseException, what: str) -> BaseException:
+        """Turn whatever the client raised into a classified ApplicationError (see module docstring)."""
+        if isinstance(exc, ApplicationError | CancelledError):
+            return exc
+        rsp = _http_response(exc)
+        status = http_status(exc)
+        body = self._scrub(" ".join(_TAGS.sub(" ", rsp.text).split())[:200]) if rsp is not None else ""
+        where = f"Jenkins at {self.url}"
+        if status in (401, 403):
+            if "No valid crumb" in body or "No valid crumb" in str(exc):
+                self._client().crumb = None
+                return ApplicationError(
+                    f"{what}: {where} rejected the CSRF crumb (HTTP 403); a fresh one is fetched on retry",
+                    type="JenkinsCrumb",
+                )
+            return ApplicationError(
+                f"{what}: {where} refused user {self.user!r} (HTTP {status}). Check that the configured "
+                "API token is valid for that user and that the user may read, build and answer the job.",
+                type="JenkinsAuth",
+                non_retryable=True,
+            )
+        if status == 404:
+            return ApplicationError(
+                f"{what}: not found on {where} (HTTP 404)", type="JenkinsNotFound", non_retryable=True
+            )
+        if status == 429:
+            delay = None
+            if rsp is not None and (rsp.headers.get("Retry-After") or "").strip().isdigit():
+                delay = timedelta(seconds=int(rsp.headers["Retry-After"].strip()))
+            return ApplicationError(
+                f"{what}: {where} is rate limiting (HTTP 429)",
+                type="JenkinsThrottled",
+                next_retry_delay=delay,
+            )
+        if status is not None and 400 <= status < 500:
+            return ApplicationError(
+                f"{what}: {where} rejected the request (HTTP {status}): {body}",
+                type="JenkinsRejected",
+                non_retryable=True,
+            )
+        if status is not None and status >= 500:
+            return ApplicationError(f"{what}: {where} answered HTTP {status}", type="JenkinsUnavailable")
+        if isinstance(exc, requests.ConnectionError | requests.Timeout | jenkins.TimeoutException):
+            return ApplicationError(
+                f"{what}: {where} is unreachable: {self._scrub(str(exc))}", type="JenkinsUnreachable"
+            )
+        return ApplicationError(f"{what}: {type(exc).__name__}: {self._scrub(str(exc))}", type="JenkinsError")
+
+    def _call(self, what: str, fn: Callable[[Any], T]) -> T:
+        try:
+            return fn(self._client())
+        except Exception as exc:
+            failure = self._failure(exc, what)
+            if failure is exc:
+                raise
+            raise failure from None
+
+    def _call_or_none(self, what: str, fn: Callable[[Any], T]) -> T | None:
+        """Like _call, but a 404 gives None."""
+        try:
+            return self._call(what, fn)
+        except ApplicationError as err:
+            if err.type == "JenkinsNotFound":
+                return None
+            raise
+
+    def _request(self, method: str, path: str, what: str) -> requests.Response:
+        """A request python-jenkins has no method for, through its `jenkins_request` (auth + crumb)."""
+        return self._call(what, lambda c: c.jenkins_request(requests.Request(method, c.server + path)))
+
+    def _get_json(self, path: str, what: str) -> Any:
+        rsp = self._request("GET", path, what)
+        try:
+            return rsp.json()
+        except ValueError:
+            raise ApplicationError(
+                f"{what}: Jenkins at {self.url} answered with non-JSON", type="JenkinsError"
+            ) from None
+
+    def _build_info(self, job: str, number: int, what: str) -> dict[str, Any]:
+        return self._call(what, lambda c: c.get_build_info(job, number))
+
+    def _console(self, job: str, number: int, what: str) -> str:
+        return self._request("GET", f"{job_path(job)}{number}/consoleText", what).text
+
+    def _pending_inputs(self, job: str, number: int, what: str) -> list[dict[str, Any]]:
+        pending = self._get_json(f"{job_path(job)}{number}/wfapi/pendingInputActions", what)
+        return [p for p in pending or [] if isinstance(p, dict)]
+
+    def _post_input(self, job: str, number: int, input_id: str, verb: str, what: str) -> bool:
+        """POST input/ID/verb. False when Jenkins refuses because the input is settled (400/404/409)."""
+        path = f"{job_path(job)}{number}/input/{quote(input_id, safe='')}/{verb}"
+        try:
+            self._client().jenkins_request(requests.Request("POST", self._client().server + path))
+            return True
+        except Exception as exc:
+            if http_status(exc) in (400, 404, 409):
+                return False
+            raise self._failure(exc, what) from None
+
+    def _names_of_us(self) -> frozenset[str]:
+        if self._our_names is None:
+            me = self._call("reading /me", lambda c: c.get_whoami())
+            self._our_names = frozenset(n for n in (self.user, me.get("id"), me.get("fullName")) if n)
+        return self._our_names
+
+    def _find_build_by_queue_id(self, job: str, queue_id: int, what: str) -> BuildRef | None:
+        info = self._get_json(f"{job_path(job)}api/json?tree={quote(_QUEUE_ID_TREE)}", what)
+        for b in info.get("builds") or []:
+            if b and b.get("queueId") == queue_id:
+                return BuildRef(job=job, number=b["number"], url=b.get("url"))
+        return None
+
+    # -- activities --------------------------------------------------------------------------------
+
+    @activity.defn
+    def job_parameters(self, inp: JobParametersInput) -> JobParametersResult:
+        """The parameters the job defines, read from the job itself."""
+        info = self._call(f"reading job {inp.job!r}", lambda c: c.get_job_info(inp.job))
+        return JobParametersResult(job=inp.job, parameters=parameter_definitions(info))
+
+    @activity.defn
+    def trigger_build(self, inp: TriggerBuildInput) -> TriggerBuildResult:
+        """Start the job with exactly `params`, never twice.
+
+        Before POSTing it looks for a queue item of the job with exactly these parameters, then for a build
+        with exactly these parameters whose timestamp is at or after `not_before` (less NOT_BEFORE_SKEW), and
+        reuses what it finds. The queue is read before the builds, so an item that leaves the queue
+        between the two reads is seen as a build. A retry after "500 after queueing", or after the worker
+        died right after the POST, therefore reuses the build. (Two attempts running at the same moment
+        are also covered while queued: Jenkins merges an identical parameterised item into the waiting one.)
+
+        The parameter names must be exactly those the job defines: Jenkins silently drops unknown ones and
+        fills in defaults for missing ones, which would start a build with other parameters than asked.
+        """
+        job, wanted = inp.job, dict(inp.params)
+        what = f"triggering {job!r}"
+        queue = self._call(what, lambda c: c.get_queue_info())
+        info = self._get_json(f"{job_path(job)}api/json?tree={quote(_TRIGGER_TREE)}", what)
+
+        defined = [p.name for p in parameter_definitions(info)]
+        unknown, missing = sorted(set(wanted) - set(defined)), sorted(set(defined) - set(wanted))
+        if unknown or missing:
+            raise ApplicationError(
+                f"{what}: the parameters do not match the job's definition (unknown: {unknown or 'none'}; "
+                f"missing: {missing or 'none'}); Jenkins would drop or default them",
+                type="JobParametersMismatch",
+                non_retryable=True,
+            )
+
+        ours = url_job_part(f"/{job_path(job)}")
+        in_queue = [
+            item
+            for item in queue
+            if url_job_part((item.get("task") or {}).get("url") or "") == ours
+            and same_params(action_params(item), wanted)
+        ]
+        if in_queue:
+            item = min(in_queue, key=lambda i: i["id"])
+            activity.logger.info("Reusing queue item %s of %s (same parameters)", item["id"], job)
+            return TriggerBuildResult(queue_id=item["id"], reused=True)
+
+        not_before = inp.not_before if inp.not_before.tzinfo else inp.not_before.replace(tzinfo=UTC)
+        since_ms = (not_before - NOT_BEFORE_SKEW).timestamp() * 1000
+        started = [
+            b
+            for b in info.get("builds") or []
+            if b and (b.get("timestamp") or 0) >= since_ms and same_params(action_params(b), wanted)
+        ]
+        if started:
+            b = min(started, key=lambda b: b["number"])
+            activity.logger.info(
+                "Reusing build %s #%s (same parameters, started after not_before)", job, b["number"]
+            )
+            return TriggerBuildResult(
+                queue_id=b.get("queueId"), number=b["number"], url=b.get("url"), reused=True
+            )
+
+        queue_id = self._call(what, lambda c: c.build_job(job, wanted or None))
+        activity.logger.info("Triggered %s: queue item %s", job, queue_id)
+        return TriggerBuildResult(queue_id=queue_id, reused=False)
+
+    @activity.defn(no_thread_cancel_exception=True)
+    def wait_build_started(self, inp: WaitBuildStartedInput) -> BuildRef:
+        """Poll the queue item until it has an executable. Cancelled → non-retryable `BuildCancelled`.
+
+        Jenkins forgets a left queue item about 5 minutes after it started; if the item 404s, the build is
+        looked up by its `queueId` among the job's last 100 builds. If that finds nothing either, a retryable
+        `QueueItemGone` is raised (the activity's timeouts bound the retries).
+        """
+        what = f"waiting for queue item {inp.queue_id} of {inp.job!r}"
+        while True:
+            activity.heartbeat({"queue_id": inp.queue_id})
+            item = self._call_or_none(what, lambda c: c.get_queue_item(inp.queue_id))
+            if item is None:
+                ref = self._find_build_by_queue_id(inp.job, inp.queue_id, what)
+                if ref is not None:
+                    return ref
+                raise ApplicationError(
+                    f"{what}: the queue item is gone and no recent build of the job has that queueId",
+                    type="QueueItemGone",
+                )
+            if item.get("cancelled"):
+                raise ApplicationError(
+                    f"{what}: the queue item was cancelled", type="BuildCancelled", non_retryable=True
+                )
+            executable = item.get("executable")
+            if executable and executable.get("number") is not None:
+                return BuildRef(job=inp.job, number=executable["number"], url=executable.get("url"))
+            _sleep(self.poll_interval)
+
+    @activity.defn(no_thread_cancel_exception=True)
+    def read_diff(self, inp: ReadDiffInput) -> ReadDiffResult:
+        """Poll the console until the diff block is complete. A build that ends, or pauses at an input,
+        without a complete block → non-retryable `NoDiff`."""
+        what = f"reading the diff of {inp.job} #{inp.number}"
+        while True:
+            activity.heartbeat({"number": inp.number})
+            lines = extract_diff(self._console(inp.job, inp.number, what), inp.diff_begin, inp.diff_end)
+            if lines is None:
+                info = self._build_info(inp.job, inp.number, what)
+                why = None
+                if not info.get("building"):
+                    why = f"the build ended ({info.get('result')})"
+                elif self._pending_inputs(inp.job, inp.number, what):
+                    why = "the build is waiting at its input step"
+                if why is not None:
+                    # The block may have been printed between the two reads: look once more.
+                    lines = extract_diff(
+                        self._console(inp.job, inp.number, what), inp.diff_begin, inp.diff_end
+                    )
+                    if lines is None:
+                        raise ApplicationError(
+                            f"{what}: {why} without printing a diff between {inp.diff_begin!r} and {inp.diff_end!r}",
+                            type="NoDiff",
+                            non_retryable=True,
+                        )
+            if lines is not None:
+                text = diff_text(lines)
+                info = self._build_info(inp.job, inp.number, what)
+                build_url = info.get("url") or f"{self.url}/{job_path(inp.job)}{inp.number}/"
+                return ReadDiffResult(
+                    diff=text,
+                    diff_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+                    console_url=build_url + "console",
+                )
+            _sleep(self.poll_interval)
+
+    @activity.defn(no_thread_cancel_exception=True)
+    def input_action(self, inp: InputActionInput) -> InputActionResult:
+        """Answer the build's input step (proceed or abort), once.
+
+        If the input is pending it POSTs `input/ID/proceedEmpty` or `input/ID/abort` and confirms by
+        re-reading `pendingInputActions`. If it is not pending, the console tells who answered: our own
+        answer (an earlier attempt whose reply was lost) gives `done=True`; anyone else's, or a build that
+        ended unanswered, gives `done=False, answered_elsewhere=True`. While the build runs and has not
+        reached the input yet, it waits (heartbeating).
+        """
+        iid = input_url_id(inp.input_id)
+        what = f"answering input {iid} of {inp.job} #{inp.number}"
+        posted_checks = 0
+        while True:
+            activity.heartbeat({"number": inp.number, "posted": posted_checks > 0})
+            pending = self._pending_inputs(inp.job, inp.number, what)
+            if any(p.get("id") == iid for p in pending):
+                if posted_checks >= 3:
+                    raise ApplicationError(
+                        f"{what}: Jenkins at {self.url} took the answer but the input is still pending; user "
+                        f"{self.user!r} may not be allowed to answer it (submitter list, Job/Build, Job/Cancel)",
+                        type="JenkinsInputRejected",
+                        non_retryable=True,
+                    )
+                if posted_checks == 0:
+                    verb = "proceedEmpty" if inp.decision == "proceed" else "abort"
+                    self._post_input(inp.job, inp.number, iid, verb, what)
+                    activity.logger.info("Sent %s to input %s of %s #%s", verb, iid, inp.job, inp.number)
+                else:
+                    _sleep(self.poll_interval / 2)
+                posted_checks += 1
+                continue
+            settled = self._input_settlement(inp, iid, what)
+            if settled is not None:
+                return settled
+            _sleep(self.poll_interval)
+
+    def _input_settlement(self, inp: InputActionInput, iid: str, what: str) -> InputActionResult | None:
+        """Nothing is pending: who answered? None when the build has not reached the input yet."""
+        console = self._console(inp.job, inp.number, what)
+        answer = first_answer(console)
+        if answer is not None:
+            kind, who, line = answer
+            wanted = ("proceed",) if inp.decision == "proceed" else ("abort", "stop")
+            if kind in wanted and who in self._names_of_us():
+                return InputActionResult(done=True, detail=f"input {iid} of {inp.job} #{inp.number}: {line}")
+            return InputActionResult(
+                done=False,
+                answered_elsewhere=True,
+                detail=f"input {iid} of {inp.job} #{inp.number} was already answered in Jenkins: {line}",
+            )
+        info = self._build_info(inp.job, inp.number, what)
+        if not info.get("building"):
+            return InputActionResult(
+                done=False,
+                answered_elsewhere=True,
+                detail=f"{inp.job} #{inp.number} ended ({info.get('result')}) with input {iid} unanswered",
+            )
+        return None
+
+    @activity.defn(no_thread_cancel_exception=True)
+    def watch_input(self, inp: WatchInputInput) -> WatchInputResult:
+        """Return once the input is no longer pending (answered in Jenkins, or the build ended).
+
+        Heartbeats about every `watch_interval`; honours cancellation (the workflow cancels it when the SRE
+        answers through deployctl). Before the build reaches the input nothing is pending either: that
+        counts as "answered" only once the input was seen pending (remembered in the heartbeat details
+        across attempts) or the console shows an answer line.
+        """
+        iid = input_url_id(inp.input_id)
+        what = f"watching input {iid} of {inp.job} #{inp.number}"
+        details = activity.info().heartbeat_details
+        seen_pending = bool(details and isinstance(details[0], dict) and details[0].get("seen_pending"))
+        while True:
+            pending = self._pending_inputs(inp.job, inp.number, what)
+            if any(p.get("id") == iid for p in pending):
+                seen_pending = True
+            else:
+                info = self._build_info(inp.job, inp.number, what)
+                if not info.get("building"):
+                    return WatchInputResult(pending=False, build_result=info.get("result"))
+                if seen_pending or first_answer(self._console(inp.job, inp.number, what)) is not None:
+                    return WatchInputResult(pending=False)
+            activity.heartbeat({"seen_pending": seen_pending})
+            _sleep(self.watch_interval)
+
+    @activity.defn(no_thread_cancel_exception=True)
+    def wait_build_result(self, inp: BuildResultInput) -> BuildResult:
+        """Poll the build until it is over and has a result."""
+        what = f"waiting for the result of {inp.job} #{inp.number}"
+        while True:
+            activity.heartbeat({"number": inp.number})
+            info = self._build_info(inp.job, inp.number, what)
+            if not info.get("building") and info.get("result"):
+                return BuildResult(number=inp.number, result=info["result"], url=info.get("url"))
+            _sleep(self.poll_interval)
+
+    @activity.defn
+    def abort_build(self, inp: AbortBuildInput) -> None:
+        """Stop whatever runs, idempotently: cancel the queue item if still queued, else abort the pending
+        input (ours, or whichever input is pending), else POST /stop if the build is running. Nothing to do
+        when it is already over, or when the queue item is gone and no build of the job carries its id."""
+        what = f"aborting {inp.job} (build {inp.number}, queue item {inp.queue_id})"
+        number = inp.number
+        if number is None and inp.queue_id is not None:
+            queue_id = inp.queue_id
+            for _ in range(2):
+                item = self._call_or_none(what, lambda c: c.get_queue_item(queue_id))
+                if item is None:
+                    ref = self._find_build_by_queue_id(inp.job, queue_id, what)
+                    number = ref.number if ref else None
+                    break
+                if item.get("cancelled"):
+                    return
+                executable = item.get("executable")
+                if executable and executable.get("number") is not None:
+                    number = executable["number"]
+                    break
+                self._call(what, lambda c: c.cancel_queue(queue_id))
+                activity.logger.info("Cancelled queue item %s of %s", queue_id, inp.job)
+                # and look again: it may have started in the meantime
+        if number is None:
+            return
+        build = number
+        pending = self._pending_inputs(inp.job, build, what)
+        if pending:
+            iid = input_url_id(inp.input_id)
+            target = next((p for p in pending if p.get("id") == iid), pending[0])
+            self._post_input(inp.job, build, str(target.get("id")), "abort", what)
+            activity.logger.info("Aborted input %s of %s #%s", target.get("id"), inp.job, build)
+            return
+        info = self._build_info(inp.job, build, what)
+        if info.get("building"):
+            self._call(what, lambda c: c.stop_build(inp.job, build))
+            activity.logger.info("Stopped %s #%s", inp.job, build)

@@ -1,0 +1,585 @@
+"""The `deployctl` CLI (SPEC §5). It starts workflows, sends Updates and reads queries: no rule lives here.
+
+Exit codes: 0 done; 2 usage or configuration error; 3 refused (validation, role, policy); 1 anything else.
+Every refusal is one line that says why and what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+import yaml
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from starter.config import Config, ConfigError, load_config
+from starter.temporal import connect
+from workflows import policy
+from workflows import search_attributes as sa
+from workflows.models import (
+    Action,
+    ActionInput,
+    ActionResult,
+    Cloud,
+    DeployInput,
+    DeployStatus,
+    JobParametersInput,
+    JobParametersResult,
+    Process,
+    Step,
+)
+from workflows.steps import sre_group, steps_for
+
+T = TypeVar("T")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
+
+
+class Refused(Exception):
+    """A rule said no: exit 3."""
+
+
+class UsageError(Exception):
+    """Bad arguments, files or configuration: exit 2."""
+
+
+def fail(code: int, message: str) -> NoReturn:
+    click.echo(f"deployctl: {message}", err=True)
+    sys.exit(code)
+
+
+def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    """Run one command, turning every known failure into its one line and exit code."""
+    try:
+        return asyncio.run(coro_fn())  # type: ignore[arg-type]
+    except Refused as err:
+        fail(EXIT_REFUSED, f"refused: {err}")
+    except (UsageError, ConfigError) as err:
+        fail(EXIT_USAGE, str(err))
+    except RPCError as err:
+        fail(EXIT_ERROR, _rpc_message(err))
+    except RuntimeError as err:
+        if "connect" in str(err).lower():
+            fail(EXIT_ERROR, f"cannot reach Temporal ({err}); is the server up? set TEMPORAL_ADDRESS")
+        raise
+
+
+def _rpc_message(err: RPCError) -> str:
+    if err.status is RPCStatusCode.NOT_FOUND:
+        return f"not found: {err.message}"
+    return f"Temporal said: {err.message}"
+
+
+def _config(ctx: click.Context) -> Config:
+    return load_config(ctx.obj.get("config"))
+
+
+def _actor(actor: str | None) -> str:
+    actor = actor or os.environ.get("DEPLOYCTL_USER")
+    if not actor:
+        raise UsageError("who is acting? pass --as USER_ID or set DEPLOYCTL_USER")
+    return actor
+
+
+def read_params(path: str) -> dict[str, str]:
+    """A params file: a YAML or JSON mapping; every value becomes the text Jenkins receives."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise UsageError(f"cannot read params file {path}: {err.strerror}") from None
+    try:
+        raw = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UsageError(
+            f"params file {path} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: {first}"
+        ) from None
+    try:
+        return policy.params_as_text(raw)
+    except ValueError as err:
+        raise UsageError(f"params file {path}: {err}") from None
+
+
+def new_workflow_id(service: str, environment: str) -> str:
+    return f"deploy-{service}-{environment}-{uuid.uuid4().hex[:8]}"
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+@click.group()
+@click.option(
+    "--config",
+    "config_path",
+    default=None,
+    help="TOML config (default $DEPLOYCTL_CONFIG or ./deployctl.toml)",
+)
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """Human-gated production deploys as durable Temporal workflows."""
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config_path
+
+
+@cli.command()
+@click.argument("process", type=click.Choice([p.value for p in Process]))
+@click.option("--service", required=True)
+@click.option("--env", "environment", required=True)
+@click.option("--params", "params_file", required=True, help="YAML or JSON mapping of every job parameter")
+@click.option("--version", default=None, help="the version to deploy (gov: required; valkyr: refused)")
+@click.option("--release", default=None, help="release window name (release process)")
+@click.option("--as", "actor", default=None, help="your Slack user id (or $DEPLOYCTL_USER)")
+@click.pass_context
+def start(
+    ctx: click.Context,
+    process: str,
+    service: str,
+    environment: str,
+    params_file: str,
+    version: str | None,
+    release: str | None,
+    actor: str | None,
+) -> None:
+    """Open a PCCR and start its deploy."""
+    config = _config_or_exit(ctx)
+
+    async def go() -> None:
+        client = await connect()
+        wid, link = await start_deploy(
+            client,
+            config,
+            Process(process),
+            service,
+            environment,
+            read_params(params_file),
+            version,
+            _actor(actor),
+        )
+        click.echo(wid)
+        click.echo(link)
+
+    run(go)
+
+
+async def start_deploy(
+    client: Client,
+    config: Config,
+    process: Process,
+    service: str,
+    environment: str,
+    params: dict[str, str],
+    version: str | None,
+    actor: str,
+) -> tuple[str, str]:
+    """Check everything that can be checked before anything opens, then start the deploy.
+
+    Returns its workflow id and Web UI link. Raises Refused, UsageError or ConfigError.
+    """
+    spec = config.service(service)
+    cloud = config.cloud(environment)
+    if process is Process.RELEASE:
+        raise UsageError("release-window deploys are not available yet; use `start oow` (see the README)")
+    if actor not in spec.code_owners:
+        raise Refused(
+            f"{actor} is not a code owner of {service}; a code owner ({', '.join(spec.code_owners)}) opens its PCCR"
+        )
+    reason = policy.start_refusal(cloud, spec.valkyr, version, service)
+    if reason:
+        raise Refused(reason)
+    defs = await _inspect_job(client, config, spec.jenkins_job)
+    reason = policy.params_refusal(defs.parameters, params, spec.jenkins_job)
+    if reason:
+        raise Refused(reason + "; fix the params file")
+    settings = config.settings(namespace=client.namespace)
+    wid = new_workflow_id(service, environment)
+    first = steps_for(process, cloud, spec.valkyr)[0].step
+    await client.start_workflow(
+        "Deploy",
+        DeployInput(
+            process=process,
+            service=spec,
+            environment=environment,
+            cloud=cloud,
+            params=params,
+            version=version,
+            requested_by=actor,
+            settings=settings,
+        ),
+        id=wid,
+        task_queue=config.task_queue,
+        search_attributes=TypedSearchAttributes(
+            [
+                SearchAttributePair(sa.SERVICE, service),
+                SearchAttributePair(sa.ENVIRONMENT, environment),
+                SearchAttributePair(sa.CLOUD, cloud.value),
+                SearchAttributePair(sa.STEP, first.value),
+            ]
+        ),
+        static_summary=f"{process.value.upper()} deploy of {service} to {environment} ({cloud.value}-cloud), opened by {actor}",
+        static_details=f"PCCR parameters:\n\n```\n{yaml.safe_dump(params, sort_keys=True).strip()}\n```",
+    )
+    return wid, f"{settings.ui_url.rstrip('/')}/namespaces/{client.namespace}/workflows/{wid}"
+
+
+def _config_or_exit(ctx: click.Context) -> Config:
+    try:
+        return _config(ctx)
+    except ConfigError as err:
+        fail(EXIT_USAGE, str(err))
+
+
+async def _inspect_job(client: Client, config: Config, job: str) -> JobParametersResult:
+    from temporalio.client import WorkflowFailureError
+
+    try:
+        return await client.execute_workflow(
+            "InspectJob",
+            JobParametersInput(job=job),
+            id=f"inspect-job-{uuid.uuid4().hex[:8]}",
+            task_queue=config.task_queue,
+            result_type=JobParametersResult,
+        )
+    except WorkflowFailureError as err:
+        cause: BaseException = err
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        raise Refused(f"cannot read the parameters of Jenkins job {job}: {cause}") from None
+
+
+def _action_command(action: Action) -> None:
+    name = action.value.replace("_", "-")
+
+    @click.argument("workflow_id")
+    @click.option("--as", "actor", default=None, help="your Slack user id (or $DEPLOYCTL_USER)")
+    @click.option(
+        "--step", default=None, type=click.Choice([s.value for s in Step]), help="default: the current step"
+    )
+    @click.option("--comment", default=None)
+    @click.pass_context
+    def command(
+        ctx: click.Context,
+        workflow_id: str,
+        actor: str | None,
+        step: str | None,
+        comment: str | None,
+        sre: str | None = None,
+        diff_sha256: str | None = None,
+    ) -> None:
+        _config_or_exit(ctx)
+        run(lambda: _send(action, workflow_id, actor, step, comment, sre, diff_sha256))
+
+    if action is Action.ASSIGN:
+        command = click.option("--sre", required=True, help="the SRE's Slack user id")(command)
+    if action is Action.VALIDATE_DIFF:
+        command = click.option(
+            "--diff-sha256", "diff_sha256", default=None, help="refused unless it is the build's diff"
+        )(command)
+    cli.command(name=name, help=f"{action.value} at the deploy's current step.")(command)
+
+
+async def _send(
+    action: Action,
+    workflow_id: str,
+    actor: str | None,
+    step: str | None,
+    comment: str | None,
+    sre: str | None,
+    diff_sha256: str | None,
+) -> None:
+    who = _actor(actor)
+    client = await connect()
+    if step is None:
+        step = (
+            await client.get_workflow_handle(workflow_id).query("status", result_type=DeployStatus)
+        ).step.value
+    msg = ActionInput(
+        actor=who, step=Step(step), comment=comment, sre=sre, diff_sha256=diff_sha256, channel="cli"
+    )
+    await send_action(client, workflow_id, action, msg)
+    click.echo(f"{action.value} accepted at {step} on {workflow_id}")
+
+
+async def send_action(client: Client, workflow_id: str, action: Action, msg: ActionInput) -> ActionResult:
+    """Send one action as an Update; a refusal becomes Refused with the workflow's one-line reason."""
+    try:
+        return await client.get_workflow_handle(workflow_id).execute_update(
+            action.value, msg, result_type=ActionResult
+        )
+    except WorkflowUpdateFailedError as err:
+        cause = err.cause
+        if isinstance(cause, ApplicationError) and cause.type == "Refused":
+            raise Refused(cause.message) from None
+        raise Refused(str(cause or err)) from None
+    except RPCError as err:
+        if "completed" in err.message.lower():
+            raise Refused(f"{workflow_id} is finished; {action.value} changes nothing") from None
+        raise
+
+
+for _a in Action:
+    _action_command(_a)
+
+
+@cli.command()
+@click.argument("workflow_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx: click.Context, workflow_id: str, as_json: bool) -> None:
+    """Where a deploy stands and who it waits on."""
+    _config_or_exit(ctx)
+
+    async def go() -> None:
+        client = await connect()
+        st = await client.get_workflow_handle(workflow_id).query("status", result_type=DeployStatus)
+        if as_json:
+            click.echo(st.model_dump_json(indent=2))
+            return
+        click.echo(
+            f"{st.workflow_id}: {st.process.value} {st.service} → {st.environment} ({st.cloud.value}-cloud)"
+        )
+        click.echo(
+            f"step:        {st.step.value}"
+            + (f"   outcome: {st.outcome.value} ({st.outcome_reason})" if st.outcome else "")
+        )
+        click.echo(f"waiting on:  {', '.join(st.waiting_on) or '-'}")
+        click.echo(f"may act:     {', '.join(a.value for a in st.allowed_actions) or '-'}")
+        if st.sre:
+            click.echo(f"SRE:         {st.sre}")
+        if st.build.url:
+            click.echo(f"build:       {st.build.url} (diff sha256 {st.build.diff_sha256 or '-'})")
+        click.echo(f"PCCR:        {st.pccr.url if st.pccr else '-'} [{st.pccr.state if st.pccr else '-'}]")
+
+    run(go)
+
+
+@cli.command(name="list")
+@click.option("--service", default=None)
+@click.option("--env", "environment", default=None)
+@click.option("--waiting-on", "waiting_on", default=None)
+@click.option("--all", "show_all", is_flag=True, help="include finished deploys")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def list_(
+    ctx: click.Context,
+    service: str | None,
+    environment: str | None,
+    waiting_on: str | None,
+    show_all: bool,
+    as_json: bool,
+) -> None:
+    """Deploys, found through their search attributes."""
+    _config_or_exit(ctx)
+
+    async def go() -> None:
+        client = await connect()
+        rows = await list_deploys(client, service, environment, waiting_on, show_all)
+        if as_json:
+            click.echo(json.dumps(rows, indent=2))
+            return
+        for r in rows:
+            click.echo(
+                f"{r['workflow_id']}  {r['step'] or '-':<20} {r['outcome'] or 'running':<10} waiting on: {', '.join(r['waiting_on']) or '-'}"
+            )
+
+    run(go)
+
+
+def list_query(service: str | None, environment: str | None, waiting_on: str | None, show_all: bool) -> str:
+    def q(v: str) -> str:
+        return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    parts = ["WorkflowType = 'Deploy'"]
+    if service:
+        parts.append(f"DeployService = {q(service)}")
+    if environment:
+        parts.append(f"DeployEnvironment = {q(environment)}")
+    if waiting_on:
+        parts.append(f"DeployWaitingOn = {q(waiting_on)}")
+    if not show_all:
+        parts.append("ExecutionStatus = 'Running'")
+    return " AND ".join(parts)
+
+
+async def list_deploys(
+    client: Client, service: str | None, environment: str | None, waiting_on: str | None, show_all: bool
+) -> list[dict[str, Any]]:
+    rows = []
+    async for wf in client.list_workflows(list_query(service, environment, waiting_on, show_all)):
+        attrs = wf.typed_search_attributes
+        rows.append(
+            {
+                "workflow_id": wf.id,
+                "service": attrs.get(sa.SERVICE),
+                "environment": attrs.get(sa.ENVIRONMENT),
+                "cloud": attrs.get(sa.CLOUD),
+                "step": attrs.get(sa.STEP),
+                "waiting_on": list(attrs.get(sa.WAITING_ON) or []),
+                "outcome": attrs.get(sa.OUTCOME),
+                "status": wf.status.name.lower() if wf.status else None,
+                "started": wf.start_time.isoformat() if wf.start_time else None,
+            }
+        )
+    return rows
+
+
+@cli.command()
+@click.argument("workflow_id")
+@click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md")
+@click.pass_context
+def audit(ctx: click.Context, workflow_id: str, fmt: str) -> None:
+    """The audit trail: who did what, when, as whom, and what was refused."""
+    _config_or_exit(ctx)
+
+    async def go() -> None:
+        client = await connect()
+        st = await client.get_workflow_handle(workflow_id).query("status", result_type=DeployStatus)
+        click.echo(render_audit(st, fmt))
+
+    run(go)
+
+
+def render_audit(st: DeployStatus, fmt: str) -> str:
+    if fmt == "json":
+        return st.model_dump_json(
+            indent=2,
+            include={
+                "workflow_id",
+                "process",
+                "cloud",
+                "service",
+                "environment",
+                "step",
+                "outcome",
+                "outcome_reason",
+                "pccr",
+                "build",
+                "version",
+                "version_pr",
+                "sre",
+                "rosters",
+                "audit",
+            },
+        )
+    lines = [
+        f"# Audit of {st.workflow_id}",
+        "",
+        f"- deploy: {st.process.value} {st.service} → {st.environment} ({st.cloud.value}-cloud)",
+        f"- outcome: {st.outcome.value if st.outcome else 'running'}"
+        + (f" ({st.outcome_reason})" if st.outcome_reason else ""),
+        f"- PCCR: {st.pccr.url if st.pccr else '-'} [{st.pccr.state if st.pccr else '-'}]",
+        f"- build: {st.build.url or '-'} result {st.build.result or '-'} diff sha256 {st.build.diff_sha256 or '-'}",
+        f"- SRE: {st.sre or '-'}",
+        "",
+        "| time | step | action | actor | role | channel | accepted | reason |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for e in st.audit:
+        lines.append(
+            f"| {e.time.isoformat(timespec='seconds')} | {e.step.value} | {e.action} | {e.actor} | {e.role or ''} "
+            f"| {e.channel} | {'yes' if e.accepted else 'no'} | {(e.reason or e.comment or '').replace('|', '/')} |"
+        )
+    lines += ["", "| step started | eligible |", "|---|---|"]
+    lines += [
+        f"| {r.time.isoformat(timespec='seconds')} {r.step.value} | {', '.join(r.eligible) or '-'} |"
+        for r in st.rosters
+    ]
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.option("--service", required=True)
+@click.option("--env", "environment", required=True)
+@click.option("--process", type=click.Choice([p.value for p in Process]), default=Process.OOW.value)
+@click.pass_context
+def plan(ctx: click.Context, service: str, environment: str, process: str) -> None:
+    """Who will do what at each step, and how long each may wait, without starting anything."""
+    config = _config_or_exit(ctx)
+    try:
+        click.echo(render_plan(config, service, environment, Process(process)))
+    except ConfigError as err:
+        fail(EXIT_USAGE, str(err))
+
+
+def render_plan(config: Config, service: str, environment: str, process: Process) -> str:
+    from workflows.messages import human_duration
+
+    spec = config.service(service)
+    cloud: Cloud = config.cloud(environment)
+    settings = config.settings()
+    groups = {name: g.members for name, g in settings.groups.items()}
+    parties = policy.Parties(code_owners=spec.code_owners, groups=groups, assigned_sre="<assigned SRE>")
+    out = [
+        f"{process.value} deploy of {service} to {environment} ({cloud.value}-cloud), job {spec.jenkins_job}"
+    ]
+    for i, defn in enumerate(steps_for(process, cloud, spec.valkyr), 1):
+        if defn.actor is None:
+            who = "nobody (automatic)"
+        else:
+            g = settings.groups.get(defn.actor.value)
+            people = policy.eligible(defn, parties)
+            who = f"{defn.actor.value}: " + (
+                g.mention() if g and g.slack_usergroup else ", ".join(people) or "-"
+            )
+        if defn.step is Step.SRE_ASSIGNMENT:
+            pool = settings.groups.get(sre_group(cloud))
+            who += (
+                f" -> an SRE from {sre_group(cloud)} (" + (pool.mention() if pool else "not configured") + ")"
+            )
+        timeout = settings.timeouts.get(defn.step.value)
+        limit = (
+            f" (times out after {human_duration(timeout.total_seconds())})" if timeout and defn.actor else ""
+        )
+        actions = "/".join(a.value for a in defn.actions) or "-"
+        out.append(f"{i:2}. {defn.step.value:<20} {actions:<22} {who}{limit}\n      {defn.does}")
+    return "\n".join(out)
+
+
+@cli.command()
+@click.option("--metrics-port", type=int, default=None)
+@click.pass_context
+def worker(ctx: click.Context, metrics_port: int | None) -> None:
+    """Run a worker of the pool (same as `python worker.py`)."""
+    import worker as worker_main
+
+    args = ["--metrics-port", str(metrics_port)] if metrics_port else []
+    if ctx.obj.get("config"):
+        args += ["--config", ctx.obj["config"]]
+    sys.exit(worker_main.main(args))
+
+
+@cli.command()
+@click.option("--port", type=int, default=7233)
+@click.option("--ui-port", type=int, default=8233)
+@click.pass_context
+def dev(ctx: click.Context, port: int, ui_port: int) -> None:
+    """The embedded stack: Temporal dev server (SQLite), Web UI, worker, Jenkins and Slack simulators."""
+    from starter import devstack
+
+    sys.exit(devstack.dev_main(port, ui_port, ctx.obj.get("config")))
+
+
+@cli.command()
+@click.pass_context
+def demo(ctx: click.Context) -> None:
+    """The embedded stack on free ports, then a whole scripted deploy; prints the audit and the outcome."""
+    from starter import devstack
+
+    sys.exit(devstack.demo_main())
+
+
+def main() -> None:
+    cli(obj={})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,700 @@
+"""deployctl's configuration: the TOML file (SPEC §2), its environment overrides, and the secrets.
+
+`load_config()` reads the file named by `--config`, `DEPLOYCTL_CONFIG` or `./deployctl.toml`, validates
+all of it with pydantic and turns every problem into a `ConfigError` whose text is one line naming the
+file, the key and what to do. The CLI prints that line and exits 2.
+
+Secrets are never part of `Config`: `Secrets` reads them from the environment when they are needed,
+so they cannot reach a workflow input, a history, a repr or a log through the configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal, NamedTuple
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from workflows.models import Cloud, DeploySettings, GroupSpec, ServiceSpec, Step
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "ENV_OVERRIDES",
+    "GROUP_NAMES",
+    "REQUIRED_GROUPS",
+    "SECRET_NAMES",
+    "TIMEOUT_DEFAULTS",
+    "ChangeRequestsConfig",
+    "Config",
+    "ConfigError",
+    "EnvironmentConfig",
+    "GithubConfig",
+    "JenkinsConfig",
+    "ReleaseConfig",
+    "ReleaseWindow",
+    "Secrets",
+    "ServiceConfig",
+    "SlackConfig",
+    "UpcomingWindow",
+    "load_config",
+    "parse_duration",
+    "upcoming_windows",
+]
+
+DEFAULT_CONFIG_PATH = "deployctl.toml"
+
+#: Environment variables that override a key of the file, and the key they override.
+ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "DEPLOYCTL_UI_URL": ("ui_url",),
+    "JENKINS_URL": ("jenkins", "url"),
+    "JENKINS_USER": ("jenkins", "user"),
+    "GITHUB_API_URL": ("github", "api_url"),
+    "SLACK_API_URL": ("slack", "api_url"),
+}
+
+#: The groups a `[groups]` table may name; the first two must be there.
+GROUP_NAMES = ("pccr-gatekeeper", "sre", "sre-gov", "vp")
+REQUIRED_GROUPS = ("pccr-gatekeeper", "sre")
+
+#: The waiting steps, each with its default timeout. `[timeouts]` may override any of them, and only them:
+#: `release_window_wait` is bounded by the window, `deploying` by the job, `done` by nothing.
+TIMEOUT_DEFAULTS: dict[Step, timedelta] = {
+    Step.VP_APPROVAL: timedelta(days=3),
+    Step.PCCR_REVIEW: timedelta(days=3),
+    Step.SRE_ASSIGNMENT: timedelta(days=1),
+    Step.CLEARANCE: timedelta(days=1),
+    Step.VERSION_PR_MERGE: timedelta(days=1),
+    Step.TRIGGER: timedelta(days=1),
+    Step.DIFF_VALIDATION: timedelta(hours=4),
+    Step.DEPLOY_APPROVAL: timedelta(hours=4),
+    Step.RELEASE_ACCEPTANCE: timedelta(days=7),
+}
+
+SECRET_NAMES = ("JENKINS_TOKEN", "GITHUB_TOKEN", "SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN")
+_SECRET_HINTS = {
+    "JENKINS_TOKEN": "the Jenkins API token of the [jenkins] user",
+    "GITHUB_TOKEN": "a GitHub token that can open and merge pull requests in the configs repo",
+    "SLACK_BOT_TOKEN": "the Slack app's bot token, xoxb-…",
+    "SLACK_SIGNING_SECRET": "the Slack app's signing secret, from its Basic Information page",
+    "SLACK_APP_TOKEN": "an app-level token, xapp-…, with connections:write for Socket Mode",
+}
+
+
+class ConfigError(Exception):
+    """A configuration problem. Its text is one line: what is wrong, where, and what to do."""
+
+    def __init__(self, message: object) -> None:
+        lines = (part.strip() for part in str(message).splitlines())
+        super().__init__(" ".join(part for part in lines if part))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Values
+
+_DURATION = re.compile(r"([0-9]+)([smhd])")
+_DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+_DURATION_HELP = 'use an integer followed by s, m, h or d, like "20s", "30m", "4h" or "3d"'
+
+
+def parse_duration(text: str) -> timedelta:
+    """`"20s"`, `"30m"`, `"4h"`, `"3d"` → a timedelta. Anything else raises `ConfigError`."""
+    if not isinstance(text, str):
+        raise ConfigError(f"invalid duration {_show(text)}: {_DURATION_HELP}")
+    match = _DURATION.fullmatch(text)
+    if match is None:
+        raise ConfigError(f"invalid duration {text!r}: {_DURATION_HELP}")
+    try:
+        return timedelta(**{_DURATION_UNITS[match[2]]: int(match[1])})
+    except OverflowError:
+        raise ConfigError(f"duration {text!r} is too long: {_DURATION_HELP}") from None
+
+
+def _duration(value: object) -> timedelta:
+    if isinstance(value, timedelta):
+        duration = value
+    elif isinstance(value, str):
+        try:
+            duration = parse_duration(value)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+    else:
+        raise ValueError(f"invalid duration {_show(value)}: write it as a string: {_DURATION_HELP}")
+    if duration <= timedelta(0):
+        raise ValueError(f"a timeout must be longer than zero: {_DURATION_HELP}")
+    return duration
+
+
+_SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]+")
+_SLACK_USERGROUP_ID = re.compile(r"S[A-Z0-9]+")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_REPO = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
+
+
+def _user_id(value: str) -> str:
+    if not _SLACK_USER_ID.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a Slack user id: use ids like U0123ABCD (U or W, then uppercase letters and digits)"
+        )
+    return value
+
+
+def _usergroup_id(value: str) -> str:
+    if not _SLACK_USERGROUP_ID.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a Slack user group id: use ids like S0123ABCD (S, then uppercase letters and digits)"
+        )
+    return value
+
+
+def _name(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ValueError(
+            f"invalid name {value!r}: use letters, digits, '.', '_' and '-', starting with a letter or digit"
+        )
+    return value
+
+
+def _url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f'{value!r} is not an http(s) URL: write it like "https://host[:port][/path]"')
+    return value
+
+
+def _repo(value: str) -> str:
+    if not _REPO.fullmatch(value):
+        raise ValueError(f'{value!r} is not a GitHub repository: write it as "owner/name"')
+    return value
+
+
+def _non_empty_ids(value: tuple[str, ...]) -> tuple[str, ...]:
+    if not value:
+        raise ValueError('the list is empty: name at least one Slack user id, like ["U0123ABCD"]')
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _utc_timestamp(value: object) -> datetime:
+    """An ISO-8601 timestamp with a UTC offset (a string, or a TOML offset date-time) → aware UTC datetime."""
+    example = '"2026-12-15T16:00:00Z"'
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an ISO-8601 timestamp: write it like {example}") from None
+    else:
+        raise ValueError(f"must be an ISO-8601 UTC timestamp like {example}, got {_show(value)}")
+    if moment.utcoffset() is None:
+        raise ValueError(
+            f"{moment.isoformat()!r} has no UTC offset: write it in UTC with a trailing Z, like {example}"
+        )
+    return moment.astimezone(UTC)
+
+
+def _group(value: object) -> GroupSpec:
+    """`["U…", …]` or `{ slack_usergroup = "S…" }` → GroupSpec."""
+    expected = 'use a list of Slack user ids like ["U0123ABCD"], or { slack_usergroup = "S0123ABCD" }'
+    if isinstance(value, GroupSpec):
+        return value
+    if isinstance(value, list | tuple):
+        if not value:
+            raise ValueError(f"the group is empty: {expected}")
+        members = []
+        for member in value:
+            if not isinstance(member, str):
+                raise ValueError(f"member {_show(member)} is not a Slack user id: {expected}")
+            members.append(_user_id(member))
+        return GroupSpec(members=tuple(members))
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {"slack_usergroup"})
+        if unknown:
+            raise ValueError(f"unknown key {unknown[0]!r} in the group: {expected}")
+        usergroup = value.get("slack_usergroup")
+        if not isinstance(usergroup, str):
+            raise ValueError(f"slack_usergroup must be a string: {expected}")
+        return GroupSpec(slack_usergroup=_usergroup_id(usergroup))
+    raise ValueError(f"must be a list or a table, got {_show(value)}: {expected}")
+
+
+def _timeout_step(value: str) -> str:
+    if value not in TIMEOUT_DEFAULTS:
+        known = ", ".join(TIMEOUT_DEFAULTS)
+        raise ValueError(f"{value!r} is not a step with a timeout: use one of {known}")
+    return value
+
+
+SlackUserId = Annotated[StrictStr, AfterValidator(_user_id)]
+Name = Annotated[StrictStr, AfterValidator(_name)]
+Url = Annotated[StrictStr, AfterValidator(_url)]
+Text = Annotated[StrictStr, AfterValidator(_not_blank)]
+Repo = Annotated[StrictStr, AfterValidator(_repo)]
+UtcTimestamp = Annotated[datetime, BeforeValidator(_utc_timestamp)]
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+Group = Annotated[GroupSpec, BeforeValidator(_group)]
+TimeoutStep = Annotated[StrictStr, AfterValidator(_timeout_step)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The file
+
+
+class _Table(BaseModel):
+    """A TOML table: unknown keys are refused by name, with the known ones listed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = [key for key in data if key not in cls.model_fields]
+            if unknown:
+                keys = ", ".join(repr(key) for key in unknown)
+                plural = "s" if len(unknown) > 1 else ""
+                known = ", ".join(cls.model_fields)
+                raise ValueError(f"unknown key{plural} {keys}: remove or rename it (known keys: {known})")
+        return data
+
+
+class JenkinsConfig(_Table):
+    url: Url
+    user: Text
+    diff_begin: Text = DeploySettings.model_fields["diff_begin"].default
+    diff_end: Text = DeploySettings.model_fields["diff_end"].default
+    input_id: Text = DeploySettings.model_fields["input_id"].default
+
+    @field_validator("url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _distinct_markers(self) -> JenkinsConfig:
+        if self.diff_begin == self.diff_end:
+            raise ValueError("diff_begin and diff_end are the same line: make them different")
+        return self
+
+
+class GithubConfig(_Table):
+    api_url: Url = "https://api.github.com"
+    configs_repo: Repo
+    base_branch: Text = "master"
+    version_file: Text
+
+    @field_validator("api_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @field_validator("version_file")
+    @classmethod
+    def _service_placeholder(cls, value: str) -> str:
+        try:
+            value.format(service="x")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError(
+                f'{value!r} is not a valid path template: use {{service}} as the only placeholder, like "channel-gov/{{service}}.yaml"'
+            ) from None
+        if "{service}" not in value:
+            raise ValueError(
+                f'{value!r} does not name the service: include {{service}}, like "channel-gov/{{service}}.yaml"'
+            )
+        return value
+
+
+class SlackConfig(_Table):
+    api_url: Url = "https://slack.com/api/"
+    triage_channel: Text
+
+    @field_validator("api_url")
+    @classmethod
+    def _trailing_slash(cls, value: str) -> str:
+        return value if value.endswith("/") else value + "/"
+
+
+class ChangeRequestsConfig(_Table):
+    backend: Literal["builtin", "github"] = "builtin"
+    repo: Repo | None = None
+
+    @model_validator(mode="after")
+    def _repo_for_github(self) -> ChangeRequestsConfig:
+        if self.backend == "github" and self.repo is None:
+            raise ValueError('backend "github" needs repo: add repo = "owner/name" under [change_requests]')
+        return self
+
+
+class EnvironmentConfig(_Table):
+    cloud: Cloud
+
+
+class ServiceConfig(_Table):
+    code_owners: Annotated[tuple[SlackUserId, ...], AfterValidator(_non_empty_ids)]
+    jenkins_job: Text
+    valkyr: StrictBool = False
+
+    @field_validator("jenkins_job")
+    @classmethod
+    def _job_path(cls, value: str) -> str:
+        if any(not part.strip() for part in value.split("/")):
+            raise ValueError(
+                f'{value!r} is not a Jenkins job path: write "job" or "folder/job", without empty parts'
+            )
+        return value
+
+
+class ReleaseWindow(_Table):
+    name: Text
+    start: UtcTimestamp
+    end: UtcTimestamp
+
+    @model_validator(mode="after")
+    def _end_after_start(self) -> ReleaseWindow:
+        if self.end <= self.start:
+            raise ValueError(
+                f"window {self.name!r} ends ({self.end:%Y-%m-%dT%H:%M:%SZ}) before it starts "
+                f"({self.start:%Y-%m-%dT%H:%M:%SZ}): make end later than start"
+            )
+        return self
+
+
+class ReleaseConfig(_Table):
+    lead_time_days: Annotated[StrictInt, Field(ge=0)] = 14
+    windows: tuple[ReleaseWindow, ...] = ()
+
+    @field_validator("windows")
+    @classmethod
+    def _unique_names(cls, windows: tuple[ReleaseWindow, ...]) -> tuple[ReleaseWindow, ...]:
+        seen: set[str] = set()
+        for window in windows:
+            if window.name in seen:
+                raise ValueError(f"window name {window.name!r} is used twice: give each window its own name")
+            seen.add(window.name)
+        return windows
+
+
+class Config(_Table):
+    """The whole `deployctl.toml`, with environment overrides applied. Holds no secrets."""
+
+    task_queue: Text = "deployctl"
+    ui_url: Url = DeploySettings.model_fields["ui_url"].default
+    jenkins: JenkinsConfig
+    github: GithubConfig
+    slack: SlackConfig
+    change_requests: ChangeRequestsConfig
+    groups: dict[StrictStr, Group]
+    environments: dict[Name, EnvironmentConfig]
+    services: dict[Name, ServiceConfig]
+    release: ReleaseConfig
+    #: Every step of TIMEOUT_DEFAULTS, by step name: the file's values over the defaults.
+    timeouts: dict[TimeoutStep, Duration]
+
+    _source: str = PrivateAttr(default=DEFAULT_CONFIG_PATH)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_tables(cls, data: Any) -> Any:
+        """A missing table is an empty one, so its own required keys are reported by name."""
+        if isinstance(data, dict):
+            data = dict(data)
+            for key in ("jenkins", "github", "slack", "change_requests", "release", "groups"):
+                data.setdefault(key, {})
+            for key in ("environments", "services", "timeouts"):
+                data.setdefault(key, {})
+        return data
+
+    @field_validator("ui_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @field_validator("groups")
+    @classmethod
+    def _known_groups(cls, groups: dict[str, GroupSpec]) -> dict[str, GroupSpec]:
+        unknown = [name for name in groups if name not in GROUP_NAMES]
+        if unknown:
+            raise ValueError(f"unknown group {unknown[0]!r}: the groups are {', '.join(GROUP_NAMES)}")
+        missing = [name for name in REQUIRED_GROUPS if name not in groups]
+        if missing:
+            raise ValueError(
+                f"required group{'s' if len(missing) > 1 else ''} {' and '.join(repr(m) for m in missing)} "
+                f"missing: add "
+                f'{missing[0]} = ["U0123ABCD", …] or {missing[0]} = {{ slack_usergroup = "S0123ABCD" }} under [groups]'
+            )
+        return groups
+
+    @field_validator("timeouts")
+    @classmethod
+    def _default_timeouts(cls, timeouts: dict[str, timedelta]) -> dict[str, timedelta]:
+        return {str(step): timeouts.get(step, default) for step, default in TIMEOUT_DEFAULTS.items()}
+
+    # -- lookups ---------------------------------------------------------------------------------------
+
+    @property
+    def source(self) -> str:
+        """The file this configuration was read from."""
+        return self._source
+
+    def service(self, name: str) -> ServiceSpec:
+        spec = self.services.get(name)
+        if spec is None:
+            known = ", ".join(sorted(self.services)) or "none"
+            raise ConfigError(
+                f"{self._source}: unknown service {name!r}: use one of the services configured under "
+                f"[services] ({known}), or add a [services.{name}] table"
+            )
+        return ServiceSpec(
+            name=name, code_owners=spec.code_owners, jenkins_job=spec.jenkins_job, valkyr=spec.valkyr
+        )
+
+    def cloud(self, env_name: str) -> Cloud:
+        environment = self.environments.get(env_name)
+        if environment is None:
+            known = ", ".join(sorted(self.environments)) or "none"
+            raise ConfigError(
+                f"{self._source}: unknown environment {env_name!r}: use one of the environments configured "
+                f'under [environments] ({known}), or add {env_name} = {{ cloud = "com" }} there'
+            )
+        return environment.cloud
+
+    def group(self, name: str) -> GroupSpec:
+        spec = self.groups.get(name)
+        if spec is None:
+            if name not in GROUP_NAMES:
+                raise ConfigError(f"unknown group {name!r}: the groups are {', '.join(GROUP_NAMES)}")
+            raise ConfigError(
+                f"{self._source}: group {name!r} is not configured and this deploy needs it: add "
+                f'{name} = ["U0123ABCD", …] or {name} = {{ slack_usergroup = "S0123ABCD" }} under [groups]'
+            )
+        return spec
+
+    def timeout(self, step: str) -> timedelta:
+        return self.timeouts.get(step) or TIMEOUT_DEFAULTS[Step(step)]
+
+    def settings(self, namespace: str = "default") -> DeploySettings:
+        """The snapshot a deploy is started with (no secrets)."""
+        return DeploySettings(
+            ui_url=self.ui_url,
+            namespace=namespace,
+            triage_channel=self.slack.triage_channel,
+            diff_begin=self.jenkins.diff_begin,
+            diff_end=self.jenkins.diff_end,
+            input_id=self.jenkins.input_id,
+            groups=dict(self.groups),
+            timeouts={str(step): self.timeout(step) for step in TIMEOUT_DEFAULTS},
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read, validate and return the configuration; any problem raises a one-line `ConfigError`.
+
+    `path` defaults to `$DEPLOYCTL_CONFIG`, then `./deployctl.toml`. The variables of `ENV_OVERRIDES`
+    replace the file's values (an empty variable counts as unset) and are validated like them.
+    """
+    environ: Mapping[str, str] = os.environ if env is None else env
+    if path is None:
+        path = environ.get("DEPLOYCTL_CONFIG", "").strip() or DEFAULT_CONFIG_PATH
+    shown = os.fspath(path)
+    hint = "pass --config PATH or set DEPLOYCTL_CONFIG (deployctl.example.toml shows every key)"
+    file = Path(shown).expanduser()
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{shown}: configuration file not found: {hint}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{shown}: is a directory, not a configuration file: {hint}") from None
+    except OSError as e:
+        raise ConfigError(f"{shown}: cannot read the configuration file ({e.strerror}): {hint}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{shown}: not UTF-8 text: save the file as UTF-8") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{shown}: invalid TOML: {e}: fix the syntax") from None
+
+    overridden: dict[tuple[str, ...], str] = {}
+    for var, loc in ENV_OVERRIDES.items():
+        value = environ.get(var, "").strip()
+        if not value:
+            continue
+        table: Any = data
+        for key in loc[:-1]:
+            table = table.setdefault(key, {}) if isinstance(table, dict) else None
+        if isinstance(table, dict):
+            table[loc[-1]] = value
+            overridden[loc] = var
+
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(shown, e, overridden)) from None
+    config._source = shown
+    return config
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_MAX_PROBLEMS = 3
+
+
+def _describe(source: str, error: ValidationError, overridden: Mapping[tuple[str, ...], str]) -> str:
+    """A ValidationError → one line: `deployctl.toml: services.x.code_owners: …; jenkins.url: …`."""
+    problems = []
+    for item in error.errors():
+        loc = tuple(str(part) if not isinstance(part, int) else part for part in item["loc"])
+        var = next((v for key, v in overridden.items() if loc[: len(key)] == key), None)
+        message = _message(item, loc)
+        if var is not None:
+            problems.append(f"environment variable {var}: {message}")
+        else:
+            where = _format_loc(loc)
+            problems.append(f"{where}: {message}" if where else message)
+    shown = problems[:_MAX_PROBLEMS]
+    more = len(problems) - len(shown)
+    line = f"{source}: " + "; ".join(shown)
+    if more:
+        line += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return line
+
+
+def _format_loc(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part == "[key]":
+            continue  # a dict key's own error: the key is already the last part
+        else:
+            key = part if _BARE_KEY.fullmatch(part) else '"' + part.replace('"', '\\"') + '"'
+            out += ("." if out else "") + key
+    return out
+
+
+def _message(item: Any, loc: tuple[str | int, ...]) -> str:
+    kind = item["type"]
+    ctx = item.get("ctx") or {}
+    got = _show(item.get("input"))
+    if kind in ("value_error", "assertion_error"):
+        return str(ctx.get("error", item["msg"]))
+    if kind == "missing":
+        parent = _format_loc(loc[:-1])
+        where = "at the top of the file" if not parent else f"under [{parent}]"
+        var = next((v for v, key in ENV_OVERRIDES.items() if key == loc), None)
+        alternative = f" (or set {var})" if var else ""
+        return f"required key is missing: add {loc[-1]} = … {where}{alternative}"
+    if kind == "extra_forbidden":
+        return "unknown key: remove or rename it"
+    if kind == "string_type":
+        return f"must be a string (in quotes), got {got}"
+    if kind == "bool_type":
+        return f"must be true or false (without quotes), got {got}"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"must be a whole number (without quotes), got {got}"
+    if kind in ("list_type", "tuple_type"):
+        return f'must be a list like ["U0123ABCD"], got {got}'
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"must be a table, got {got}"
+    if kind == "too_short":
+        return "must not be empty: list at least one"
+    if kind == "greater_than_equal":
+        return f"must be {ctx.get('ge')} or more, got {got}"
+    if kind in ("enum", "literal_error"):
+        return f"must be {ctx.get('expected')}, got {got}"
+    return f"{item['msg']}, got {got}"
+
+
+def _show(value: object, limit: int = 60) -> str:
+    text = f"{value.isoformat()} (a TOML date or time)" if isinstance(value, date | time) else repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Secrets
+
+
+class Secrets:
+    """The secrets, read from the environment when asked for; never stored in `Config` or shown in a repr."""
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self._env = env
+
+    def secret(self, name: str, env: Mapping[str, str] | None = None, required: bool = True) -> str | None:
+        """The value of secret `name` (one of `SECRET_NAMES`); an unset or blank one is `None`, or a
+        `ConfigError` when `required`."""
+        if name not in SECRET_NAMES:
+            raise ValueError(
+                f"{name!r} is not a secret deployctl reads: use one of {', '.join(SECRET_NAMES)}"
+            )
+        source = env if env is not None else self._env if self._env is not None else os.environ
+        value = (source.get(name) or "").strip()
+        if value:
+            return value
+        if required:
+            raise ConfigError(
+                f"{name} is not set: export it in this process's environment ({_SECRET_HINTS[name]})"
+            )
+        return None
+
+    def __repr__(self) -> str:
+        source = self._env if self._env is not None else os.environ
+        shown = ", ".join(
+            f"{name}={'set' if (source.get(name) or '').strip() else 'unset'}" for name in SECRET_NAMES
+        )
+        return f"Secrets({shown})"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Release calendar
+
+
+class UpcomingWindow(NamedTuple):
+    name: str
+    start: datetime
+    end: datetime
+    last_planning_day: date
+
+
+def upcoming_windows(config: Config, now: datetime) -> list[UpcomingWindow]:
+    """Release windows not over yet at `now` (a naive `now` is UTC), by start, each with its last
+    planning day: the window's start date (UTC) minus `lead_time_days`."""
+    if now.utcoffset() is None:
+        now = now.replace(tzinfo=UTC)
+    lead = timedelta(days=config.release.lead_time_days)
+    return [
+        UpcomingWindow(window.name, window.start, window.end, window.start.date() - lead)
+        for window in sorted(config.release.windows, key=lambda w: (w.start, w.name))
+        if window.end > now
+    ]
+
+
+def secret(name: str, env: Mapping[str, str] | None = None, required: bool = True) -> str | None:
+    """A secret from the environment (never the config file); a missing required one is a ConfigError."""
+    return Secrets(env).secret(name, required=required)

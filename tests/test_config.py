@@ -1,0 +1,621 @@
+"""starter/config.py: the TOML file, its environment overrides, durations, windows and secrets."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from starter.config import (
+    TIMEOUT_DEFAULTS,
+    Config,
+    ConfigError,
+    Secrets,
+    load_config,
+    parse_duration,
+    upcoming_windows,
+)
+from workflows.models import Cloud, DeploySettings, GroupSpec, ServiceSpec, Step
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "deployctl.example.toml"
+
+MINIMAL = """
+[jenkins]
+url = "http://jenkins.example:8080/"
+user = "deploy-bot"
+
+[github]
+configs_repo = "acme/configs"
+version_file = "channel-gov/{service}.yaml"
+
+[slack]
+triage_channel = "C0TRIAGE"
+
+[groups]
+pccr-gatekeeper = ["U0GATE1"]
+sre = ["U0SRE1"]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "deployctl.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def example_text() -> str:
+    return EXAMPLE.read_text(encoding="utf-8")
+
+
+def edited(old: str, new: str) -> str:
+    text = example_text()
+    assert old in text, f"the example no longer contains {old!r}"
+    return text.replace(old, new, 1)
+
+
+def load_text(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Config:
+    return load_config(write(tmp_path, text), env={} if env is None else env)
+
+
+def config_error(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_text(tmp_path, text, env)
+    return one_line(info.value)
+
+
+def one_line(error: ConfigError) -> str:
+    message = str(error)
+    assert message and "\n" not in message and "\r" not in message, message
+    return message
+
+
+# ---------------------------------------------------------------------------------------------------
+# The example file
+
+
+def test_example_loads() -> None:
+    config = load_config(EXAMPLE, env={})
+    assert config.task_queue == "deployctl"
+    assert config.ui_url == "http://127.0.0.1:8233"
+    assert config.jenkins.url == "http://127.0.0.1:8080"
+    assert config.jenkins.user == "deploy-bot"
+    assert config.jenkins.input_id == "Approve-deploy"
+    assert config.github.configs_repo == "mulesoft/kilonova-product-configs"
+    assert config.github.version_file.format(service="payments-api") == "channel-gov/payments-api.yaml"
+    assert config.slack.api_url == "https://slack.com/api/"
+    assert config.change_requests.backend == "builtin"
+    assert config.change_requests.repo == "acme/pccr"
+    assert config.release.lead_time_days == 14
+    assert [w.name for w in config.release.windows] == ["2026.12"]
+    assert config.release.windows[0].start == datetime(2026, 12, 15, 16, tzinfo=UTC)
+    assert config.source == str(EXAMPLE)
+
+
+def test_example_lookups() -> None:
+    config = load_config(EXAMPLE, env={})
+    assert config.service("payments-api") == ServiceSpec(
+        name="payments-api", code_owners=("U0OWNER1",), jenkins_job="deploy-payments-api", valkyr=False
+    )
+    assert config.cloud("kprod") is Cloud.COM
+    assert config.cloud("kprod-gov") is Cloud.GOV
+    assert config.group("sre") == GroupSpec(members=("U0SRE1", "U0SRE2"))
+    assert config.group("sre-gov") == GroupSpec(slack_usergroup="S0SREGOV")
+    assert config.group("sre-gov").mention() == "<!subteam^S0SREGOV>"
+
+
+def test_settings_snapshot() -> None:
+    config = load_config(EXAMPLE, env={})
+    settings = config.settings("prod")
+    assert isinstance(settings, DeploySettings)
+    assert settings.namespace == "prod"
+    assert settings.ui_url == "http://127.0.0.1:8233"
+    assert settings.triage_channel == "C0TRIAGE"
+    assert settings.diff_begin == "=== DEPLOY DIFF BEGIN ==="
+    assert settings.diff_end == "=== DEPLOY DIFF END ==="
+    assert settings.input_id == "Approve-deploy"
+    assert set(settings.groups) == {"pccr-gatekeeper", "sre", "sre-gov", "vp"}
+    assert settings.groups["vp"] == GroupSpec(members=("U0VP1",))
+    assert set(settings.timeouts) == {str(step) for step in TIMEOUT_DEFAULTS}
+    assert config.settings().namespace == "default"
+    # The snapshot travels through Temporal as JSON: it must round-trip.
+    assert DeploySettings.model_validate_json(settings.model_dump_json()) == settings
+
+
+def test_minimal_file_gets_defaults(tmp_path: Path) -> None:
+    config = load_text(tmp_path, MINIMAL)
+    assert config.task_queue == "deployctl"
+    assert config.ui_url == "http://127.0.0.1:8233"
+    assert config.jenkins.url == "http://jenkins.example:8080"  # trailing slash dropped
+    assert config.jenkins.diff_begin == "=== DEPLOY DIFF BEGIN ==="
+    assert config.jenkins.input_id == "Approve-deploy"
+    assert config.github.api_url == "https://api.github.com"
+    assert config.github.base_branch == "master"
+    assert config.change_requests.backend == "builtin"
+    assert config.release.lead_time_days == 14
+    assert config.release.windows == ()
+    assert config.environments == {} and config.services == {}
+    assert config.timeouts == {str(step): d for step, d in TIMEOUT_DEFAULTS.items()}
+
+
+def test_valkyr_and_folder_job(tmp_path: Path) -> None:
+    text = MINIMAL + (
+        '[services.ledger]\ncode_owners = ["U0A", "W0B"]\njenkins_job = "platform/deploy-ledger"\nvalkyr = true\n'
+    )
+    spec = load_text(tmp_path, text).service("ledger")
+    assert spec.valkyr is True
+    assert spec.jenkins_job == "platform/deploy-ledger"
+    assert spec.code_owners == ("U0A", "W0B")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Where the file comes from, and environment overrides
+
+
+def test_path_from_env_and_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, MINIMAL)
+    assert load_config(env={"DEPLOYCTL_CONFIG": str(path)}).source == str(path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DEPLOYCTL_CONFIG", raising=False)
+    assert load_config().source == "deployctl.toml"
+    assert load_config(env={"DEPLOYCTL_CONFIG": ""}).jenkins.user == "deploy-bot"
+
+
+def test_env_overrides(tmp_path: Path) -> None:
+    env = {
+        "DEPLOYCTL_UI_URL": "http://ui.example:8233/",
+        "JENKINS_URL": "http://127.0.0.1:9999",
+        "JENKINS_USER": "other-bot",
+        "GITHUB_API_URL": "http://127.0.0.1:9998/api/v3",
+        "SLACK_API_URL": "http://127.0.0.1:9997/api",
+    }
+    config = load_config(EXAMPLE, env=env)
+    assert config.ui_url == "http://ui.example:8233"
+    assert config.jenkins.url == "http://127.0.0.1:9999"
+    assert config.jenkins.user == "other-bot"
+    assert config.github.api_url == "http://127.0.0.1:9998/api/v3"
+    assert config.slack.api_url == "http://127.0.0.1:9997/api/"
+    assert config.settings().ui_url == "http://ui.example:8233"
+
+
+def test_empty_env_var_does_not_override() -> None:
+    config = load_config(EXAMPLE, env={"JENKINS_URL": "", "DEPLOYCTL_UI_URL": "  "})
+    assert config.jenkins.url == "http://127.0.0.1:8080"
+    assert config.ui_url == "http://127.0.0.1:8233"
+
+
+def test_env_supplies_a_key_missing_from_the_file(tmp_path: Path) -> None:
+    text = MINIMAL.replace('url = "http://jenkins.example:8080/"\n', "")
+    assert "jenkins.url" in config_error(tmp_path, text)
+    assert "JENKINS_URL" in config_error(tmp_path, text)
+    config = load_text(tmp_path, text, env={"JENKINS_URL": "http://ci.example"})
+    assert config.jenkins.url == "http://ci.example"
+
+
+def test_bad_env_override_names_the_variable(tmp_path: Path) -> None:
+    message = config_error(tmp_path, example_text(), env={"JENKINS_URL": "jenkins.example"})
+    assert "environment variable JENKINS_URL" in message
+    assert "http(s) URL" in message
+
+
+def test_env_does_not_leak_into_os_environ(tmp_path: Path) -> None:
+    load_text(tmp_path, MINIMAL, env={"JENKINS_USER": "x-bot"})
+    assert os.environ.get("JENKINS_USER") != "x-bot"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Durations and timeouts
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("20s", timedelta(seconds=20)),
+        ("30m", timedelta(minutes=30)),
+        ("4h", timedelta(hours=4)),
+        ("3d", timedelta(days=3)),
+        ("0s", timedelta(0)),
+        ("90m", timedelta(minutes=90)),
+    ],
+)
+def test_parse_duration(text: str, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["", "4", "h", "4 h", " 4h", "4h ", "4H", "1.5h", "-1h", "4w", "4hours", "1h30m", "99999999999d"]
+)
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_duration(text)
+    message = one_line(info.value)
+    assert repr(text) in message
+    assert '"4h"' in message
+
+
+def test_parse_duration_rejects_non_strings() -> None:
+    with pytest.raises(ConfigError):
+        parse_duration(4)  # type: ignore[arg-type]
+
+
+def test_timeouts_override_defaults(tmp_path: Path) -> None:
+    config = load_text(tmp_path, MINIMAL + '[timeouts]\npccr_review = "2d"\ntrigger = "30m"\n')
+    assert config.timeouts["pccr_review"] == timedelta(days=2)
+    assert config.timeouts[Step.TRIGGER] == timedelta(minutes=30)
+    assert config.timeout(Step.DEPLOY_APPROVAL) == timedelta(hours=4)
+    assert config.settings().timeouts["release_acceptance"] == timedelta(days=7)
+    assert config.settings().timeouts["pccr_review"] == timedelta(days=2)
+
+
+def test_timeout_defaults_cover_the_spec() -> None:
+    assert {str(k): v for k, v in TIMEOUT_DEFAULTS.items()} == {
+        "vp_approval": timedelta(days=3),
+        "pccr_review": timedelta(days=3),
+        "sre_assignment": timedelta(days=1),
+        "clearance": timedelta(days=1),
+        "version_pr_merge": timedelta(days=1),
+        "trigger": timedelta(days=1),
+        "diff_validation": timedelta(hours=4),
+        "deploy_approval": timedelta(hours=4),
+        "release_acceptance": timedelta(days=7),
+    }
+
+
+@pytest.mark.parametrize(
+    ("timeouts", "expected"),
+    [
+        ('pccr_reveiw = "3d"', "timeouts.pccr_reveiw"),
+        ('deploying = "1h"', "timeouts.deploying"),
+        ('done = "1h"', "timeouts.done"),
+        ('pccr_review = "3 days"', "timeouts.pccr_review: invalid duration '3 days'"),
+        ("pccr_review = 3", "timeouts.pccr_review: invalid duration 3"),
+        ('pccr_review = "0s"', "longer than zero"),
+    ],
+)
+def test_bad_timeouts(tmp_path: Path, timeouts: str, expected: str) -> None:
+    message = config_error(tmp_path, MINIMAL + f"[timeouts]\n{timeouts}\n")
+    assert expected in message
+    if "reveiw" in timeouts:
+        assert "pccr_review" in message  # lists the valid step names
+
+
+# ---------------------------------------------------------------------------------------------------
+# File-level failures
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "nope.toml", env={})
+    message = one_line(info.value)
+    assert "nope.toml" in message and "not found" in message
+    assert "--config" in message and "DEPLOYCTL_CONFIG" in message
+
+
+def test_missing_default_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_config(env={})
+    assert one_line(info.value).startswith("deployctl.toml: ")
+
+
+def test_directory_is_not_a_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path, env={})
+    assert "directory" in one_line(info.value)
+
+
+def test_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, MINIMAL)
+
+    def denied(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    message = one_line(info.value)
+    assert message.startswith(str(path) + ": cannot read the configuration file (Permission denied)")
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    message = config_error(tmp_path, MINIMAL + "broken = \n")
+    assert message.startswith(str(tmp_path / "deployctl.toml") + ": invalid TOML")
+    assert "line" in message
+
+
+def test_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "deployctl.toml"
+    path.write_bytes(b'task_queue = "\xff"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert "UTF-8" in one_line(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Validation failures: each names the file, the key and what to do, on one line
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        # unknown keys, named, with the known ones
+        ("valkyr = false ", "valkry = false ", "services.payments-api: unknown key 'valkry'"),
+        ("[release]", "[releases]", "unknown key 'releases'"),
+        ('task_queue = "deployctl"', 'task_queu = "deployctl"', "unknown key 'task_queu'"),
+        ('triage_channel = "C0TRIAGE"', 'triage = "C0TRIAGE"', "slack: unknown key 'triage'"),
+        # services
+        (
+            '["U0OWNER1"]',
+            '["u0owner1"]',
+            "services.payments-api.code_owners[0]: 'u0owner1' is not a Slack user id",
+        ),
+        ('["U0OWNER1"]', "[]", "services.payments-api.code_owners: the list is empty"),
+        ('["U0OWNER1"]', '"U0OWNER1"', "services.payments-api.code_owners: must be a list"),
+        ('jenkins_job = "deploy-payments-api"', 'jenkins_job = "a//b"', "services.payments-api.jenkins_job"),
+        (
+            'jenkins_job = "deploy-payments-api"',
+            "",
+            "services.payments-api.jenkins_job: required key is missing",
+        ),
+        ("valkyr = false ", 'valkyr = "no" ', "services.payments-api.valkyr: must be true or false"),
+        ("[services.payments-api]", '[services."payments api"]', 'services."payments api": invalid name'),
+        # groups
+        ('sre = ["U0SRE1", "U0SRE2"]', 'sre = ["U0SRE1", "bob"]', "groups.sre: 'bob' is not a Slack user id"),
+        ('sre = ["U0SRE1", "U0SRE2"]', "sre = []", "groups.sre: the group is empty"),
+        ('sre = ["U0SRE1", "U0SRE2"]', "", "groups: required group 'sre' missing"),
+        ('pccr-gatekeeper = ["U0GATE1", "U0GATE2"]', "", "groups: required group 'pccr-gatekeeper' missing"),
+        ("sre-gov = {", "sre_gov = {", "groups: unknown group 'sre_gov'"),
+        ('"S0SREGOV"', '"U0SREGOV"', "groups.sre-gov: 'U0SREGOV' is not a Slack user group id"),
+        (
+            '{ slack_usergroup = "S0SREGOV" }',
+            '{ usergroup = "S0SREGOV" }',
+            "groups.sre-gov: unknown key 'usergroup'",
+        ),
+        # environments
+        (
+            'kstg = { cloud = "com" }',
+            'kstg = { cloud = "aws" }',
+            "environments.kstg.cloud: must be 'com' or 'gov'",
+        ),
+        ('kstg = { cloud = "com" }', "kstg = {}", "environments.kstg.cloud: required key is missing"),
+        # release windows
+        (
+            'end = "2026-12-15T20:00:00Z"',
+            'end = "2026-12-15T10:00:00Z"',
+            "release.windows[0]: window '2026.12' ends",
+        ),
+        ('end = "2026-12-15T20:00:00Z"', 'end = "2026-12-15T16:00:00Z"', "make end later than start"),
+        (
+            'start = "2026-12-15T16:00:00Z"',
+            'start = "next tuesday"',
+            "release.windows[0].start: 'next tuesday'",
+        ),
+        ('start = "2026-12-15T16:00:00Z"', 'start = "2026-12-15T16:00:00"', "has no UTC offset"),
+        (
+            'start = "2026-12-15T16:00:00Z"',
+            "start = 2026-12-15",
+            "release.windows[0].start: must be an ISO-8601",
+        ),
+        (
+            'start = "2026-12-15T16:00:00Z"',
+            "start = 1797436800",
+            "release.windows[0].start: must be an ISO-8601",
+        ),
+        ('{ name = "2026.12", ', '{ name = "2026.12", slot = 1, ', "release.windows[0]: unknown key 'slot'"),
+        ("lead_time_days = 14 ", "lead_time_days = -1 ", "release.lead_time_days: must be 0 or more"),
+        ("lead_time_days = 14 ", 'lead_time_days = "14" ', "release.lead_time_days: must be a whole number"),
+        # other tables
+        (
+            'url = "http://127.0.0.1:8080"',
+            'url = "127.0.0.1:8080"',
+            "jenkins.url: '127.0.0.1:8080' is not an http(s) URL",
+        ),
+        ('user = "deploy-bot"', "", "jenkins.user: required key is missing: add user = … under [jenkins]"),
+        (
+            'diff_end = "=== DEPLOY DIFF END ==="',
+            'diff_end = "=== DEPLOY DIFF BEGIN ==="',
+            "jenkins: diff_begin and",
+        ),
+        (
+            'configs_repo = "mulesoft/kilonova-product-configs"',
+            'configs_repo = "kilonova"',
+            "github.configs_repo",
+        ),
+        ("channel-gov/{service}.yaml", "channel-gov/{svc}.yaml", "github.version_file"),
+        ("channel-gov/{service}.yaml", "channel-gov/all.yaml", "include {service}"),
+        ('backend = "builtin"', 'backend = "jira"', "change_requests.backend: must be 'builtin' or 'github'"),
+        ('repo = "acme/pccr"', "", None),  # builtin needs no repo
+        ('triage_channel = "C0TRIAGE"', 'triage_channel = ""', "slack.triage_channel: must not be empty"),
+        ('ui_url = "http://127.0.0.1:8233"', "ui_url = 8233", "ui_url: must be a string"),
+    ],
+)
+def test_validation_errors(tmp_path: Path, old: str, new: str, expected: str | None) -> None:
+    text = edited(old, new)
+    if expected is None:
+        load_text(tmp_path, text)
+        return
+    message = config_error(tmp_path, text)
+    assert message.startswith(str(tmp_path / "deployctl.toml") + ": "), message
+    assert expected in message, message
+
+
+def test_github_backend_needs_a_repo(tmp_path: Path) -> None:
+    text = edited('backend = "builtin"', 'backend = "github"').replace('repo = "acme/pccr"', "")
+    assert 'backend "github" needs repo' in config_error(tmp_path, text)
+    config = load_text(tmp_path, edited('backend = "builtin"', 'backend = "github"'))
+    assert config.change_requests.backend == "github"
+
+
+def test_unknown_keys_are_all_named(tmp_path: Path) -> None:
+    message = config_error(tmp_path, MINIMAL + "[release]\nleadtime = 3\nwindow = []\n")
+    assert "release: unknown keys 'leadtime', 'window'" in message
+    assert "known keys: lead_time_days, windows" in message
+
+
+def test_section_of_wrong_type(tmp_path: Path) -> None:
+    text = 'change_requests = 5\nenvironments = ["kprod"]\n' + MINIMAL
+    message = config_error(tmp_path, text)
+    assert "change_requests: must be a table" in message
+    assert "environments: must be a table" in message
+
+
+def test_many_problems_stay_on_one_line(tmp_path: Path) -> None:
+    text = edited('["U0OWNER1"]', '["x"]').replace('cloud = "com"', 'cloud = "c"')
+    message = config_error(tmp_path, text)
+    assert message.count(";") == 2
+    assert message.endswith("(and 1 more problem)")
+
+
+def test_native_toml_datetimes(tmp_path: Path) -> None:
+    text = edited('start = "2026-12-15T16:00:00Z"', "start = 2026-12-15T17:00:00+01:00")
+    window = load_text(tmp_path, text).release.windows[0]
+    assert window.start == datetime(2026, 12, 15, 16, tzinfo=UTC)
+    assert window.start.utcoffset() == timedelta(0)
+
+
+def test_duplicate_window_names(tmp_path: Path) -> None:
+    text = edited(
+        "windows = [",
+        'windows = [ { name = "2026.12", start = "2026-11-15T16:00:00Z", end = "2026-11-15T20:00:00Z" },',
+    )
+    assert "release.windows: window name '2026.12' is used twice" in config_error(tmp_path, text)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Lookups
+
+
+def test_unknown_service() -> None:
+    config = load_config(EXAMPLE, env={})
+    with pytest.raises(ConfigError) as info:
+        config.service("payments")
+    message = one_line(info.value)
+    assert "unknown service 'payments'" in message
+    assert "payments-api" in message
+    assert message.startswith(str(EXAMPLE))
+
+
+def test_unknown_environment() -> None:
+    config = load_config(EXAMPLE, env={})
+    with pytest.raises(ConfigError) as info:
+        config.cloud("prod")
+    message = one_line(info.value)
+    assert "unknown environment 'prod'" in message
+    assert "kprod, kprod-eu, kprod-gov, kstg" in message
+
+
+def test_lookups_with_nothing_configured(tmp_path: Path) -> None:
+    config = load_text(tmp_path, MINIMAL)
+    with pytest.raises(ConfigError, match=r"\(none\)"):
+        config.service("x")
+    with pytest.raises(ConfigError, match=r"\(none\)"):
+        config.cloud("x")
+
+
+def test_optional_groups_only_when_needed(tmp_path: Path) -> None:
+    config = load_text(tmp_path, MINIMAL)
+    assert set(config.settings().groups) == {"pccr-gatekeeper", "sre"}
+    for name in ("vp", "sre-gov"):
+        with pytest.raises(ConfigError) as info:
+            config.group(name)
+        message = one_line(info.value)
+        assert f"group '{name}' is not configured" in message and "[groups]" in message
+    with pytest.raises(ConfigError, match="unknown group 'admins'"):
+        config.group("admins")
+
+
+def test_usergroup_groups(tmp_path: Path) -> None:
+    text = MINIMAL.replace('sre = ["U0SRE1"]', 'sre = { slack_usergroup = "S0SRE" }')
+    config = load_text(tmp_path, text + 'vp = { slack_usergroup = "S0VP" }\n')
+    assert config.group("sre") == GroupSpec(slack_usergroup="S0SRE")
+    assert config.group("vp").mention() == "<!subteam^S0VP>"
+    assert config.settings().groups["sre"].members == ()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Secrets
+
+
+def test_secret_present() -> None:
+    secrets = Secrets({"JENKINS_TOKEN": "tok-123\n"})
+    assert secrets.secret("JENKINS_TOKEN") == "tok-123"
+    assert secrets.secret("GITHUB_TOKEN", env={"GITHUB_TOKEN": "ghp"}) == "ghp"
+
+
+@pytest.mark.parametrize(
+    "name", ["JENKINS_TOKEN", "GITHUB_TOKEN", "SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN"]
+)
+def test_secret_missing(name: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Secrets({}).secret(name)
+    assert one_line(info.value).startswith(f"{name} is not set: export it")
+    with pytest.raises(ConfigError):
+        Secrets({name: "   "}).secret(name)
+    assert Secrets({}).secret(name, required=False) is None
+
+
+def test_secret_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-from-env")
+    assert Secrets().secret("SLACK_BOT_TOKEN") == "xoxb-from-env"
+
+
+def test_unknown_secret_name() -> None:
+    with pytest.raises(ValueError, match="not a secret"):
+        Secrets({"PATH": "/bin"}).secret("PATH")
+
+
+def test_secrets_never_shown() -> None:
+    env = {"JENKINS_TOKEN": "s3cr3t-jenkins", "SLACK_BOT_TOKEN": "xoxb-s3cr3t"}
+    secrets = Secrets(env)
+    assert "s3cr3t" not in repr(secrets) and "s3cr3t" not in str(secrets)
+    assert "JENKINS_TOKEN=set" in repr(secrets) and "GITHUB_TOKEN=unset" in repr(secrets)
+    config = load_config(EXAMPLE, env=env)
+    for text in (repr(config), config.model_dump_json(), config.settings().model_dump_json()):
+        assert "s3cr3t" not in text
+    assert "token" not in Config.model_fields
+
+
+# ---------------------------------------------------------------------------------------------------
+# Release calendar
+
+
+def test_upcoming_windows(tmp_path: Path) -> None:
+    text = MINIMAL + (
+        "[release]\nlead_time_days = 10\nwindows = [\n"
+        '  { name = "late", start = "2027-02-01T00:30:00Z", end = "2027-02-01T04:00:00Z" },\n'
+        '  { name = "past", start = "2026-01-01T10:00:00Z", end = "2026-01-01T12:00:00Z" },\n'
+        '  { name = "open", start = "2026-06-01T10:00:00Z", end = "2026-06-01T14:00:00Z" },\n'
+        '  { name = "next", start = "2026-07-01T16:00:00Z", end = "2026-07-01T20:00:00Z" },\n'
+        "]\n"
+    )
+    config = load_text(tmp_path, text)
+    now = datetime(2026, 6, 1, 12, tzinfo=UTC)
+    windows = upcoming_windows(config, now)
+    assert [w.name for w in windows] == ["open", "next", "late"]
+    name, start, end, last_day = windows[1]
+    assert (name, start, end) == (
+        "next",
+        datetime(2026, 7, 1, 16, tzinfo=UTC),
+        datetime(2026, 7, 1, 20, tzinfo=UTC),
+    )
+    assert last_day == date(2026, 6, 21)
+    assert windows[2].last_planning_day == date(2027, 1, 22)
+    assert windows[2].last_planning_day.isoformat() == "2027-01-22"
+    # A naive `now` is UTC.
+    assert upcoming_windows(config, now.replace(tzinfo=None)) == windows
+    assert upcoming_windows(config, datetime(2030, 1, 1, tzinfo=UTC)) == []
+
+
+def test_upcoming_windows_example() -> None:
+    config = load_config(EXAMPLE, env={})
+    [window] = upcoming_windows(config, datetime(2026, 11, 1, tzinfo=UTC))
+    assert window.last_planning_day == date(2026, 12, 1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# ConfigError itself
+
+
+def test_config_error_is_one_line() -> None:
+    assert str(ConfigError("first\n  second\r\nthird")) == "first second third"

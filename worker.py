@@ -1,0 +1,150 @@
+"""The worker pool entry point: `python worker.py [--metrics-port P]` (also `deployctl worker`).
+
+Wires config, clients, activities and workflows onto the task queue. Secrets come from the environment
+only. SIGTERM/SIGINT stop polling, let running activities finish (up to the graceful timeout), then exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
+from temporalio.client import Client
+from temporalio.common import SearchAttributeIndexedValueType
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.worker import Worker
+
+from activities.jenkins import JenkinsActivities
+from activities.slack import SlackActivities, make_web_client
+from starter.config import Config, ConfigError, load_config, secret
+from starter.temporal import connect
+from workflows import search_attributes as sa
+from workflows.deploy import DeployWorkflow
+from workflows.inspect_job import InspectJobWorkflow
+
+log = logging.getLogger("deployctl.worker")
+
+WORKFLOWS = [DeployWorkflow, InspectJobWorkflow]
+
+
+def build_activities(config: Config, env: Mapping[str, str] | None = None) -> list:
+    """The activity callables, with their clients built once from the config and the environment."""
+    jenkins = JenkinsActivities(
+        url=config.jenkins.url, user=config.jenkins.user, token=secret("JENKINS_TOKEN", env) or ""
+    )
+    slack = SlackActivities(make_web_client(secret("SLACK_BOT_TOKEN", env) or "", config.slack.api_url))
+    return [
+        jenkins.job_parameters,
+        jenkins.trigger_build,
+        jenkins.wait_build_started,
+        jenkins.read_diff,
+        jenkins.input_action,
+        jenkins.watch_input,
+        jenkins.wait_build_result,
+        jenkins.abort_build,
+        slack.post_message,
+        slack.update_message,
+        slack.usergroup_members,
+    ]
+
+
+def create_worker(
+    client: Client,
+    config: Config,
+    env: Mapping[str, str] | None = None,
+    *,
+    task_queue: str | None = None,
+    executor: ThreadPoolExecutor | None = None,
+) -> Worker:
+    """One worker of the pool. Activities are blocking client calls, run in a thread pool."""
+    pool = executor or ThreadPoolExecutor(max_workers=64, thread_name_prefix="deployctl-activity")
+    return Worker(
+        client,
+        task_queue=task_queue or config.task_queue,
+        workflows=WORKFLOWS,
+        activities=build_activities(config, env),
+        activity_executor=pool,
+        max_concurrent_activities=64,
+        graceful_shutdown_timeout=timedelta(seconds=20),
+    )
+
+
+_KIND = {
+    SearchAttributeIndexedValueType.KEYWORD: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+    SearchAttributeIndexedValueType.KEYWORD_LIST: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD_LIST,
+}
+
+
+async def ensure_search_attributes(client: Client) -> list[str]:
+    """Create the custom search attributes where missing. Returns the names it added."""
+    have = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=client.namespace)
+    )
+    missing = {
+        key.name: _KIND[key.indexed_value_type] for key in sa.ALL if key.name not in have.custom_attributes
+    }
+    if missing:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(namespace=client.namespace, search_attributes=missing)
+        )
+    return sorted(missing)
+
+
+async def serve(config: Config, metrics_port: int | None = None) -> None:
+    runtime = None
+    if metrics_port:
+        runtime = Runtime(
+            telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"0.0.0.0:{metrics_port}"))
+        )
+    client = await connect(runtime=runtime)
+    try:
+        added = await ensure_search_attributes(client)
+        if added:
+            log.info("created search attributes %s", ", ".join(added))
+    except Exception as err:  # Temporal Cloud: attributes are created in its console, not by workers
+        log.warning("could not check search attributes (%s); create them as the README says", err)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    with ThreadPoolExecutor(max_workers=64, thread_name_prefix="deployctl-activity") as pool:
+        worker = create_worker(client, config, executor=pool)
+        async with worker:
+            log.info("worker polling task queue %s", config.task_queue)
+            await stop.wait()
+            log.info("shutting down: finishing running tasks")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="worker.py", description="The deployctl worker pool.")
+    parser.add_argument(
+        "--config", default=None, help="TOML config (default $DEPLOYCTL_CONFIG or ./deployctl.toml)"
+    )
+    parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on /metrics")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("DEPLOYCTL_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        config = load_config(args.config)
+        secret("JENKINS_TOKEN")
+        secret("SLACK_BOT_TOKEN")
+    except ConfigError as err:
+        print(f"deployctl worker: {err}", file=sys.stderr)
+        return 2
+    asyncio.run(serve(config, args.metrics_port))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

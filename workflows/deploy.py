@@ -1,0 +1,705 @@
+"""The deploy workflow: one runbook process, walked step by step from the step table.
+
+Human steps are Updates (validated, so a refusal changes nothing) and Signals of the same name (a refused
+Signal is recorded in the audit trail). Every effect on Jenkins and Slack is an activity. The workflow
+is the builtin change request: its history is the PCCR's record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeUpdate
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from pydantic import ValidationError
+
+    from activities.jenkins import JenkinsActivities
+    from activities.slack import SlackActivities
+    from workflows import messages, policy
+    from workflows import search_attributes as sa
+    from workflows.models import (
+        AbortBuildInput,
+        Action,
+        ActionInput,
+        ActionResult,
+        AuditEntry,
+        BuildInfo,
+        BuildResultInput,
+        DeployInput,
+        DeployResult,
+        DeployStatus,
+        InputActionInput,
+        JobParametersInput,
+        Outcome,
+        Pccr,
+        ReadDiffInput,
+        Role,
+        Roster,
+        SlackPostInput,
+        Step,
+        TriggerBuildInput,
+        UsergroupInput,
+        WaitBuildStartedInput,
+        WatchInputInput,
+    )
+    from workflows.steps import StepDef, sre_group, step_def, steps_for, triage_group
+
+DEFAULT_TIMEOUT = timedelta(days=1)
+
+# A short call to Jenkins: retried with backoff for up to 30 minutes, then the deploy fails.
+JENKINS_CALL: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=60),
+    "schedule_to_close_timeout": timedelta(minutes=30),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
+    ),
+}
+# A long wait on Jenkins (queue, console, input, result): polls inside, heartbeats, resumes after a crash.
+JENKINS_WAIT: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(hours=12),
+    "heartbeat_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
+    ),
+}
+# Slack never blocks a deploy: a few tries, then a note in the audit trail.
+SLACK_CALL: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=20),
+    "schedule_to_close_timeout": timedelta(minutes=3),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=6
+    ),
+}
+
+SYSTEM = "deployctl"
+
+
+@dataclass
+class _Notice:
+    kind: str  # "root" (the triage thread), "thread" (a reply in it) or "dm"
+    text: str
+    step: Step
+    to: str | None = None
+
+
+@dataclass
+class _Accepted:
+    action: Action
+    msg: ActionInput
+
+
+@workflow.defn(name="Deploy")
+class DeployWorkflow:
+    @workflow.init
+    def __init__(self, input: DeployInput) -> None:
+        self._in = input
+        self._steps = steps_for(input.process, input.cloud, input.service.valkyr)
+        self._step: Step = self._steps[0].step
+        self._busy = True  # no step takes actions until _enter opens it
+        self._inbox: _Accepted | None = None
+        self._cancel: _Accepted | None = None
+        self._outcome: Outcome | None = None
+        self._reason: str | None = None
+        self._groups: dict[str, tuple[str, ...]] = {}
+        self._sre: str | None = None
+        self._audit: list[AuditEntry] = []
+        self._rosters: list[Roster] = []
+        self._build = BuildInfo()
+        self._pccr: Pccr | None = None
+        self._thread_ts: str | None = None
+        self._outbox: deque[_Notice] = deque()
+        self._closing = False
+        self._published: tuple[Any, ...] = ()
+        self._name = messages.deploy_name(input.service.name, input.environment, input.process)
+        for action in Action:
+            self._register(action)
+
+    # ------------------------------------------------------------------------------------------ run
+
+    @workflow.run
+    async def run(self, input: DeployInput) -> DeployResult:
+        self._pccr = Pccr(id=workflow.info().workflow_id, url=self._link(), params=input.params)
+        notifier = asyncio.create_task(self._notify_loop())
+        body = asyncio.create_task(self._process())
+        cancelled = asyncio.create_task(workflow.wait_condition(lambda: self._cancel is not None))
+        await workflow.wait([body, cancelled], return_when=asyncio.FIRST_COMPLETED)
+        if not body.done():
+            body.cancel()
+            try:
+                await body
+            except asyncio.CancelledError:
+                pass
+        else:
+            cancelled.cancel()
+            self._raise_if_broken(body)
+        if self._cancel is not None and self._outcome is None:
+            self._finish(Outcome.CANCELLED, f"cancelled by {self._cancel.msg.actor}")
+        await self._close_out()
+        self._closing = True
+        await notifier
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        assert self._outcome is not None
+        return DeployResult(outcome=self._outcome, reason=self._reason)
+
+    @staticmethod
+    def _raise_if_broken(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+
+    async def _process(self) -> None:
+        """The runbook, step by step. Returns when the deploy has an outcome."""
+        try:
+            await self._resolve_group(Role.GATEKEEPER.value)
+            if not await self._check_params():
+                return
+            group = triage_group(self._in.cloud)
+            await self._resolve_group(group)
+            mention = self._in.settings.groups[group].mention() if group in self._in.settings.groups else ""
+            self._say("root", messages.triage_text(self._in.cloud, mention, self._pccr_link()))
+            for defn in self._steps:
+                if not await self._run_step(defn):
+                    return
+        except ActivityError as err:
+            self._finish(Outcome.FAILED, _cause(err))
+
+    async def _check_params(self) -> bool:
+        """The PCCR must hold a value for every parameter the job defines (read from the job)."""
+        job = self._in.service.jenkins_job
+        defs = await workflow.execute_activity_method(
+            JenkinsActivities.job_parameters, JobParametersInput(job=job), **JENKINS_CALL
+        )
+        reason = policy.params_refusal(defs.parameters, self._in.params, job)
+        if reason:
+            self._finish(Outcome.REJECTED, reason)
+            return False
+        return True
+
+    async def _run_step(self, defn: StepDef) -> bool:
+        await self._enter(defn)
+        if defn.step is Step.DEPLOYING:
+            await self._deploying()
+            return False
+        watcher = self._watch_input() if defn.step is Step.DEPLOY_APPROVAL else None
+        try:
+            accepted = await self._await_action(defn, watcher)
+        finally:
+            if watcher is not None and not watcher.done():
+                watcher.cancel()
+                try:
+                    await watcher
+                except (asyncio.CancelledError, ActivityError):
+                    pass
+        if accepted is None:
+            return self._outcome is None  # expired, or the input was answered in Jenkins
+        if accepted.action is Action.REJECT:
+            await self._on_reject(defn, accepted.msg)
+            return False
+        await self._effect(defn, accepted)
+        return self._outcome is None
+
+    # ---------------------------------------------------------------------------------------- steps
+
+    async def _enter(self, defn: StepDef) -> None:
+        """A step starts: capture who may act, show it, and ask those people."""
+        self._step, self._busy, self._inbox = defn.step, True, None
+        if defn.actor is not None and defn.actor.value in self._in.settings.groups:
+            await self._resolve_group(defn.actor.value)
+        if defn.step is Step.SRE_ASSIGNMENT:
+            await self._resolve_group(sre_group(self._in.cloud))
+        self._busy = not defn.waits_on_people
+        waiting = self._waiting_on()
+        self._rosters.append(Roster(step=defn.step, time=workflow.now(), eligible=waiting))
+        self._publish()
+        for user in waiting:
+            self._say(
+                "dm",
+                messages.ask_text(self._name, self._wid(), defn, user, self._link(), self._detail(defn)),
+                to=user,
+            )
+
+    def _detail(self, defn: StepDef) -> str:
+        b = self._build
+        if defn.step is Step.DIFF_VALIDATION and b.diff is not None:
+            shown = b.diff if len(b.diff) <= 2500 else b.diff[:2500] + "\n… (truncated; see the console)"
+            return f"Build #{b.number}: {b.url}console\n```\n{shown}\n```\ndiff sha256 `{b.diff_sha256}`"
+        if defn.step is Step.DEPLOY_APPROVAL:
+            return f"The deploy job waits for your approval: {b.url} (diff sha256 `{b.diff_sha256}`)"
+        return ""
+
+    async def _await_action(self, defn: StepDef, watcher: asyncio.Task[bool] | None) -> _Accepted | None:
+        """Wait for the step's action, reminding at half the timeout and escalating at three quarters."""
+        total = self._in.settings.timeouts.get(defn.step.value, DEFAULT_TIMEOUT)
+        marks = ((0.5, "reminder"), (0.75, "escalation"), (1.0, "expire"))
+        waited = timedelta(0)
+        for fraction, kind in marks:
+            try:
+                await workflow.wait_condition(
+                    lambda: self._inbox is not None or (watcher is not None and watcher.done()),
+                    timeout=total * fraction - waited,
+                    timeout_summary=f"{defn.step.value} {kind}",
+                )
+                break
+            except TimeoutError:
+                waited = total * fraction
+                left = messages.human_duration((total - waited).total_seconds())
+                if kind == "reminder":
+                    for user in self._waiting_on():
+                        self._say("dm", messages.reminder_text(self._name, defn.step, [user], left), to=user)
+                elif kind == "escalation":
+                    self._say(
+                        "thread", messages.escalation_text(self._name, defn.step, self._waiting_on(), left)
+                    )
+                else:
+                    self._finish(
+                        Outcome.EXPIRED,
+                        f"nobody acted at {defn.step.value} within {messages.human_duration(total.total_seconds())}",
+                    )
+                    return None
+        if self._inbox is not None:
+            return self._inbox
+        assert watcher is not None
+        await self._answered_in_jenkins(await watcher)
+        return None
+
+    async def _effect(self, defn: StepDef, accepted: _Accepted) -> None:
+        msg = accepted.msg
+        self._say(
+            "thread",
+            f"`{defn.step.value}`: <@{msg.actor}> {accepted.action.value.replace('_', ' ')}"
+            + (f" <@{msg.sre}>" if msg.sre else "")
+            + (f" — {msg.comment}" if msg.comment else ""),
+        )
+        if defn.step is Step.PCCR_REVIEW:
+            self._set_pccr_state("approved")
+        elif defn.step is Step.RELEASE_ACCEPTANCE:
+            self._set_pccr_state("accepted-for-release")
+        elif defn.step is Step.SRE_ASSIGNMENT:
+            self._sre = msg.sre
+        elif defn.step is Step.TRIGGER:
+            await self._trigger()
+        elif defn.step is Step.DEPLOY_APPROVAL:
+            await self._answer_input("proceed", msg.actor)
+
+    async def _on_reject(self, defn: StepDef, msg: ActionInput) -> None:
+        why = f"rejected at {defn.step.value} by {msg.actor}" + (f": {msg.comment}" if msg.comment else "")
+        if defn.step is Step.DEPLOY_APPROVAL:
+            await self._answer_input("abort", msg.actor)
+        self._finish(Outcome.REJECTED, why)
+
+    async def _trigger(self) -> None:
+        """Start the job with exactly the PCCR's parameters, once; then read its diff."""
+        job = self._in.service.jenkins_job
+        started = await workflow.execute_activity_method(
+            JenkinsActivities.trigger_build,
+            TriggerBuildInput(job=job, params=self._in.params, not_before=workflow.now()),
+            summary=f"trigger {job}",
+            **JENKINS_CALL,
+        )
+        self._build.queue_id = started.queue_id
+        if started.number is None:
+            assert started.queue_id is not None
+            ref = await workflow.execute_activity_method(
+                JenkinsActivities.wait_build_started,
+                WaitBuildStartedInput(job=job, queue_id=started.queue_id),
+                summary=f"wait for {job} to leave the queue",
+                **JENKINS_WAIT,
+            )
+            self._build.number, self._build.url = ref.number, ref.url
+        else:
+            self._build.number, self._build.url = started.number, started.url
+        self._publish()
+        self._say("thread", f"Deploy job started: {self._build.url}")
+        diff = await workflow.execute_activity_method(
+            JenkinsActivities.read_diff,
+            ReadDiffInput(
+                job=job,
+                number=self._build.number,
+                diff_begin=self._in.settings.diff_begin,
+                diff_end=self._in.settings.diff_end,
+            ),
+            summary=f"read the diff of {job} #{self._build.number}",
+            **JENKINS_WAIT,
+        )
+        self._build.diff, self._build.diff_sha256 = diff.diff, diff.diff_sha256
+
+    def _watch_input(self) -> asyncio.Task[bool]:
+        """At deploy_approval, notice an input answered directly in Jenkins (True when it was)."""
+
+        async def watch() -> bool:
+            result = await workflow.execute_activity_method(
+                JenkinsActivities.watch_input,
+                WatchInputInput(job=self._job(), number=self._number(), input_id=self._in.settings.input_id),
+                summary="watch the input in Jenkins",
+                cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
+                **JENKINS_WAIT,
+            )
+            if result.build_result:
+                self._build.result = result.build_result
+            return not result.pending
+
+        return asyncio.create_task(watch())
+
+    async def _answered_in_jenkins(self, answered: bool) -> None:
+        if not answered:
+            return
+        self._record(
+            AuditEntry(
+                time=workflow.now(),
+                step=self._step,
+                action="answered_in_jenkins",
+                actor="jenkins",
+                channel="jenkins",
+                accepted=True,
+                reason="the job's input was answered directly in Jenkins; deployctl records it and follows",
+            )
+        )
+        self._say("thread", "The deploy job's input was answered directly in Jenkins; following the build.")
+        self._busy = True
+        await self._enter(step_def(self._steps, Step.DEPLOYING))  # type: ignore[arg-type]
+        await self._deploying()
+
+    async def _answer_input(self, decision: str, actor: str) -> None:
+        result = await workflow.execute_activity_method(
+            JenkinsActivities.input_action,
+            InputActionInput(
+                job=self._job(), number=self._number(), input_id=self._in.settings.input_id, decision=decision
+            ),
+            summary=f"{decision} the job's input for {actor}",
+            **JENKINS_CALL,
+        )
+        if result.answered_elsewhere:
+            self._note(f"the input was already answered in Jenkins: {result.detail}")
+
+    async def _deploying(self) -> None:
+        done = await workflow.execute_activity_method(
+            JenkinsActivities.wait_build_result,
+            BuildResultInput(job=self._job(), number=self._number()),
+            summary=f"wait for {self._job()} #{self._number()} to finish",
+            **JENKINS_WAIT,
+        )
+        self._build.result = done.result
+        if done.result == "SUCCESS":
+            self._finish(Outcome.SUCCEEDED, f"build #{done.number} ended SUCCESS")
+        else:
+            self._finish(Outcome.FAILED, f"build #{done.number} ended {done.result}")
+
+    # ------------------------------------------------------------------------------------- closing
+
+    def _finish(self, outcome: Outcome, reason: str) -> None:
+        if self._outcome is None:
+            self._outcome, self._reason = outcome, reason
+            self._busy = True
+
+    async def _close_out(self) -> None:
+        """Close what the deploy opened: abort a build that did not finish, close the PCCR, say so."""
+        b = self._build
+        if b.result is None and (b.queue_id is not None or b.number is not None):
+            try:
+                await workflow.execute_activity_method(
+                    JenkinsActivities.abort_build,
+                    AbortBuildInput(
+                        job=self._job(),
+                        number=b.number,
+                        queue_id=b.queue_id,
+                        input_id=self._in.settings.input_id,
+                    ),
+                    summary="abort the unfinished build",
+                    **JENKINS_CALL,
+                )
+                b.result = "ABORTED"
+            except ActivityError as err:
+                self._note(f"could not abort the build: {_cause(err)}")
+        assert self._outcome is not None
+        self._set_pccr_state("done" if self._outcome is Outcome.SUCCEEDED else self._outcome.value)
+        self._publish()
+        self._say("thread", f"{self._name} ended *{self._outcome.value}*: {self._reason}")
+
+    # ------------------------------------------------------------------------------------ messages
+
+    def _register(self, action: Action) -> None:
+        async def update(payload: Any) -> ActionResult:
+            msg = self._parse(payload)
+            reason = self._refusal(action, msg)
+            if reason:  # another message landed between the validator and this handler
+                self._refused(action, msg, "update", reason)
+                raise ApplicationError(reason, type="Refused", non_retryable=True)
+            self._accept(action, msg, "update")
+            return ActionResult(
+                accepted=True,
+                step=msg.step,
+                action=action,
+                message=f"{action.value} accepted at {msg.step.value}",
+            )
+
+        def validate(payload: Any) -> None:
+            reason = self._refusal(action, self._parse(payload))
+            if reason:
+                raise ApplicationError(reason, type="Refused", non_retryable=True)
+
+        def signal(payload: Any) -> None:
+            try:
+                msg = self._parse(payload)
+            except ApplicationError as err:
+                actor = payload.get("actor") if isinstance(payload, dict) else None
+                self._record(
+                    AuditEntry(
+                        time=workflow.now(),
+                        step=self._step,
+                        action=action.value,
+                        actor=str(actor or "unknown"),
+                        channel="signal",
+                        accepted=False,
+                        reason=err.message,
+                    )
+                )
+                return
+            reason = self._refusal(action, msg)
+            if reason:
+                self._refused(action, msg, "signal", reason)
+            else:
+                self._accept(action, msg, "signal")
+
+        workflow.set_update_handler(action.value, update, validator=validate)
+        workflow.set_signal_handler(action.value, signal)
+
+    @staticmethod
+    def _parse(payload: Any) -> ActionInput:
+        try:
+            return ActionInput.model_validate(payload)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "payload"
+            raise ApplicationError(
+                f'bad payload: {where}: {first["msg"]} (send {{"actor": ID, "step": STEP, …}})',
+                type="Refused",
+                non_retryable=True,
+            ) from None
+
+    def _refusal(self, action: Action, msg: ActionInput) -> str | None:
+        return policy.refusal(
+            action,
+            msg,
+            policy.Situation(
+                service=self._in.service.name,
+                cloud=self._in.cloud,
+                steps=self._steps,
+                step=self._step,
+                parties=self._parties(),
+                finished=self._outcome is not None,
+                busy=self._busy,
+                diff_sha256=self._build.diff_sha256,
+            ),
+        )
+
+    def _accept(self, action: Action, msg: ActionInput, kind: str) -> None:
+        self._record(self._entry(action, msg, kind, accepted=True))
+        if action is Action.CANCEL:
+            self._cancel = _Accepted(action, msg)
+        else:
+            self._inbox = _Accepted(action, msg)
+            self._busy = True
+        self._publish()
+
+    def _refused(self, action: Action, msg: ActionInput, kind: str, reason: str) -> None:
+        self._record(self._entry(action, msg, kind, accepted=False, reason=reason))
+
+    def _entry(
+        self, action: Action, msg: ActionInput, kind: str, accepted: bool, reason: str | None = None
+    ) -> AuditEntry:
+        return AuditEntry(
+            time=workflow.now(),
+            step=self._step,
+            action=action.value,
+            actor=msg.actor,
+            channel=msg.channel or ("temporal" if kind == "update" else "signal"),
+            accepted=accepted,
+            reason=reason,
+            role=self._role_of(action, msg.actor),
+            comment=msg.comment,
+        )
+
+    def _role_of(self, action: Action, actor: str) -> str | None:
+        parties = self._parties()
+        if action is Action.CANCEL:
+            return next(
+                (r.value for r in (Role.CODE_OWNER, Role.GATEKEEPER) if actor in parties.members(r)), None
+            )
+        defn = step_def(self._steps, self._step)
+        return defn.actor.value if defn and defn.actor and actor in parties.members(defn.actor) else None
+
+    def _record(self, entry: AuditEntry) -> None:
+        self._audit.append(entry)
+
+    def _note(self, text: str) -> None:
+        self._record(
+            AuditEntry(
+                time=workflow.now(),
+                step=self._step,
+                action="note",
+                actor=SYSTEM,
+                channel=SYSTEM,
+                accepted=True,
+                reason=text,
+            )
+        )
+
+    # --------------------------------------------------------------------------------------- query
+
+    @workflow.query(name="status")
+    def status(self) -> DeployStatus:
+        defn = step_def(self._steps, self._step)
+        return DeployStatus(
+            workflow_id=self._wid(),
+            process=self._in.process,
+            cloud=self._in.cloud,
+            service=self._in.service.name,
+            environment=self._in.environment,
+            step=self._step,
+            waiting_on=self._waiting_on(),
+            allowed_actions=policy.allowed_actions(defn, self._outcome is not None, self._busy),
+            pccr=self._pccr,
+            build=self._build,
+            version=self._in.version,
+            sre=self._sre,
+            outcome=self._outcome,
+            outcome_reason=self._reason,
+            slack_thread=self._thread_ts,
+            ui_url=self._link(),
+            rosters=self._rosters,
+            audit=self._audit,
+        )
+
+    # ------------------------------------------------------------------------------------- helpers
+
+    def _parties(self) -> policy.Parties:
+        return policy.Parties(
+            code_owners=self._in.service.code_owners, groups=self._groups, assigned_sre=self._sre
+        )
+
+    def _waiting_on(self) -> list[str]:
+        if self._outcome is not None or self._busy:
+            return []
+        return policy.eligible(step_def(self._steps, self._step), self._parties())
+
+    async def _resolve_group(self, name: str) -> None:
+        """Capture a group's roster now: a list from the config, or a Slack user group's members."""
+        spec = self._in.settings.groups.get(name)
+        if spec is None:
+            self._groups.setdefault(name, ())
+            return
+        if spec.slack_usergroup is None:
+            self._groups[name] = tuple(spec.members)
+            return
+        try:
+            found = await workflow.execute_activity_method(
+                SlackActivities.usergroup_members,
+                UsergroupInput(usergroup=spec.slack_usergroup),
+                summary=f"members of {name}",
+                **SLACK_CALL,
+            )
+            self._groups[name] = tuple(found.users)
+        except ActivityError as err:
+            self._note(f"could not read Slack user group {spec.slack_usergroup} for {name}: {_cause(err)}")
+            self._groups.setdefault(name, ())
+
+    def _set_pccr_state(self, state: str) -> None:
+        if self._pccr is not None:
+            self._pccr = self._pccr.model_copy(update={"state": state})
+
+    def _publish(self) -> None:
+        """Keep the Web UI current: search attributes and the details pane (only when they change)."""
+        waiting = self._waiting_on()
+        outcome = self._outcome.value if self._outcome else None
+        now = (self._step, tuple(waiting), outcome, self._build.url, self._thread_ts, self._sre)
+        if now == self._published:
+            return
+        self._published = now
+        updates: list[SearchAttributeUpdate[Any]] = [
+            sa.STEP.value_set(self._step.value),
+            sa.WAITING_ON.value_set(waiting),
+        ]
+        if outcome:
+            updates.append(sa.OUTCOME.value_set(outcome))
+        workflow.upsert_search_attributes(updates)
+        lines = [
+            f"**{self._name}**",
+            f"step: `{self._step.value}`" + (f" — outcome **{outcome}**: {self._reason}" if outcome else ""),
+            "waiting on: " + (", ".join(waiting) or "nobody"),
+            f"PCCR: {self._pccr_link()}",
+        ]
+        if self._sre:
+            lines.append(f"SRE: {self._sre}")
+        if self._build.url:
+            lines.append(f"build: {self._build.url}")
+        if self._thread_ts:
+            lines.append(f"Slack thread: {self._in.settings.triage_channel} {self._thread_ts}")
+        last = next((e for e in reversed(self._audit) if e.accepted and e.actor != SYSTEM), None)
+        if last:
+            lines.append(f"last action: {last.action} by {last.actor} at {last.step.value}")
+        workflow.set_current_details("\n\n".join(lines))
+
+    def _say(self, kind: str, text: str, to: str | None = None) -> None:
+        self._outbox.append(_Notice(kind=kind, text=text, step=self._step, to=to))
+
+    async def _notify_loop(self) -> None:
+        """Send notices in order, one at a time; Slack trouble is noted, never fatal."""
+        while True:
+            await workflow.wait_condition(lambda: bool(self._outbox) or self._closing)
+            if not self._outbox:
+                return
+            notice = self._outbox.popleft()
+            channel = notice.to if notice.kind == "dm" else self._in.settings.triage_channel
+            thread = self._thread_ts if notice.kind == "thread" else None
+            try:
+                sent = await workflow.execute_activity_method(
+                    SlackActivities.post_message,
+                    SlackPostInput(channel=channel or "", text=notice.text, thread_ts=thread),
+                    summary=f"slack {notice.kind} {channel}",
+                    **SLACK_CALL,
+                )
+                if notice.kind == "root":
+                    self._thread_ts = sent.ts
+                    self._publish()
+            except ActivityError as err:
+                self._record(
+                    AuditEntry(
+                        time=workflow.now(),
+                        step=notice.step,
+                        action="notify_failed",
+                        actor=SYSTEM,
+                        channel="slack",
+                        accepted=False,
+                        reason=f"Slack {notice.kind} to {channel} not sent: {_cause(err)}",
+                    )
+                )
+
+    def _wid(self) -> str:
+        return workflow.info().workflow_id
+
+    def _link(self) -> str:
+        s = self._in.settings
+        return f"{s.ui_url.rstrip('/')}/namespaces/{s.namespace}/workflows/{self._wid()}"
+
+    def _pccr_link(self) -> str:
+        return self._pccr.url if self._pccr else self._link()
+
+    def _job(self) -> str:
+        return self._in.service.jenkins_job
+
+    def _number(self) -> int:
+        assert self._build.number is not None
+        return self._build.number
+
+
+def _cause(err: BaseException) -> str:
+    """The innermost message of an activity failure: what the activity said went wrong."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return str(err)

@@ -1,0 +1,54 @@
+"""The words deployctl says in Slack and the Web UI. Pure functions; the workflow decides when."""
+
+from __future__ import annotations
+
+from workflows.models import Cloud, Process, Step
+from workflows.steps import StepDef
+
+
+def triage_text(cloud: Cloud, mention: str, link: str) -> str:
+    """SPEC §3's exact triage message."""
+    if cloud is Cloud.GOV:
+        return f"{mention} requesting review for OOW gov deploy job PR {link}"
+    return f"{mention} requesting review for OOW deploy job PR {link}"
+
+
+def deploy_name(service: str, environment: str, process: Process) -> str:
+    return f"{process.value.upper()} deploy of {service} to {environment}"
+
+
+def action_hint(workflow_id: str, defn: StepDef, user: str) -> str:
+    actions = " | ".join(a.value.replace("_", "-") for a in defn.actions)
+    extra = " --sre SRE_ID" if defn.step is Step.SRE_ASSIGNMENT else ""
+    return f"deployctl {actions} {workflow_id}{extra} --as {user}"
+
+
+def ask_text(name: str, workflow_id: str, defn: StepDef, user: str, link: str, detail: str = "") -> str:
+    """The DM to one person the deploy now waits on."""
+    lines = [
+        f"<@{user}> {name} waits on you at `{defn.step.value}`: {defn.does}.",
+        f"Deploy `{workflow_id}`: {link}",
+    ]
+    if detail:
+        lines.append(detail)
+    lines.append(f"Act with `{action_hint(workflow_id, defn, user)}`")
+    return "\n".join(lines)
+
+
+def reminder_text(name: str, step: Step, people: list[str], left: str) -> str:
+    who = " ".join(f"<@{p}>" for p in people) or "nobody"
+    return f"Reminder: {name} still waits at `{step.value}` on {who}; it expires in {left}."
+
+
+def escalation_text(name: str, step: Step, people: list[str], left: str) -> str:
+    who = " ".join(f"<@{p}>" for p in people) or "nobody"
+    return f"Escalation: {name} has waited at `{step.value}` on {who} for three quarters of its time; expires in {left}."
+
+
+def human_duration(seconds: float) -> str:
+    """3d, 4h, 1.5h, 30m, 20s: the largest unit, with one decimal when it is not whole."""
+    s = int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s // size}{unit}" if s % size == 0 else f"{s / size:.1f}{unit}"
+    return f"{s}s"

@@ -1,0 +1,340 @@
+"""The shared vocabulary: every model that workflows, activities, the CLI and the Slack bridge exchange.
+
+Plain pydantic v2 models, serialised by `pydantic_data_converter` on every client. One input and one
+result type per workflow, activity, update and query, so fields can be added without breaking histories.
+No I/O and no clock here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# ---------------------------------------------------------------------------------------------------
+# The stable vocabulary (SPEC §3, §4)
+
+
+class Process(StrEnum):
+    OOW = "oow"
+    RELEASE = "release"
+
+
+class Cloud(StrEnum):
+    COM = "com"
+    GOV = "gov"
+
+
+class Step(StrEnum):
+    VP_APPROVAL = "vp_approval"
+    PCCR_REVIEW = "pccr_review"
+    SRE_ASSIGNMENT = "sre_assignment"
+    CLEARANCE = "clearance"
+    VERSION_PR_MERGE = "version_pr_merge"
+    TRIGGER = "trigger"
+    DIFF_VALIDATION = "diff_validation"
+    DEPLOY_APPROVAL = "deploy_approval"
+    RELEASE_ACCEPTANCE = "release_acceptance"
+    RELEASE_WINDOW_WAIT = "release_window_wait"
+    DEPLOYING = "deploying"
+
+
+class Action(StrEnum):
+    APPROVE = "approve"
+    REJECT = "reject"
+    ASSIGN = "assign"
+    TRIGGER = "trigger"
+    VALIDATE_DIFF = "validate_diff"
+    MERGE = "merge"
+    CANCEL = "cancel"
+
+
+class Role(StrEnum):
+    """Who may act at a step. `assigned_sre` is the one SRE named at `sre_assignment`."""
+
+    CODE_OWNER = "code-owner"
+    GATEKEEPER = "pccr-gatekeeper"
+    SRE = "sre"
+    SRE_GOV = "sre-gov"
+    VP = "vp"
+    ASSIGNED_SRE = "assigned-sre"
+
+
+class Outcome(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The part of the configuration a deploy carries (no secrets: those stay in the worker's environment)
+
+
+class GroupSpec(BaseModel):
+    """A group is a list of Slack user ids, or a Slack user group resolved at the step's start."""
+
+    model_config = ConfigDict(frozen=True)
+    members: tuple[str, ...] = ()
+    slack_usergroup: str | None = None
+
+    def mention(self) -> str:
+        if self.slack_usergroup:
+            return f"<!subteam^{self.slack_usergroup}>"
+        return " ".join(f"<@{m}>" for m in self.members)
+
+
+class ServiceSpec(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    name: str
+    code_owners: tuple[str, ...]
+    jenkins_job: str
+    valkyr: bool = False
+
+
+class DeploySettings(BaseModel):
+    """The configuration snapshot a deploy is started with; kept in its history as evidence."""
+
+    model_config = ConfigDict(frozen=True)
+    ui_url: str = "http://127.0.0.1:8233"
+    namespace: str = "default"
+    triage_channel: str = "C0TRIAGE"
+    diff_begin: str = "=== DEPLOY DIFF BEGIN ==="
+    diff_end: str = "=== DEPLOY DIFF END ==="
+    input_id: str = "Approve-deploy"
+    groups: dict[str, GroupSpec] = Field(default_factory=dict)
+    timeouts: dict[str, timedelta] = Field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Messages (SPEC §4)
+
+
+class ActionInput(BaseModel):
+    """The one payload of every Signal and Update. `channel` says where it came from (cli, slack, …)."""
+
+    actor: str = Field(min_length=1)
+    step: Step
+    comment: str | None = None
+    sre: str | None = None
+    diff_sha256: str | None = None
+    channel: str | None = None
+
+
+class ActionResult(BaseModel):
+    accepted: bool
+    step: Step
+    action: Action
+    message: str
+
+
+class AuditEntry(BaseModel):
+    time: datetime
+    step: Step
+    action: str
+    actor: str
+    channel: str
+    accepted: bool
+    reason: str | None = None
+    role: str | None = None
+    comment: str | None = None
+
+
+class Roster(BaseModel):
+    """Who was eligible to act when a step started."""
+
+    step: Step
+    time: datetime
+    eligible: list[str]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The deploy workflow's input and its status document (SPEC §5)
+
+
+class DeployInput(BaseModel):
+    process: Process
+    service: ServiceSpec
+    environment: str
+    cloud: Cloud
+    params: dict[str, str]
+    version: str | None = None
+    requested_by: str
+    settings: DeploySettings
+
+
+class BuildInfo(BaseModel):
+    queue_id: int | None = None
+    number: int | None = None
+    url: str | None = None
+    diff: str | None = None
+    diff_sha256: str | None = None
+    result: str | None = None
+
+
+class Pccr(BaseModel):
+    id: str
+    url: str
+    state: str = "pending-review"
+    params: dict[str, str] = Field(default_factory=dict)
+
+
+class DeployStatus(BaseModel):
+    workflow_id: str
+    process: Process
+    cloud: Cloud
+    service: str
+    environment: str
+    step: Step
+    waiting_on: list[str]
+    allowed_actions: list[Action]
+    pccr: Pccr | None = None
+    build: BuildInfo = Field(default_factory=BuildInfo)
+    version_pr: str | None = None
+    version: str | None = None
+    sre: str | None = None
+    outcome: Outcome | None = None
+    outcome_reason: str | None = None
+    slack_thread: str | None = None
+    ui_url: str | None = None
+    rosters: list[Roster] = Field(default_factory=list)
+    audit: list[AuditEntry] = Field(default_factory=list)
+
+
+class DeployResult(BaseModel):
+    outcome: Outcome
+    reason: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Activity inputs and results
+
+
+class JobParameter(BaseModel):
+    name: str
+    type: str = "StringParameterDefinition"
+    default: str | None = None
+    choices: list[str] | None = None
+
+
+class JobParametersInput(BaseModel):
+    job: str
+
+
+class JobParametersResult(BaseModel):
+    job: str
+    parameters: list[JobParameter]
+
+
+class TriggerBuildInput(BaseModel):
+    job: str
+    params: dict[str, str]
+    not_before: datetime  # a build or queue item of ours is newer than this (idempotency window)
+
+
+class TriggerBuildResult(BaseModel):
+    queue_id: int | None = None
+    number: int | None = None
+    url: str | None = None
+    reused: bool = False
+
+
+class WaitBuildStartedInput(BaseModel):
+    job: str
+    queue_id: int
+
+
+class BuildRef(BaseModel):
+    job: str
+    number: int
+    url: str | None = None
+
+
+class ReadDiffInput(BaseModel):
+    job: str
+    number: int
+    diff_begin: str
+    diff_end: str
+
+
+class ReadDiffResult(BaseModel):
+    diff: str
+    diff_sha256: str
+    console_url: str
+
+
+class InputActionInput(BaseModel):
+    job: str
+    number: int
+    input_id: str
+    decision: Literal["proceed", "abort"]
+
+
+class InputActionResult(BaseModel):
+    done: bool  # we answered it
+    answered_elsewhere: bool = False  # nothing was pending any more: someone answered in Jenkins
+    detail: str = ""
+
+
+class WatchInputInput(BaseModel):
+    job: str
+    number: int
+    input_id: str
+
+
+class WatchInputResult(BaseModel):
+    pending: bool
+    build_result: str | None = None
+
+
+class BuildResultInput(BaseModel):
+    job: str
+    number: int
+
+
+class BuildResult(BaseModel):
+    number: int
+    result: str  # SUCCESS | FAILURE | UNSTABLE | ABORTED | NOT_BUILT
+    url: str | None = None
+
+
+class AbortBuildInput(BaseModel):
+    job: str
+    number: int | None = None
+    queue_id: int | None = None
+    input_id: str
+
+
+class SlackPostInput(BaseModel):
+    channel: str
+    text: str
+    thread_ts: str | None = None
+    blocks: list[dict] | None = None
+    # Set it to make the post idempotent: a message of ours with this key already in the thread (or among
+    # the channel's latest) is returned instead of posting again. Needs the *:history scopes.
+    dedupe_key: str | None = None
+
+
+class SlackPostResult(BaseModel):
+    channel: str
+    ts: str
+    reused: bool = False  # the message was already there (dedupe_key); nothing was posted
+
+
+class SlackUpdateInput(BaseModel):
+    channel: str
+    ts: str
+    text: str
+    blocks: list[dict] | None = None
+
+
+class UsergroupInput(BaseModel):
+    usergroup: str
+
+
+class UsergroupResult(BaseModel):
+    usergroup: str
+    users: list[str]

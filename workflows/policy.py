@@ -1,0 +1,186 @@
+"""Policy as plain functions: who may act, which actions a step takes, separation of duties, params.
+
+Every refusal is one line that says why and what to do. The workflow's validators, its Signal handlers
+and the CLI's pre-checks all call these; nothing here does I/O or reads the clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from workflows.models import Action, ActionInput, Cloud, JobParameter, Role, Step
+from workflows.steps import CANCELLERS, StepDef, sre_group, step_def
+
+
+@dataclass(frozen=True)
+class Parties:
+    """The people around one deploy: its code owners, the groups' rosters, the SRE once assigned."""
+
+    code_owners: tuple[str, ...]
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    assigned_sre: str | None = None
+
+    def members(self, role: Role) -> tuple[str, ...]:
+        if role is Role.CODE_OWNER:
+            return self.code_owners
+        if role is Role.ASSIGNED_SRE:
+            return (self.assigned_sre,) if self.assigned_sre else ()
+        return self.groups.get(role.value, ())
+
+
+def eligible(defn: StepDef | None, parties: Parties) -> list[str]:
+    """Who may act at a step now. A code owner never acts in another role on their own deploy."""
+    if defn is None or defn.actor is None:
+        return []
+    members = parties.members(defn.actor)
+    if defn.actor is Role.CODE_OWNER:
+        return list(members)
+    return [m for m in members if m not in parties.code_owners]
+
+
+def may_cancel(actor: str, parties: Parties) -> bool:
+    return any(actor in parties.members(role) for role in CANCELLERS)
+
+
+def allowed_actions(defn: StepDef | None, finished: bool, busy: bool) -> list[Action]:
+    """The actions the current step takes, plus `cancel` before `deploying`."""
+    if finished or defn is None:
+        return []
+    actions = [] if busy else list(defn.actions)
+    if defn.step is not Step.DEPLOYING:
+        actions.append(Action.CANCEL)
+    return actions
+
+
+@dataclass(frozen=True)
+class Situation:
+    """What the policy needs to know about a deploy to judge one action."""
+
+    service: str
+    cloud: Cloud
+    steps: tuple[StepDef, ...]
+    step: Step
+    parties: Parties
+    finished: bool = False
+    busy: bool = False  # the step's action was accepted and its effect is under way
+    diff_sha256: str | None = None
+
+
+def _who(ids: list[str] | tuple[str, ...]) -> str:
+    return ", ".join(ids) if ids else "nobody yet"
+
+
+def refusal(action: Action, msg: ActionInput, s: Situation) -> str | None:
+    """None when `msg` may do `action` now, else the one-line reason it is refused."""
+    if s.finished:
+        return f"the deploy is already finished; {action.value} changes nothing"
+    if msg.step is not s.step:
+        return (
+            f"stale step: the deploy is at {s.step.value}, not {msg.step.value}; "
+            "run `deployctl status` and act on the current step"
+        )
+    defn = step_def(s.steps, s.step)
+    if action is Action.CANCEL:
+        if s.step is Step.DEPLOYING:
+            return "the job is already applying; cancel is allowed only before deploying"
+        if not may_cancel(msg.actor, s.parties):
+            return f"{msg.actor} may not cancel: only the code owners and the pccr-gatekeepers may"
+        return None
+    if defn is None or action not in defn.actions:
+        offered = ", ".join(a.value for a in defn.actions) if defn else ""
+        return f"{action.value} is not an action of step {s.step.value}" + (
+            f" (it takes: {offered})" if offered else " (nobody acts here; wait for it)"
+        )
+    if s.busy:
+        return (
+            f"{s.step.value} takes no action right now (it is starting, or its action is being carried out); "
+            "retry in a moment or check `deployctl status`"
+        )
+    assert defn.actor is not None
+    if defn.actor is not Role.CODE_OWNER and msg.actor in s.parties.code_owners:
+        return (
+            f"separation of duties: {msg.actor} is a code owner of {s.service} "
+            f"and may not {action.value} at {s.step.value} on their own deploy"
+        )
+    may = eligible(defn, s.parties)
+    if msg.actor not in may:
+        return (
+            f"{msg.actor} may not {action.value} at {s.step.value}: "
+            f"it waits on {defn.actor.value} ({_who(may)})"
+        )
+    if action is Action.ASSIGN:
+        return _assign_refusal(msg, s)
+    if action is Action.VALIDATE_DIFF and msg.diff_sha256 is not None:
+        if s.diff_sha256 is None:
+            return "there is no diff yet to validate"
+        if msg.diff_sha256.lower() != s.diff_sha256:
+            return (
+                f"diff_sha256 {msg.diff_sha256[:12]}… is not the build's diff ({s.diff_sha256[:12]}…); "
+                "read the console again"
+            )
+    return None
+
+
+def _assign_refusal(msg: ActionInput, s: Situation) -> str | None:
+    group = sre_group(s.cloud)
+    if not msg.sre:
+        return "assign needs the SRE: pass --sre USER_ID"
+    if msg.sre in s.parties.code_owners:
+        return f"separation of duties: {msg.sre} is a code owner of {s.service} and cannot be its SRE"
+    roster = s.parties.groups.get(group, ())
+    if msg.sre not in roster:
+        return f"{msg.sre} is not in {group}; assign one of: {_who(roster)}"
+    return None
+
+
+def params_refusal(definitions: list[JobParameter], params: dict[str, str], job: str) -> str | None:
+    """The PCCR must give a value for every parameter the job defines, and nothing else."""
+    defined = [p.name for p in definitions]
+    missing = [n for n in defined if n not in params]
+    unknown = sorted(n for n in params if n not in defined)
+    problems = []
+    if missing:
+        problems.append("missing " + ", ".join(missing))
+    if unknown:
+        problems.append("unknown " + ", ".join(unknown))
+    for p in definitions:
+        if p.choices and p.name in params and params[p.name] not in p.choices:
+            problems.append(f"{p.name}={params[p.name]!r} is not one of {', '.join(p.choices)}")
+    if not problems:
+        return None
+    return f"params do not match Jenkins job {job}: " + "; ".join(problems)
+
+
+def params_as_text(raw: object) -> dict[str, str]:
+    """Jenkins receives every value as text: booleans as true/false, numbers as decimal text."""
+    if not isinstance(raw, dict):
+        raise ValueError("params must be a mapping of parameter name to value")
+    out: dict[str, str] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"parameter name {key!r} must be a non-empty string")
+        if isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        elif isinstance(value, int | float):
+            out[key] = str(value)
+        elif isinstance(value, str):
+            out[key] = value
+        elif value is None:
+            out[key] = ""
+        else:
+            raise ValueError(
+                f"parameter {key} must be a string, number or boolean, not {type(value).__name__}"
+            )
+    return out
+
+
+def start_refusal(cloud: Cloud, valkyr: bool, version: str | None, service: str) -> str | None:
+    """The runbook's two policies on versions, checked before anything is opened."""
+    if valkyr and version:
+        return (
+            f"{service} is on valkyr CI/CD and may not pin a version; "
+            "revert master to a working version instead and deploy without --version"
+        )
+    if cloud is Cloud.GOV and not version:
+        return "a gov-cloud deploy needs --version: the version PR sets it in the configs repo"
+    return None
