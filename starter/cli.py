@@ -17,6 +17,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 import yaml
+from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
@@ -200,7 +201,8 @@ async def start_deploy(
     reason = policy.params_refusal(defs.parameters, params, spec.jenkins_job)
     if reason:
         raise Refused(reason + "; fix the params file")
-    settings = config.settings(namespace=client.namespace)
+    indexed = await has_search_attributes(client)
+    settings = config.settings(namespace=client.namespace).model_copy(update={"search_attributes": indexed})
     wid = new_workflow_id(service, environment)
     first = steps_for(process, cloud, spec.valkyr)[0].step
     await client.start_workflow(
@@ -217,7 +219,9 @@ async def start_deploy(
         ),
         id=wid,
         task_queue=config.task_queue,
-        search_attributes=TypedSearchAttributes(
+        search_attributes=None
+        if not indexed
+        else TypedSearchAttributes(
             [
                 SearchAttributePair(sa.SERVICE, service),
                 SearchAttributePair(sa.ENVIRONMENT, environment),
@@ -229,6 +233,26 @@ async def start_deploy(
         static_details=f"PCCR parameters:\n\n```\n{yaml.safe_dump(params, sort_keys=True).strip()}\n```",
     )
     return wid, f"{settings.ui_url.rstrip('/')}/namespaces/{client.namespace}/workflows/{wid}"
+
+
+async def has_search_attributes(client: Client) -> bool:
+    """Whether the namespace has deployctl's search attributes (the worker creates them at start-up)."""
+    try:
+        have = await client.operator_service.list_search_attributes(
+            ListSearchAttributesRequest(namespace=client.namespace)
+        )
+    except RPCError as err:
+        if err.status in (RPCStatusCode.UNIMPLEMENTED, RPCStatusCode.PERMISSION_DENIED):
+            return False
+        raise
+    missing = [k.name for k in sa.ALL if k.name not in have.custom_attributes]
+    if missing:
+        click.echo(
+            f"deployctl: warning: search attributes {', '.join(missing)} are missing; start a worker once "
+            "(it creates them) so deploys show in `deployctl list` and the Web UI",
+            err=True,
+        )
+    return not missing
 
 
 def _config_or_exit(ctx: click.Context) -> Config:
@@ -578,7 +602,16 @@ def demo(ctx: click.Context) -> None:
 
 
 def main() -> None:
-    cli(obj={})
+    """Run the CLI, then leave without interpreter finalisation: temporalio's native runtime can crash
+    while Python tears down (sdk-python #300), which would turn a finished command into a SIGSEGV."""
+    code = 0
+    try:
+        cli(obj={}, standalone_mode=True)
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -627,7 +627,8 @@ class DeployWorkflow:
         ]
         if outcome:
             updates.append(sa.OUTCOME.value_set(outcome))
-        workflow.upsert_search_attributes(updates)
+        if self._in.settings.search_attributes:
+            workflow.upsert_search_attributes(updates)
         lines = [
             f"**{self._name}**",
             f"step: `{self._step.value}`" + (f" — outcome **{outcome}**: {self._reason}" if outcome else ""),

@@ -105,6 +105,7 @@ class DeploySettings(BaseModel):
     diff_begin: str = "=== DEPLOY DIFF BEGIN ==="
     diff_end: str = "=== DEPLOY DIFF END ==="
     input_id: str = "Approve-deploy"
+    search_attributes: bool = True  # False where the namespace lacks them (the time-skipping test server)
     groups: dict[str, GroupSpec] = Field(default_factory=dict)
     timeouts: dict[str, timedelta] = Field(default_factory=dict)
 
