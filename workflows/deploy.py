@@ -64,7 +64,7 @@ JENKINS_CALL: dict[str, Any] = {
 # A long wait on Jenkins (queue, console, input, result): polls inside, heartbeats, resumes after a crash.
 JENKINS_WAIT: dict[str, Any] = {
     "start_to_close_timeout": timedelta(hours=12),
-    "heartbeat_timeout": timedelta(seconds=30),
+    "heartbeat_timeout": timedelta(seconds=10),
     "retry_policy": RetryPolicy(
         initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
     ),
