@@ -273,3 +273,20 @@ async def test_a_finished_deploy_query_still_answers(client: Client, deployment:
     await client.get_workflow_handle(wid).result()
     st = await eventually(lambda: status(client, wid))
     assert st.outcome is Outcome.REJECTED and st.step is Step.PCCR_REVIEW
+
+
+async def test_jenkins_refusing_for_good_fails_the_deploy_with_its_reason(
+    client: Client, deployment: Deployment, worker: None, jenkins: FakeJenkins
+):
+    d = deployment
+    wid = await start(client, d)
+    await act(client, wid, Action.APPROVE, GATE1, Step.PCCR_REVIEW)
+    await act(client, wid, Action.ASSIGN, GATE1, Step.SRE_ASSIGNMENT, sre=SRE1)
+    await act(client, wid, Action.APPROVE, SRE1, Step.CLEARANCE)
+    await wait_for_step(client, wid, Step.TRIGGER, OWNER)
+    jenkins.fail_next(status=403, method=None, path_contains=d.job, times=50, after_effect=False)
+    await send_action(client, wid, Action.TRIGGER, ActionInput(actor=OWNER, step=Step.TRIGGER))
+    result = await client.get_workflow_handle(wid, result_type=DeployResult).result()
+    assert result.outcome is Outcome.FAILED
+    assert result.reason is not None and "403" in result.reason and "\n" not in result.reason
+    assert jenkins.builds(d.job) == []
