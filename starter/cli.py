@@ -12,6 +12,7 @@ import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -37,6 +38,7 @@ from workflows.models import (
     JobParametersInput,
     JobParametersResult,
     Process,
+    ReleaseWindow,
     Step,
 )
 from workflows.steps import sre_group, steps_for
@@ -165,6 +167,7 @@ def start(
             read_params(params_file),
             version,
             _actor(actor),
+            release,
         )
         click.echo(wid)
         click.echo(link)
@@ -181,6 +184,7 @@ async def start_deploy(
     params: dict[str, str],
     version: str | None,
     actor: str,
+    release: str | None = None,
 ) -> tuple[str, str]:
     """Check everything that can be checked before anything opens, then start the deploy.
 
@@ -188,8 +192,17 @@ async def start_deploy(
     """
     spec = config.service(service)
     cloud = config.cloud(environment)
+    window = next_window = None
     if process is Process.RELEASE:
-        raise UsageError("release-window deploys are not available yet; use `start oow` (see the README)")
+        windows = release_windows(config)
+        window, reason = policy.choose_window(
+            windows, release, datetime.now(UTC), config.release.lead_time_days
+        )
+        if window is None:
+            raise Refused(reason or "no release window")
+        next_window = policy.window_after(windows, window)
+    elif release:
+        raise UsageError("--release goes with `start release`")
     if actor not in spec.code_owners:
         raise Refused(
             f"{actor} is not a code owner of {service}; a code owner ({', '.join(spec.code_owners)}) opens its PCCR"
@@ -216,6 +229,8 @@ async def start_deploy(
             version=version,
             requested_by=actor,
             settings=settings,
+            window=window,
+            next_window=next_window,
         ),
         id=wid,
         task_queue=config.task_queue,
@@ -566,6 +581,34 @@ def render_plan(config: Config, service: str, environment: str, process: Process
         actions = "/".join(a.value for a in defn.actions) or "-"
         out.append(f"{i:2}. {defn.step.value:<20} {actions:<22} {who}{limit}\n      {defn.does}")
     return "\n".join(out)
+
+
+def release_windows(config: Config) -> list[ReleaseWindow]:
+    return [ReleaseWindow(name=w.name, start=w.start, end=w.end) for w in config.release.windows]
+
+
+@cli.command()
+@click.pass_context
+def releases(ctx: click.Context) -> None:
+    """Coming release windows and the last day a deploy can be planned into each."""
+    config = _config_or_exit(ctx)
+    click.echo(render_releases(config, datetime.now(UTC)))
+
+
+def render_releases(config: Config, now: datetime) -> str:
+    lead = config.release.lead_time_days
+    coming = sorted((w for w in release_windows(config) if w.end > now), key=lambda w: w.start)
+    if not coming:
+        return "no coming release windows; add them to [release] windows"
+    ok = policy.eligible_windows(coming, now, lead)
+    lines = [f"{'window':<16} {'opens (UTC)':<17} {'closes (UTC)':<17} {'plan by':<11} status"]
+    for w in coming:
+        status = "open for planning" if w in ok else ("in progress" if w.start <= now else "too late to plan")
+        lines.append(
+            f"{w.name:<16} {w.start:%Y-%m-%d %H:%M} {w.end:%Y-%m-%d %H:%M} "
+            f"{policy.last_planning_day(w, lead):<11} {status}"
+        )
+    return "\n".join(lines)
 
 
 @cli.command()

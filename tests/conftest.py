@@ -127,7 +127,12 @@ class Deployment:
 
 
 def make_deployment(
-    tmp_path: Path, jenkins: FakeJenkins, slack: FakeSlack, timeouts: dict[str, str] | None = None, **job: Any
+    tmp_path: Path,
+    jenkins: FakeJenkins,
+    slack: FakeSlack,
+    timeouts: dict[str, str] | None = None,
+    extra: str = "",
+    **job: Any,
 ) -> Deployment:
     tag = uuid.uuid4().hex[:8]
     service, job_name, queue = f"svc-{tag}", f"deploy-svc-{tag}", f"tq-{tag}"
@@ -146,6 +151,7 @@ def make_deployment(
         job=job_name,
         timeouts="\n".join(f'{k} = "{v}"' for k, v in (timeouts or {}).items()),
     )
+    text += extra
     path = tmp_path / "deployctl.toml"
     path.write_text(text)
     return Deployment(load_config(str(path)), path, service, job_name, queue)

@@ -234,3 +234,30 @@ def test_triage_text_is_the_runbooks():
 
 def test_human_duration():
     assert [human_duration(s) for s in (30, 90, 3600, 5400, 86400 * 3)] == ["30s", "1.5m", "1h", "1.5h", "3d"]
+
+
+def test_release_windows_need_the_lead_time():
+    from datetime import UTC, datetime, timedelta
+
+    from workflows.models import ReleaseWindow
+
+    now = datetime(2026, 11, 27, 12, tzinfo=UTC)
+
+    def w(name: str, days: float) -> ReleaseWindow:
+        return ReleaseWindow(
+            name=name, start=now + timedelta(days=days), end=now + timedelta(days=days, hours=4)
+        )
+
+    cal = [w("a", 10), w("b", 14), w("c", 30)]
+    assert policy.choose_window(cal, None, now, 14) == (cal[1], None)
+    assert policy.choose_window(cal, "c", now, 14) == (cal[2], None)
+    window, why = policy.choose_window(cal, "a", now, 14)
+    assert window is None and why == (
+        "release window a opens 2026-12-07 12:00 UTC, less than 14 days ahead (last planning day was "
+        "2026-11-23); the next eligible window is b (opens 2026-12-11 12:00 UTC, plan by 2026-11-27)"
+    )
+    assert policy.choose_window(cal[:1], None, now, 14)[1] == (
+        "no release window opens at least 14 days ahead: no configured window is far enough ahead; "
+        "add one to [release] windows"
+    )
+    assert policy.window_after(cal, cal[1]) == cal[2] and policy.window_after(cal, cal[2]) is None

@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         JobParametersInput,
         Outcome,
         Pccr,
+        Process,
         ReadDiffInput,
         Role,
         Roster,
@@ -116,6 +117,7 @@ class DeployWorkflow:
         self._thread_ts: str | None = None
         self._outbox: deque[_Notice] = deque()
         self._closing = False
+        self._window_open = False
         self._published: tuple[Any, ...] = ()
         self._name = messages.deploy_name(input.service.name, input.environment, input.process)
         for action in Action:
@@ -159,15 +161,30 @@ class DeployWorkflow:
             await self._resolve_group(Role.GATEKEEPER.value)
             if not await self._check_params():
                 return
-            group = triage_group(self._in.cloud)
-            await self._resolve_group(group)
-            mention = self._in.settings.groups[group].mention() if group in self._in.settings.groups else ""
-            self._say("root", messages.triage_text(self._in.cloud, mention, self._pccr_link()))
-            for defn in self._steps:
+            steps = list(self._steps)
+            if self._in.process is Process.RELEASE:
+                # Two weeks ahead the owner first finds an SRE; then the PCCR opens.
+                if not await self._run_step(steps.pop(0)):
+                    return
+            await self._open_pccr()
+            for defn in steps:
                 if not await self._run_step(defn):
                     return
         except ActivityError as err:
             self._finish(Outcome.FAILED, _cause(err))
+
+    async def _open_pccr(self) -> None:
+        """The PCCR is open for review: say so in the triage channel, mentioning who reviews it."""
+        window = self._in.window
+        group = Role.GATEKEEPER.value if window else triage_group(self._in.cloud)
+        await self._resolve_group(group)
+        spec = self._in.settings.groups.get(group)
+        mention = spec.mention() if spec else ""
+        if window is not None:
+            text = messages.acceptance_text(mention, window.name, self._pccr_link())
+        else:
+            text = messages.triage_text(self._in.cloud, mention, self._pccr_link())
+        self._say("root", text)
 
     async def _check_params(self) -> bool:
         """The PCCR must hold a value for every parameter the job defines (read from the job)."""
@@ -183,6 +200,9 @@ class DeployWorkflow:
 
     async def _run_step(self, defn: StepDef) -> bool:
         await self._enter(defn)
+        if defn.step is Step.RELEASE_WINDOW_WAIT:
+            await self._wait_for_window()
+            return self._outcome is None
         if defn.step is Step.DEPLOYING:
             await self._deploying()
             return False
@@ -233,9 +253,40 @@ class DeployWorkflow:
             return f"The deploy job waits for your approval: {b.url} (diff sha256 `{b.diff_sha256}`)"
         return ""
 
+    async def _wait_for_window(self) -> None:
+        """A durable timer until the release window opens, with a reminder a day before."""
+        window = self._in.window
+        assert window is not None
+        reminder_at = window.start - timedelta(days=1)
+        if workflow.now() < reminder_at:
+            await workflow.sleep(reminder_at - workflow.now(), summary="until a day before the window")
+            for user in (*self._in.service.code_owners, *([self._sre] if self._sre else [])):
+                self._say(
+                    "dm", messages.window_reminder_text(self._name, window.name, window.start, user), to=user
+                )
+        if workflow.now() < window.start:
+            await workflow.sleep(window.start - workflow.now(), summary=f"until window {window.name} opens")
+        self._window_open = True
+        self._say("thread", f"Release window {window.name} is open until {window.end:%Y-%m-%d %H:%M} UTC.")
+
+    def _deadline(self, defn: StepDef) -> tuple[timedelta, str]:
+        """How long a step may wait, and what is said when it runs out: its timeout, or a closing window."""
+        total = self._in.settings.timeouts.get(defn.step.value, DEFAULT_TIMEOUT)
+        why = f"nobody acted at {defn.step.value} within {messages.human_duration(total.total_seconds())}"
+        window = self._in.window
+        if window is not None and self._window_open and window.end - workflow.now() < total:
+            total = max(window.end - workflow.now(), timedelta(seconds=1))
+            nxt = self._in.next_window
+            why = f"release window {window.name} closed before {defn.step.value} was done; " + (
+                f"the next window is {nxt.name} ({nxt.start:%Y-%m-%d %H:%M} UTC)"
+                if nxt
+                else "no later window is configured"
+            )
+        return total, why
+
     async def _await_action(self, defn: StepDef, watcher: asyncio.Task[bool] | None) -> _Accepted | None:
         """Wait for the step's action, reminding at half the timeout and escalating at three quarters."""
-        total = self._in.settings.timeouts.get(defn.step.value, DEFAULT_TIMEOUT)
+        total, expiry = self._deadline(defn)
         marks = ((0.5, "reminder"), (0.75, "escalation"), (1.0, "expire"))
         waited = timedelta(0)
         for fraction, kind in marks:
@@ -257,10 +308,10 @@ class DeployWorkflow:
                         "thread", messages.escalation_text(self._name, defn.step, self._waiting_on(), left)
                     )
                 else:
-                    self._finish(
-                        Outcome.EXPIRED,
-                        f"nobody acted at {defn.step.value} within {messages.human_duration(total.total_seconds())}",
-                    )
+                    self._finish(Outcome.EXPIRED, expiry)
+                    if self._in.window is not None:
+                        for user in self._in.service.code_owners:
+                            self._say("dm", f"<@{user}> {self._name}: {expiry}.", to=user)
                     return None
         if self._inbox is not None:
             return self._inbox
@@ -567,6 +618,7 @@ class DeployWorkflow:
             pccr=self._pccr,
             build=self._build,
             version=self._in.version,
+            release_window=self._in.window,
             sre=self._sre,
             outcome=self._outcome,
             outcome_reason=self._reason,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from workflows.models import Cloud, Process, Step
 from workflows.steps import StepDef
 
@@ -11,6 +13,14 @@ def triage_text(cloud: Cloud, mention: str, link: str) -> str:
     if cloud is Cloud.GOV:
         return f"{mention} requesting review for OOW gov deploy job PR {link}"
     return f"{mention} requesting review for OOW deploy job PR {link}"
+
+
+def acceptance_text(mention: str, window: str, link: str) -> str:
+    return f"{mention} requesting acceptance for release {window} of deploy job PR {link}"
+
+
+def window_reminder_text(name: str, window: str, opens: datetime, user: str) -> str:
+    return f"<@{user}> {name}: release window {window} opens tomorrow, {opens:%Y-%m-%d %H:%M} UTC."
 
 
 def deploy_name(service: str, environment: str, process: Process) -> str:

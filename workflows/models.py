@@ -156,6 +156,12 @@ class Roster(BaseModel):
 # The deploy workflow's input and its status document (SPEC §5)
 
 
+class ReleaseWindow(BaseModel):
+    name: str
+    start: datetime
+    end: datetime
+
+
 class DeployInput(BaseModel):
     process: Process
     service: ServiceSpec
@@ -165,6 +171,8 @@ class DeployInput(BaseModel):
     version: str | None = None
     requested_by: str
     settings: DeploySettings
+    window: ReleaseWindow | None = None  # release process: the window it deploys in
+    next_window: ReleaseWindow | None = None  # named when the window closes before the deploy is done
 
 
 class BuildInfo(BaseModel):
@@ -196,6 +204,7 @@ class DeployStatus(BaseModel):
     build: BuildInfo = Field(default_factory=BuildInfo)
     version_pr: str | None = None
     version: str | None = None
+    release_window: ReleaseWindow | None = None
     sre: str | None = None
     outcome: Outcome | None = None
     outcome_reason: str | None = None
@@ -339,3 +348,95 @@ class UsergroupInput(BaseModel):
 class UsergroupResult(BaseModel):
     usergroup: str
     users: list[str]
+
+
+# ---------------------------------------------------------------------------------------------------
+# GitHub
+
+
+class OpenVersionPrInput(BaseModel):
+    """Set `version:` in `path` on a new branch `branch` (deterministic, e.g. "deployctl/<workflow id>")
+    cut from `base_branch`, and open a PR for it. Idempotent for a given `branch`."""
+
+    repo: str  # "owner/name"
+    base_branch: str = "master"
+    path: str  # with `{service}` already replaced
+    version: str
+    branch: str
+    title: str
+    body: str = ""
+    commit_message: str | None = None  # defaults to `title`
+
+
+class VersionPr(BaseModel):
+    number: int
+    url: str  # html_url
+    head_sha: str
+    branch: str
+    state: str  # open | closed
+    merged: bool = False
+    reused: bool = False  # open_version_pr found the PR already there (an earlier attempt opened it)
+    base_branch: str | None = None
+    mergeable: bool | None = None  # None while GitHub has not computed it
+    mergeable_state: str | None = None  # clean | dirty | blocked | behind | unstable | unknown …
+    merged_by: str | None = None
+    merge_commit_sha: str | None = None
+
+
+class PrRefInput(BaseModel):
+    """A pull request or issue: `number` in `repo`."""
+
+    repo: str
+    number: int
+
+
+class MergePrInput(BaseModel):
+    repo: str
+    number: int
+    sha: str | None = None  # the head sha the approver saw; GitHub refuses (409) if the head moved
+    method: Literal["squash", "merge", "rebase"] = "squash"
+    title: str | None = None
+
+
+class MergePrResult(BaseModel):
+    merged: bool  # the PR is merged now (by us, or already)
+    sha: str | None = None  # the merge commit
+    already_merged: bool = False  # it was merged before we asked (on GitHub, or by a lost earlier attempt)
+    refused_reason: str | None = None  # GitHub's message when it refused to merge; the PR stays as it was
+    merged_by: str | None = None  # who merged it, when already_merged
+
+
+class OpenIssueInput(BaseModel):
+    """Open the PCCR issue once: `marker` (the workflow id) identifies it across retries."""
+
+    repo: str
+    title: str
+    body: str
+    labels: list[str] = Field(default_factory=list)
+    marker: str
+
+
+class IssueRef(BaseModel):
+    number: int
+    url: str  # html_url
+    state: str
+    reused: bool = False
+    labels: list[str] = Field(default_factory=list)
+
+
+class CommentInput(BaseModel):
+    """Comment once: a comment carrying `marker` (unique per comment) already there is not repeated."""
+
+    repo: str
+    number: int
+    body: str
+    marker: str
+
+
+class LabelsInput(BaseModel):
+    """Add `labels` to the issue and take `remove` off it; labels missing in the repo are created."""
+
+    repo: str
+    number: int
+    labels: list[str] = Field(default_factory=list)
+    remove: list[str] = Field(default_factory=list)

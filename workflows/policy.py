@@ -7,8 +7,9 @@ and the CLI's pre-checks all call these; nothing here does I/O or reads the cloc
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
-from workflows.models import Action, ActionInput, Cloud, JobParameter, Role, Step
+from workflows.models import Action, ActionInput, Cloud, JobParameter, ReleaseWindow, Role, Step
 from workflows.steps import CANCELLERS, StepDef, sre_group, step_def
 
 
@@ -184,3 +185,43 @@ def start_refusal(cloud: Cloud, valkyr: bool, version: str | None, service: str)
     if cloud is Cloud.GOV and not version:
         return "a gov-cloud deploy needs --version: the version PR sets it in the configs repo"
     return None
+
+
+def last_planning_day(window: ReleaseWindow, lead_days: int) -> str:
+    return (window.start - timedelta(days=lead_days)).date().isoformat()
+
+
+def eligible_windows(windows: list[ReleaseWindow], now: datetime, lead_days: int) -> list[ReleaseWindow]:
+    """The windows a deploy can still be planned into: opening at least `lead_days` from now."""
+    return sorted((w for w in windows if w.start >= now + timedelta(days=lead_days)), key=lambda w: w.start)
+
+
+def choose_window(
+    windows: list[ReleaseWindow], name: str | None, now: datetime, lead_days: int
+) -> tuple[ReleaseWindow | None, str | None]:
+    """The window a release deploy goes into (the named one, else the next eligible), or why not."""
+    ok = eligible_windows(windows, now, lead_days)
+    nxt = (
+        f"the next eligible window is {ok[0].name} (opens {ok[0].start:%Y-%m-%d %H:%M} UTC, "
+        f"plan by {last_planning_day(ok[0], lead_days)})"
+        if ok
+        else "no configured window is far enough ahead; add one to [release] windows"
+    )
+    if name is None:
+        return (
+            (ok[0], None) if ok else (None, f"no release window opens at least {lead_days} days ahead: {nxt}")
+        )
+    chosen = next((w for w in windows if w.name == name), None)
+    if chosen is None:
+        return None, f"no release window named {name}; {nxt}"
+    if chosen not in ok:
+        return None, (
+            f"release window {name} opens {chosen.start:%Y-%m-%d %H:%M} UTC, less than {lead_days} days ahead "
+            f"(last planning day was {last_planning_day(chosen, lead_days)}); {nxt}"
+        )
+    return chosen, None
+
+
+def window_after(windows: list[ReleaseWindow], window: ReleaseWindow) -> ReleaseWindow | None:
+    later = sorted((w for w in windows if w.start > window.start), key=lambda w: w.start)
+    return later[0] if later else None
