@@ -24,19 +24,21 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from activities.jenkins import JenkinsActivities
+from activities.locks import LockActivities
 from activities.slack import SlackActivities, make_web_client
 from starter.config import Config, ConfigError, load_config, secret
 from starter.temporal import connect
 from workflows import search_attributes as sa
 from workflows.deploy import DeployWorkflow
 from workflows.inspect_job import InspectJobWorkflow
+from workflows.lock import DeployLockWorkflow
 
 log = logging.getLogger("deployctl.worker")
 
-WORKFLOWS = [DeployWorkflow, InspectJobWorkflow]
+WORKFLOWS = [DeployWorkflow, InspectJobWorkflow, DeployLockWorkflow]
 
 
-def build_activities(config: Config, env: Mapping[str, str] | None = None) -> list:
+def build_activities(client: Client, config: Config, env: Mapping[str, str] | None = None) -> list:
     """The activity callables, with their clients built once from the config and the environment."""
     jenkins = JenkinsActivities(
         url=config.jenkins.url, user=config.jenkins.user, token=secret("JENKINS_TOKEN", env) or ""
@@ -44,6 +46,7 @@ def build_activities(config: Config, env: Mapping[str, str] | None = None) -> li
     slack = SlackActivities(make_web_client(secret("SLACK_BOT_TOKEN", env) or "", config.slack.api_url))
     return [
         jenkins.job_parameters,
+        jenkins.trigger_baseline,
         jenkins.trigger_build,
         jenkins.wait_build_started,
         jenkins.read_diff,
@@ -54,6 +57,7 @@ def build_activities(config: Config, env: Mapping[str, str] | None = None) -> li
         slack.post_message,
         slack.update_message,
         slack.usergroup_members,
+        LockActivities(client).request_lock,
     ]
 
 
@@ -71,7 +75,7 @@ def create_worker(
         client,
         task_queue=task_queue or config.task_queue,
         workflows=WORKFLOWS,
-        activities=build_activities(config, env),
+        activities=build_activities(client, config, env),
         activity_executor=pool,
         max_concurrent_activities=64,
         graceful_shutdown_timeout=timedelta(seconds=20),

@@ -50,6 +50,7 @@ from workflows.models import (
     JobParametersResult,
     ReadDiffInput,
     ReadDiffResult,
+    TriggerBaseline,
     TriggerBuildInput,
     TriggerBuildResult,
     WaitBuildStartedInput,
@@ -401,11 +402,13 @@ class JenkinsActivities:
             )
 
         ours = url_job_part(f"/{job_path(job)}")
+        before = inp.baseline
         in_queue = [
             item
             for item in queue
             if url_job_part((item.get("task") or {}).get("url") or "") == ours
             and same_params(action_params(item), wanted)
+            and not (before and item.get("id") in before.queued)
         ]
         if in_queue:
             item = min(in_queue, key=lambda i: i["id"])
@@ -417,7 +420,13 @@ class JenkinsActivities:
         started = [
             b
             for b in info.get("builds") or []
-            if b and (b.get("timestamp") or 0) >= since_ms and same_params(action_params(b), wanted)
+            if b
+            and same_params(action_params(b), wanted)
+            and (
+                (b["number"] > before.last_build and b.get("queueId") not in before.queued)
+                if before
+                else (b.get("timestamp") or 0) >= since_ms
+            )
         ]
         if started:
             b = min(started, key=lambda b: b["number"])
@@ -431,6 +440,25 @@ class JenkinsActivities:
         queue_id = self._call(what, lambda c: c.build_job(job, wanted or None))
         activity.logger.info("Triggered %s: queue item %s", job, queue_id)
         return TriggerBuildResult(queue_id=queue_id, reused=False)
+
+    @activity.defn
+    def trigger_baseline(self, inp: JobParametersInput) -> TriggerBaseline:
+        """The job's last build number and queued items now, before this deploy triggers it: whatever
+        `trigger_build` later finds beyond them with our parameters is ours (a retry reuses it)."""
+        job = inp.job
+        what = f"reading the builds of {job!r}"
+        queue = self._call(what, lambda c: c.get_queue_info())
+        info = self._get_json(f"{job_path(job)}api/json?tree={quote('builds[number]{0,1}')}", what)
+        ours = url_job_part(f"/{job_path(job)}")
+        queued = [
+            int(item["id"])
+            for item in queue
+            if url_job_part((item.get("task") or {}).get("url") or "") == ours
+        ]
+        builds = info.get("builds") or []
+        return TriggerBaseline(
+            job=job, last_build=max((b["number"] for b in builds if b), default=0), queued=queued
+        )
 
     @activity.defn(no_thread_cancel_exception=True)
     def wait_build_started(self, inp: WaitBuildStartedInput) -> BuildRef:

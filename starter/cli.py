@@ -392,6 +392,8 @@ def status(ctx: click.Context, workflow_id: str, as_json: bool) -> None:
         )
         click.echo(f"waiting on:  {', '.join(st.waiting_on) or '-'}")
         click.echo(f"may act:     {', '.join(a.value for a in st.allowed_actions) or '-'}")
+        if st.blocked_by:
+            click.echo(f"waits for:   deploy {st.blocked_by} of the same service and environment to end")
         if st.sre:
             click.echo(f"SRE:         {st.sre}")
         if st.build.url:
@@ -622,6 +624,22 @@ def worker(ctx: click.Context, metrics_port: int | None) -> None:
     if ctx.obj.get("config"):
         args += ["--config", ctx.obj["config"]]
     sys.exit(worker_main.main(args))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="HTTP mode: the address to listen on")
+@click.option("--port", type=int, default=3000, show_default=True, help="HTTP mode: the port to listen on")
+@click.pass_context
+def slack(ctx: click.Context, host: str, port: int) -> None:
+    """The Slack bridge: buttons and /deploy. Socket Mode with SLACK_APP_TOKEN, else HTTP on /slack/events."""
+    from starter import slack_bridge
+
+    config = _config_or_exit(ctx)
+    try:
+        code = slack_bridge.run_bridge(host, port, config)
+    except ConfigError as err:
+        fail(EXIT_USAGE, str(err))
+    sys.exit(code)
 
 
 @cli.command()

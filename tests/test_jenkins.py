@@ -207,6 +207,23 @@ def test_builds_before_not_before_or_with_other_params_are_not_reused(
     assert [b["number"] for b in fake.builds(JOB)] == [first, 2, 3]
 
 
+def test_a_baseline_tells_an_earlier_identical_build_from_ours(
+    fake: FakeJenkins, acts: JenkinsActivities
+) -> None:
+    """Two deploys with the same parameters, seconds apart: the second's baseline excludes the first's build."""
+    first = start(acts)
+    baseline = run(acts.trigger_baseline, JobParametersInput(job=JOB))
+    assert baseline.last_build == first and baseline.queued == []
+    inp = TriggerBuildInput(
+        job=JOB, params=WANTED, not_before=now() - timedelta(minutes=1), baseline=baseline
+    )
+    ours = run(acts.trigger_build, inp)
+    assert not ours.reused
+    again = run(acts.trigger_build, inp)  # a retry after the POST reuses ours, not the earlier one
+    assert again.reused and again.queue_id == ours.queue_id
+    assert len(posts(fake, "buildWithParameters")) == 2
+
+
 def test_params_must_match_the_job_definition(fake: FakeJenkins, acts: JenkinsActivities) -> None:
     missing = {k: v for k, v in WANTED.items() if k != "VERSION"}
     err = app_error(

@@ -15,15 +15,17 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeUpdate
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
     from activities.jenkins import JenkinsActivities
+    from activities.locks import LockActivities
     from activities.slack import SlackActivities
     from workflows import messages, policy
     from workflows import search_attributes as sa
+    from workflows.lock import LOCK_UPDATE, LockCall, LockRequest, LockUpdate, lock_id
     from workflows.models import (
         AbortBuildInput,
         Action,
@@ -118,10 +120,13 @@ class DeployWorkflow:
         self._outbox: deque[_Notice] = deque()
         self._closing = False
         self._window_open = False
+        self._lock = "none"  # none | requested | granted
+        self._blocked_by: str | None = None
         self._published: tuple[Any, ...] = ()
         self._name = messages.deploy_name(input.service.name, input.environment, input.process)
         for action in Action:
             self._register(action)
+        workflow.set_signal_handler(LOCK_UPDATE, self._on_lock_update)
 
     # ------------------------------------------------------------------------------------------ run
 
@@ -344,12 +349,53 @@ class DeployWorkflow:
             await self._answer_input("abort", msg.actor)
         self._finish(Outcome.REJECTED, why)
 
+    async def _take_lock(self) -> None:
+        """Past `trigger`, one deploy at a time per service and environment: wait for our turn."""
+        self._lock = "requested"
+        await workflow.execute_activity_method(
+            LockActivities.request_lock,
+            LockCall(service=self._in.service.name, environment=self._in.environment, deploy_id=self._wid()),
+            summary=f"ask for the {self._in.service.name}/{self._in.environment} deploy lock",
+            **JENKINS_CALL,
+        )
+        await workflow.wait_condition(lambda: self._lock == "granted")
+
+    def _on_lock_update(self, update: LockUpdate) -> None:
+        if self._lock == "none":
+            return
+        if update.granted:
+            self._lock, self._blocked_by = "granted", None
+        elif update.holder != self._blocked_by:
+            self._blocked_by = update.holder
+            self._say(
+                "thread", f"Waiting for deploy {update.holder} of the same service and environment to end."
+            )
+        self._publish()
+
+    async def _give_back_lock(self) -> None:
+        if self._lock == "none":
+            return
+        try:
+            await workflow.get_external_workflow_handle(
+                lock_id(self._in.service.name, self._in.environment)
+            ).signal("release", LockRequest(deploy_id=self._wid()))
+        except FailureError as err:
+            self._note(f"could not give back the deploy lock: {err}")
+        self._lock = "none"
+
     async def _trigger(self) -> None:
         """Start the job with exactly the PCCR's parameters, once; then read its diff."""
         job = self._in.service.jenkins_job
+        await self._take_lock()
+        baseline = await workflow.execute_activity_method(
+            JenkinsActivities.trigger_baseline,
+            JobParametersInput(job=job),
+            summary=f"note the builds of {job} before triggering",
+            **JENKINS_CALL,
+        )
         started = await workflow.execute_activity_method(
             JenkinsActivities.trigger_build,
-            TriggerBuildInput(job=job, params=self._in.params, not_before=workflow.now()),
+            TriggerBuildInput(job=job, params=self._in.params, not_before=workflow.now(), baseline=baseline),
             summary=f"trigger {job}",
             **JENKINS_CALL,
         )
@@ -467,6 +513,7 @@ class DeployWorkflow:
                 b.result = "ABORTED"
             except ActivityError as err:
                 self._note(f"could not abort the build: {_cause(err)}")
+        await self._give_back_lock()
         assert self._outcome is not None
         self._set_pccr_state("done" if self._outcome is Outcome.SUCCEEDED else self._outcome.value)
         self._publish()
@@ -619,6 +666,7 @@ class DeployWorkflow:
             build=self._build,
             version=self._in.version,
             release_window=self._in.window,
+            blocked_by=self._blocked_by,
             sre=self._sre,
             outcome=self._outcome,
             outcome_reason=self._reason,
@@ -669,7 +717,15 @@ class DeployWorkflow:
         """Keep the Web UI current: search attributes and the details pane (only when they change)."""
         waiting = self._waiting_on()
         outcome = self._outcome.value if self._outcome else None
-        now = (self._step, tuple(waiting), outcome, self._build.url, self._thread_ts, self._sre)
+        now = (
+            self._step,
+            tuple(waiting),
+            outcome,
+            self._build.url,
+            self._thread_ts,
+            self._sre,
+            self._blocked_by,
+        )
         if now == self._published:
             return
         self._published = now
@@ -689,6 +745,10 @@ class DeployWorkflow:
         ]
         if self._sre:
             lines.append(f"SRE: {self._sre}")
+        if self._blocked_by:
+            lines.append(
+                f"waits for deploy {self._blocked_by} of {self._in.service.name} to {self._in.environment} to end"
+            )
         if self._build.url:
             lines.append(f"build: {self._build.url}")
         if self._thread_ts:

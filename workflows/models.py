@@ -205,6 +205,7 @@ class DeployStatus(BaseModel):
     version_pr: str | None = None
     version: str | None = None
     release_window: ReleaseWindow | None = None
+    blocked_by: str | None = None  # past trigger, the deploy of the same service and environment it waits for
     sre: str | None = None
     outcome: Outcome | None = None
     outcome_reason: str | None = None
@@ -239,10 +240,19 @@ class JobParametersResult(BaseModel):
     parameters: list[JobParameter]
 
 
+class TriggerBaseline(BaseModel):
+    """What the job had before this deploy triggered it: its builds and queue items are not ours."""
+
+    job: str
+    last_build: int = 0
+    queued: list[int] = Field(default_factory=list)
+
+
 class TriggerBuildInput(BaseModel):
     job: str
     params: dict[str, str]
     not_before: datetime  # a build or queue item of ours is newer than this (idempotency window)
+    baseline: TriggerBaseline | None = None  # when given: ours is newer than the baseline (not a clock)
 
 
 class TriggerBuildResult(BaseModel):
