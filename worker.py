@@ -23,6 +23,7 @@ from temporalio.common import SearchAttributeIndexedValueType
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
+from activities.github import GithubActivities
 from activities.jenkins import JenkinsActivities
 from activities.locks import LockActivities
 from activities.slack import SlackActivities, make_web_client
@@ -44,6 +45,7 @@ def build_activities(client: Client, config: Config, env: Mapping[str, str] | No
         url=config.jenkins.url, user=config.jenkins.user, token=secret("JENKINS_TOKEN", env) or ""
     )
     slack = SlackActivities(make_web_client(secret("SLACK_BOT_TOKEN", env) or "", config.slack.api_url))
+    github = GithubActivities(config.github.api_url, secret("GITHUB_TOKEN", env, required=False) or "")
     return [
         jenkins.job_parameters,
         jenkins.trigger_baseline,
@@ -57,6 +59,15 @@ def build_activities(client: Client, config: Config, env: Mapping[str, str] | No
         slack.post_message,
         slack.update_message,
         slack.usergroup_members,
+        github.open_version_pr,
+        github.pr_state,
+        github.watch_pr,
+        github.merge_pr,
+        github.close_pr,
+        github.open_pccr_issue,
+        github.comment_pccr,
+        github.set_pccr_labels,
+        github.close_pccr,
         LockActivities(client).request_lock,
     ]
 
@@ -128,6 +139,12 @@ async def serve(config: Config, metrics_port: int | None = None) -> None:
             log.info("shutting down: finishing running tasks")
 
 
+def needs_github(config: Config) -> bool:
+    """GitHub is needed for gov-cloud version PRs and for PCCRs kept as GitHub issues."""
+    gov = any(e.cloud.value == "gov" for e in config.environments.values())
+    return gov or config.change_requests.backend == "github"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="worker.py", description="The deployctl worker pool.")
     parser.add_argument(
@@ -143,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         secret("JENKINS_TOKEN")
         secret("SLACK_BOT_TOKEN")
+        if needs_github(config):
+            secret("GITHUB_TOKEN")
     except ConfigError as err:
         print(f"deployctl worker: {err}", file=sys.stderr)
         return 2
@@ -151,4 +170,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Leave without interpreter finalisation: temporalio's native runtime can crash in it (sdk-python #300).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -43,6 +43,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError
 from urllib3.util.retry import Retry
 
+from activities.common import sleep_unless_cancelled
 from workflows.models import (
     CommentInput,
     IssueRef,
@@ -215,11 +216,13 @@ class GithubActivities:
         *,
         branch_prefix: str = "deployctl/",
         issue_scan_limit: int = 300,
+        watch_interval: float = 15.0,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self._token = token
         self.timeout = timeout
         self.branch_prefix = branch_prefix
+        self.watch_interval = watch_interval
         self.issue_scan_limit = issue_scan_limit
         self._local = threading.local()
         self._labels_lock = threading.Lock()
@@ -462,6 +465,19 @@ class GithubActivities:
         pr = self._call(f"reading PR #{inp.number} of {inp.repo}", lambda: repo.get_pull(inp.number))
         return self._version_pr(pr)
 
+    @activity.defn(no_thread_cancel_exception=True)
+    def watch_pr(self, inp: PrRefInput) -> VersionPr:
+        """Return once the PR is no longer open (merged or closed directly on GitHub).
+
+        Polls every `watch_interval` seconds with a heartbeat; the workflow cancels it when the SRE merges
+        through deployctl."""
+        while True:
+            state = self.pr_state(inp)
+            if state.merged or state.state != "open":
+                return state
+            activity.heartbeat({"number": inp.number})
+            sleep_unless_cancelled(self.watch_interval)
+
     @activity.defn
     def merge_pr(self, inp: MergePrInput) -> MergePrResult:
         """Merge through the API. Already merged → `already_merged`; refused → `refused_reason`."""
@@ -541,9 +557,9 @@ class GithubActivities:
 
     @staticmethod
     def _check_marker(marker: str) -> None:
-        if not marker.strip() or "--" in marker or "\n" in marker or ">" in marker:
+        if not marker.strip() or "-->" in marker or "--!>" in marker or "\n" in marker or "\r" in marker:
             raise ApplicationError(
-                f"marker {marker!r} must be a non-empty single line without '--' or '>'",
+                f"marker {marker!r} must be a non-empty single line that cannot end an HTML comment",
                 type="InvalidMarker",
                 non_retryable=True,
             )

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-import time
 from collections.abc import Callable
 from datetime import UTC, timedelta
 from typing import Any, TypeVar
@@ -38,6 +37,7 @@ import requests
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError
 
+from activities.common import sleep_unless_cancelled
 from workflows.models import (
     AbortBuildInput,
     BuildRef,
@@ -198,18 +198,7 @@ def _http_response(exc: BaseException) -> requests.Response | None:
     return None
 
 
-def _sleep(seconds: float) -> None:
-    """Sleep, returning early on cancellation (raised as CancelledError) or worker shutdown (retryable)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return
-        activity.wait_for_cancelled_sync(min(remaining, 0.1))
-        if activity.is_cancelled():
-            raise CancelledError("activity cancelled")
-        if activity.is_worker_shutdown():
-            raise ApplicationError("worker shutting down; another worker takes over", type="WorkerShutdown")
+_sleep = sleep_unless_cancelled
 
 
 # ---------------------------------------------------------------------------------------------------

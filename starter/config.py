@@ -507,6 +507,11 @@ class Config(_Table):
             input_id=self.jenkins.input_id,
             groups=dict(self.groups),
             timeouts={str(step): self.timeout(step) for step in TIMEOUT_DEFAULTS},
+            configs_repo=self.github.configs_repo,
+            base_branch=self.github.base_branch,
+            version_file=self.github.version_file,
+            pccr_backend=self.change_requests.backend,
+            pccr_repo=self.change_requests.repo,
         )
 
 

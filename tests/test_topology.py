@@ -123,7 +123,7 @@ def test_worker_replicas_as_the_file_states_them(raw: dict[str, Any]) -> None:
 
 def test_env_file_is_not_committed() -> None:
     if shutil.which("git") is None or not (ROOT / ".git").exists():
-        pytest.skip("not a git checkout")
+        pytest.skip("git is not installed, or this is not a git checkout")
     tracked = subprocess.run(
         ["git", "ls-files", "--error-unmatch", ".env"], cwd=ROOT, capture_output=True, timeout=30
     )
@@ -166,6 +166,22 @@ def test_compose_config_passes_on_a_clean_checkout(resolved: dict[str, Any]) -> 
         "worker",
         "slack-bridge",
     } <= set(resolved["services"])
+
+
+@needs_compose
+def test_compose_config_exactly_as_ci_runs_it() -> None:
+    if (ROOT / ".env").exists():
+        pytest.skip("a local .env exists: this is not a clean checkout (the other tests ignore it)")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")}
+    result = subprocess.run(
+        [str(DOCKER_COMPOSE), "-f", "docker-compose.yml", "config", "-q"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
 
 
 @needs_compose

@@ -8,6 +8,7 @@ is the builtin change request: its history is the PCCR's record.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import deque
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,6 +21,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
+    from activities.github import GithubActivities
     from activities.jenkins import JenkinsActivities
     from activities.locks import LockActivities
     from activities.slack import SlackActivities
@@ -34,14 +36,21 @@ with workflow.unsafe.imports_passed_through():
         AuditEntry,
         BuildInfo,
         BuildResultInput,
+        Cloud,
+        CommentInput,
         DeployInput,
         DeployResult,
         DeployStatus,
         InputActionInput,
         JobParametersInput,
+        LabelsInput,
+        MergePrInput,
+        OpenIssueInput,
+        OpenVersionPrInput,
         Outcome,
         Pccr,
         Process,
+        PrRefInput,
         ReadDiffInput,
         Role,
         Roster,
@@ -49,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         Step,
         TriggerBuildInput,
         UsergroupInput,
+        VersionPr,
         WaitBuildStartedInput,
         WatchInputInput,
     )
@@ -72,6 +82,8 @@ JENKINS_WAIT: dict[str, Any] = {
         initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
     ),
 }
+# A call to GitHub: like Jenkins, retried with backoff, then the deploy fails with GitHub's reason.
+GITHUB_CALL = JENKINS_CALL
 # Slack never blocks a deploy: a few tries, then a note in the audit trail.
 SLACK_CALL: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=20),
@@ -122,6 +134,9 @@ class DeployWorkflow:
         self._window_open = False
         self._lock = "none"  # none | requested | granted
         self._blocked_by: str | None = None
+        self._version_pr: VersionPr | None = None
+        self._merge_verdict: str | None = None  # "" merged; else GitHub's reason for refusing
+        self._pccr_ops = 0
         self._published: tuple[Any, ...] = ()
         self._name = messages.deploy_name(input.service.name, input.environment, input.process)
         for action in Action:
@@ -179,7 +194,11 @@ class DeployWorkflow:
             self._finish(Outcome.FAILED, _cause(err))
 
     async def _open_pccr(self) -> None:
-        """The PCCR is open for review: say so in the triage channel, mentioning who reviews it."""
+        """[gov: the version PR] → the PCCR → the triage message mentioning who reviews it."""
+        if self._in.cloud is Cloud.GOV:
+            await self._open_version_pr()
+        if self._in.settings.pccr_backend == "github":
+            await self._open_pccr_issue()
         window = self._in.window
         group = Role.GATEKEEPER.value if window else triage_group(self._in.cloud)
         await self._resolve_group(group)
@@ -190,6 +209,62 @@ class DeployWorkflow:
         else:
             text = messages.triage_text(self._in.cloud, mention, self._pccr_link())
         self._say("root", text)
+
+    async def _open_version_pr(self) -> None:
+        s, svc = self._in.settings, self._in.service.name
+        assert self._in.version is not None
+        self._version_pr = await workflow.execute_activity_method(
+            GithubActivities.open_version_pr,
+            OpenVersionPrInput(
+                repo=s.configs_repo,
+                base_branch=s.base_branch,
+                path=s.version_file.replace("{service}", svc),
+                version=self._in.version,
+                branch=f"deployctl/{self._wid()}",
+                title=f"{svc}: deploy version {self._in.version} to {self._in.environment}",
+                body=f"Version PR of deploy {self._wid()}: {self._link()}",
+            ),
+            summary=f"open the version PR for {svc} {self._in.version}",
+            **GITHUB_CALL,
+        )
+        self._say("thread", f"Version PR: {self._version_pr.url}")
+        self._publish()
+
+    async def _open_pccr_issue(self) -> None:
+        s = self._in.settings
+        assert s.pccr_repo and self._pccr is not None
+        params = "\n".join(f"{k}: {json.dumps(v)}" for k, v in sorted(self._in.params.items()))
+        body = "\n".join(
+            [
+                f"PCCR for {self._name} ({self._in.cloud.value}-cloud), opened by <@{self._in.requested_by}>.",
+                f"Jenkins job `{self._in.service.jenkins_job}` with exactly these parameters:",
+                "```yaml",
+                params,
+                "```",
+                f"Version PR: {self._version_pr.url}" if self._version_pr else "",
+                f"Deploy: {self._link()}",
+            ]
+        )
+        issue = await workflow.execute_activity_method(
+            GithubActivities.open_pccr_issue,
+            OpenIssueInput(
+                repo=s.pccr_repo,
+                title=f"PCCR: {self._name}",
+                body=body,
+                labels=["pending-review"],
+                marker=self._wid(),
+            ),
+            summary="open the PCCR issue",
+            **GITHUB_CALL,
+        )
+        self._pccr = self._pccr.model_copy(
+            update={
+                "id": f"{s.pccr_repo}#{issue.number}",
+                "url": issue.url,
+                "backend": "github",
+                "number": issue.number,
+            }
+        )
 
     async def _check_params(self) -> bool:
         """The PCCR must hold a value for every parameter the job defines (read from the job)."""
@@ -211,23 +286,63 @@ class DeployWorkflow:
         if defn.step is Step.DEPLOYING:
             await self._deploying()
             return False
-        watcher = self._watch_input() if defn.step is Step.DEPLOY_APPROVAL else None
-        try:
-            accepted = await self._await_action(defn, watcher)
-        finally:
-            if watcher is not None and not watcher.done():
-                watcher.cancel()
-                try:
-                    await watcher
-                except (asyncio.CancelledError, ActivityError):
-                    pass
-        if accepted is None:
-            return self._outcome is None  # expired, or the input was answered in Jenkins
-        if accepted.action is Action.REJECT:
-            await self._on_reject(defn, accepted.msg)
-            return False
-        await self._effect(defn, accepted)
-        return self._outcome is None
+        while True:
+            watcher = self._watcher(defn)
+            try:
+                accepted = await self._await_action(defn, watcher)
+            finally:
+                if watcher is not None and not watcher.done():
+                    watcher.cancel()
+                    try:
+                        await watcher
+                    except (asyncio.CancelledError, ActivityError):
+                        pass
+            if accepted is None:
+                return self._outcome is None  # expired, or done directly in Jenkins or on GitHub
+            if accepted.action is Action.REJECT:
+                await self._on_reject(defn, accepted.msg)
+                return False
+            if await self._effect(defn, accepted):
+                return self._outcome is None
+            self._busy, self._inbox = False, None  # the effect was refused: the step waits again
+            self._publish()
+
+    def _watcher(self, defn: StepDef) -> asyncio.Task[bool] | None:
+        """What may finish a step outside deployctl: the input answered in Jenkins, the PR merged on GitHub."""
+        if defn.step is Step.DEPLOY_APPROVAL:
+            return self._watch_input()
+        if defn.step is Step.VERSION_PR_MERGE and self._version_pr is not None:
+            return asyncio.create_task(self._watch_pr())
+        return None
+
+    async def _watch_pr(self) -> bool:
+        assert self._version_pr is not None
+        pr = await workflow.execute_activity_method(
+            GithubActivities.watch_pr,
+            PrRefInput(repo=self._in.settings.configs_repo, number=self._version_pr.number),
+            summary="watch the version PR on GitHub",
+            cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
+            **JENKINS_WAIT,
+        )
+        self._version_pr = pr
+        merged = pr.merged
+        self._record(
+            AuditEntry(
+                time=workflow.now(),
+                step=self._step,
+                action="merged_on_github" if merged else "closed_on_github",
+                actor=pr.merged_by or "github",
+                channel="github",
+                accepted=True,
+                reason=f"version PR #{pr.number} was {'merged' if merged else 'closed'} directly on GitHub",
+            )
+        )
+        self._say("thread", f"Version PR {pr.url} was {'merged' if merged else 'closed'} directly on GitHub.")
+        if not merged:
+            self._finish(
+                Outcome.CANCELLED, f"the version PR #{pr.number} was closed on GitHub without merging"
+            )
+        return True
 
     # ---------------------------------------------------------------------------------------- steps
 
@@ -240,7 +355,14 @@ class DeployWorkflow:
             await self._resolve_group(sre_group(self._in.cloud))
         self._busy = not defn.waits_on_people
         waiting = self._waiting_on()
-        self._rosters.append(Roster(step=defn.step, time=workflow.now(), eligible=waiting))
+        self._rosters.append(
+            Roster(
+                step=defn.step,
+                time=workflow.now(),
+                eligible=waiting,
+                groups={name: list(members) for name, members in sorted(self._groups.items())},
+            )
+        )
         self._publish()
         for user in waiting:
             self._say(
@@ -321,18 +443,25 @@ class DeployWorkflow:
         if self._inbox is not None:
             return self._inbox
         assert watcher is not None
-        await self._answered_in_jenkins(await watcher)
+        done_elsewhere = await watcher
+        if defn.step is Step.DEPLOY_APPROVAL:
+            await self._answered_in_jenkins(done_elsewhere)
         return None
 
-    async def _effect(self, defn: StepDef, accepted: _Accepted) -> None:
+    async def _effect(self, defn: StepDef, accepted: _Accepted) -> bool:
+        """Carry out an accepted action. False when the outside world refused it (the step waits again)."""
         msg = accepted.msg
+        if defn.step is Step.VERSION_PR_MERGE:
+            return await self._merge(msg)
         self._say(
             "thread",
             f"`{defn.step.value}`: <@{msg.actor}> {accepted.action.value.replace('_', ' ')}"
             + (f" <@{msg.sre}>" if msg.sre else "")
             + (f" — {msg.comment}" if msg.comment else ""),
         )
-        if defn.step is Step.PCCR_REVIEW:
+        if defn.step is Step.VP_APPROVAL and self._pccr is not None:
+            self._pccr = self._pccr.model_copy(update={"vp_approved_by": msg.actor})
+        elif defn.step is Step.PCCR_REVIEW:
             self._set_pccr_state("approved")
         elif defn.step is Step.RELEASE_ACCEPTANCE:
             self._set_pccr_state("accepted-for-release")
@@ -342,6 +471,33 @@ class DeployWorkflow:
             await self._trigger()
         elif defn.step is Step.DEPLOY_APPROVAL:
             await self._answer_input("proceed", msg.actor)
+        return True
+
+    async def _merge(self, msg: ActionInput) -> bool:
+        """The SRE's merge: through GitHub's API; GitHub's refusal is the SRE's refusal, and the step waits."""
+        assert self._version_pr is not None
+        result = await workflow.execute_activity_method(
+            GithubActivities.merge_pr,
+            MergePrInput(
+                repo=self._in.settings.configs_repo,
+                number=self._version_pr.number,
+                title=f"{self._in.service.name}: version {self._in.version} ({self._wid()})",
+            ),
+            summary=f"merge version PR #{self._version_pr.number} for {msg.actor}",
+            **GITHUB_CALL,
+        )
+        if not result.merged:
+            reason = f"GitHub refused the merge: {result.refused_reason}"
+            self._record(self._entry(Action.MERGE, msg, "github", accepted=False, reason=reason))
+            self._say("thread", f"`version_pr_merge`: {reason}")
+            self._merge_verdict = reason
+            return False
+        self._version_pr = self._version_pr.model_copy(update={"merged": True, "state": "closed"})
+        if result.already_merged:
+            self._note(f"the version PR was already merged on GitHub by {result.merged_by or 'someone'}")
+        self._say("thread", f"`version_pr_merge`: <@{msg.actor}> merged {self._version_pr.url}")
+        self._merge_verdict = ""
+        return True
 
     async def _on_reject(self, defn: StepDef, msg: ActionInput) -> None:
         why = f"rejected at {defn.step.value} by {msg.actor}" + (f": {msg.comment}" if msg.comment else "")
@@ -513,11 +669,25 @@ class DeployWorkflow:
                 b.result = "ABORTED"
             except ActivityError as err:
                 self._note(f"could not abort the build: {_cause(err)}")
+        pr = self._version_pr
+        if pr is not None and not pr.merged and pr.state == "open":
+            try:
+                self._version_pr = await workflow.execute_activity_method(
+                    GithubActivities.close_pr,
+                    PrRefInput(repo=self._in.settings.configs_repo, number=pr.number),
+                    summary=f"close version PR #{pr.number}",
+                    **GITHUB_CALL,
+                )
+            except ActivityError as err:
+                self._note(f"could not close the version PR: {_cause(err)}")
         await self._give_back_lock()
         assert self._outcome is not None
         self._set_pccr_state("done" if self._outcome is Outcome.SUCCEEDED else self._outcome.value)
         self._publish()
         self._say("thread", f"{self._name} ended *{self._outcome.value}*: {self._reason}")
+        self._pccr_comment(f"Deploy ended **{self._outcome.value}**: {self._reason}")
+        if self._pccr is not None and self._pccr.backend == "github":
+            self._outbox.append(_Notice(kind="pccr_close", text="", step=self._step))
 
     # ------------------------------------------------------------------------------------ messages
 
@@ -529,6 +699,16 @@ class DeployWorkflow:
                 self._refused(action, msg, "update", reason)
                 raise ApplicationError(reason, type="Refused", non_retryable=True)
             self._accept(action, msg, "update")
+            if action is Action.MERGE:
+                await workflow.wait_condition(
+                    lambda: (
+                        self._merge_verdict is not None
+                        or self._outcome is not None
+                        or self._cancel is not None
+                    )
+                )
+                if self._merge_verdict:
+                    raise ApplicationError(self._merge_verdict, type="Refused", non_retryable=True)
             return ActionResult(
                 accepted=True,
                 step=msg.step,
@@ -603,6 +783,13 @@ class DeployWorkflow:
         else:
             self._inbox = _Accepted(action, msg)
             self._busy = True
+            if action is Action.MERGE:
+                self._merge_verdict = None
+        self._pccr_comment(
+            f"<@{msg.actor}> {action.value.replace('_', ' ')} at `{self._step.value}`"
+            + (f" (SRE <@{msg.sre}>)" if msg.sre else "")
+            + (f": {msg.comment}" if msg.comment else "")
+        )
         self._publish()
 
     def _refused(self, action: Action, msg: ActionInput, kind: str, reason: str) -> None:
@@ -665,6 +852,7 @@ class DeployWorkflow:
             pccr=self._pccr,
             build=self._build,
             version=self._in.version,
+            version_pr=self._version_pr.url if self._version_pr else None,
             release_window=self._in.window,
             blocked_by=self._blocked_by,
             sre=self._sre,
@@ -710,8 +898,16 @@ class DeployWorkflow:
             self._groups.setdefault(name, ())
 
     def _set_pccr_state(self, state: str) -> None:
-        if self._pccr is not None:
-            self._pccr = self._pccr.model_copy(update={"state": state})
+        if self._pccr is None or self._pccr.state == state:
+            return
+        old = self._pccr.state
+        self._pccr = self._pccr.model_copy(update={"state": state})
+        if self._pccr.backend == "github":
+            self._outbox.append(_Notice(kind="pccr_labels", text=state, step=self._step, to=old))
+
+    def _pccr_comment(self, text: str) -> None:
+        if self._pccr is not None and self._pccr.backend == "github":
+            self._outbox.append(_Notice(kind="pccr_comment", text=text, step=self._step))
 
     def _publish(self) -> None:
         """Keep the Web UI current: search attributes and the details pane (only when they change)."""
@@ -768,6 +964,9 @@ class DeployWorkflow:
             if not self._outbox:
                 return
             notice = self._outbox.popleft()
+            if notice.kind.startswith("pccr_"):
+                await self._pccr_record(notice)
+                continue
             channel = notice.to if notice.kind == "dm" else self._in.settings.triage_channel
             thread = self._thread_ts if notice.kind == "thread" else None
             try:
@@ -792,6 +991,43 @@ class DeployWorkflow:
                         reason=f"Slack {notice.kind} to {channel} not sent: {_cause(err)}",
                     )
                 )
+
+    async def _pccr_record(self, notice: _Notice) -> None:
+        """Keep the GitHub PCCR issue in step: a comment per accepted action, labels for its state."""
+        assert self._pccr is not None and self._pccr.number is not None
+        repo, number = self._in.settings.pccr_repo or "", self._pccr.number
+        self._pccr_ops += 1
+        try:
+            if notice.kind == "pccr_comment":
+                await workflow.execute_activity_method(
+                    GithubActivities.comment_pccr,
+                    CommentInput(
+                        repo=repo, number=number, body=notice.text, marker=f"{self._wid()}/{self._pccr_ops}"
+                    ),
+                    summary="comment on the PCCR",
+                    **SLACK_CALL,
+                )
+            elif notice.kind == "pccr_labels":
+                await workflow.execute_activity_method(
+                    GithubActivities.set_pccr_labels,
+                    LabelsInput(
+                        repo=repo,
+                        number=number,
+                        labels=[notice.text],
+                        remove=[notice.to] if notice.to else [],
+                    ),
+                    summary=f"label the PCCR {notice.text}",
+                    **SLACK_CALL,
+                )
+            else:
+                await workflow.execute_activity_method(
+                    GithubActivities.close_pccr,
+                    PrRefInput(repo=repo, number=number),
+                    summary="close the PCCR",
+                    **SLACK_CALL,
+                )
+        except ActivityError as err:
+            self._note(f"PCCR issue #{number} not updated ({notice.kind}): {_cause(err)}")
 
     def _wid(self) -> str:
         return workflow.info().workflow_id

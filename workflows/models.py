@@ -106,6 +106,11 @@ class DeploySettings(BaseModel):
     diff_end: str = "=== DEPLOY DIFF END ==="
     input_id: str = "Approve-deploy"
     search_attributes: bool = True  # False where the namespace lacks them (the time-skipping test server)
+    configs_repo: str = ""  # gov-cloud: the repo holding the version files
+    base_branch: str = "master"
+    version_file: str = "channel-gov/{service}.yaml"
+    pccr_backend: str = "builtin"  # or "github": a PCCR is an issue in pccr_repo
+    pccr_repo: str | None = None
     groups: dict[str, GroupSpec] = Field(default_factory=dict)
     timeouts: dict[str, timedelta] = Field(default_factory=dict)
 
@@ -145,11 +150,12 @@ class AuditEntry(BaseModel):
 
 
 class Roster(BaseModel):
-    """Who was eligible to act when a step started."""
+    """Who was eligible to act when a step started, and the group rosters as resolved then."""
 
     step: Step
     time: datetime
     eligible: list[str]
+    groups: dict[str, list[str]] = Field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -189,6 +195,9 @@ class Pccr(BaseModel):
     url: str
     state: str = "pending-review"
     params: dict[str, str] = Field(default_factory=dict)
+    backend: str = "builtin"
+    number: int | None = None  # the GitHub issue, with the github backend
+    vp_approved_by: str | None = None
 
 
 class DeployStatus(BaseModel):

@@ -355,6 +355,14 @@ class FakeGitHub:
                 sha = c.parents[0] if c.parents else None
             return out
 
+    def create_branch(self, repo: str, branch: str, from_branch: str | None = None) -> str:
+        """Someone pushes a new branch at the head of `from_branch` (default branch); its sha."""
+        with self._lock:
+            r = self._repo(repo)
+            sha = r.refs[from_branch or r.default_branch]
+            r.refs[branch] = sha
+            return sha
+
     def commit_file(self, repo: str, branch: str, path: str, content: str, by: str = "someone") -> str:
         """Someone pushes a commit changing `path` on `branch`; returns the new commit sha."""
         with self._lock:
@@ -1435,9 +1443,10 @@ class FakeGitHub:
                 return _Response(201, doc, {"Location": doc["url"]})
             raise _HttpError(404, "Not Found")
         name = "/".join(rest)
-        lb = r.labels.get(name.lower())
-        if lb is None:
+        found = r.labels.get(name.lower())
+        if found is None:
             raise _HttpError(404, "Not Found")
+        lb = found
         if m == "GET":
             return _Response(200, self._label_doc(r, lb))
         if m == "DELETE":

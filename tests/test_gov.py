@@ -1,0 +1,249 @@
+"""Gov-cloud deploys (version PR on GitHub, SRE from sre-gov), valkyr's VP step, PCCRs as GitHub issues."""
+
+from __future__ import annotations
+
+import pytest
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from starter.cli import Refused, send_action, start_deploy
+from starter.devstack import wait_for_step
+from tests.conftest import (
+    CONFIGS_REPO,
+    GATE1,
+    GATE2,
+    OWNER,
+    PARAMS,
+    PCCR_REPO,
+    SRE1,
+    VERSION_FILE,
+    Deployment,
+    eventually,
+    make_deployment,
+)
+from tests.fakes.github import FakeGitHub
+from tests.fakes.jenkins import FakeJenkins
+from tests.fakes.slack import FakeSlack
+from tests.test_cli import deployctl
+from worker import create_worker
+from workflows.models import Action, ActionInput, DeployResult, DeployStatus, Outcome, Process, Step
+
+SREG1, SREG2 = "U0SREG1", "U0SREG2"  # members of the sre-gov Slack user group S0SREGOV
+
+
+async def status(client: Client, wid: str) -> DeployStatus:
+    return await client.get_workflow_handle(wid).query("status", result_type=DeployStatus)
+
+
+async def act(client: Client, wid: str, action: Action, actor: str, step: Step, **extra: str) -> None:
+    await wait_for_step(client, wid, step, actor, timeout=30)
+    await send_action(client, wid, action, ActionInput(actor=actor, step=step, **extra))
+
+
+async def refused(client: Client, wid: str, action: Action, msg: ActionInput) -> str:
+    with pytest.raises(Refused) as err:
+        await send_action(client, wid, action, msg)
+    return str(err.value)
+
+
+async def start_gov(client: Client, d: Deployment, version: str = "1.4.2") -> str:
+    wid, _ = await start_deploy(
+        client, d.config, Process.OOW, d.service, "kprod-gov", dict(PARAMS), version, OWNER
+    )
+    return wid
+
+
+async def to_merge(client: Client, wid: str) -> DeployStatus:
+    await act(client, wid, Action.APPROVE, GATE1, Step.PCCR_REVIEW)
+    await act(client, wid, Action.ASSIGN, GATE1, Step.SRE_ASSIGNMENT, sre=SREG1)
+    return await wait_for_step(client, wid, Step.VERSION_PR_MERGE, SREG1)
+
+
+async def test_gov_deploy_through_the_cli(
+    env: WorkflowEnvironment,
+    client: Client,
+    deployment: Deployment,
+    worker: None,
+    jenkins: FakeJenkins,
+    slack: FakeSlack,
+    github: FakeGitHub,
+    tmp_path,
+):
+    d = deployment
+    params = tmp_path / "params.json"
+    params.write_text('{"IMAGE_TAG": "1.4.2", "REPLICAS": 3, "DRY_RUN": false}')
+    r = await deployctl(
+        env,
+        d,
+        "start",
+        "oow",
+        "--service",
+        d.service,
+        "--env",
+        "kprod-gov",
+        "--params",
+        str(params),
+        "--as",
+        OWNER,
+    )
+    assert r.code == 3 and "needs --version" in r.err
+    r = await deployctl(
+        env,
+        d,
+        "start",
+        "oow",
+        "--service",
+        d.service,
+        "--env",
+        "kprod-gov",
+        "--params",
+        str(params),
+        "--version",
+        "1.4.2",
+        "--as",
+        OWNER,
+    )
+    assert r.code == 0, r.err
+    wid = r.out.split()[0]
+    st = await wait_for_step(client, wid, Step.PCCR_REVIEW, GATE1)
+    # The version PR changes only the version line of the service's file.
+    pr = next(p for p in github.pulls(CONFIGS_REPO) if p["head"]["ref"] == f"deployctl/{wid}")
+    assert st.version_pr == pr["html_url"]
+    path = f"channel-gov/{d.service}.yaml"
+    assert github.file(CONFIGS_REPO, f"deployctl/{wid}", path) == VERSION_FILE.format(
+        service=d.service
+    ).replace("version: 1.4.1", "version: 1.4.2")
+    root = [m for m in slack.messages_to("C0TRIAGE") if wid in m["text"] and not m.get("thread_ts")]
+    assert [m["text"] for m in root] == [
+        f"<!subteam^S0SREGOV> requesting review for OOW gov deploy job PR http://127.0.0.1:8233/namespaces/default/workflows/{wid}"
+    ]
+    await act(client, wid, Action.APPROVE, GATE1, Step.PCCR_REVIEW)
+    await wait_for_step(client, wid, Step.SRE_ASSIGNMENT, GATE1)
+    r = await deployctl(env, d, "assign", wid, "--sre", SRE1, "--as", GATE1)
+    assert r.code == 3 and f"{SRE1} is not in sre-gov; assign one of: {SREG1}, {SREG2}" in r.err
+    r = await deployctl(env, d, "assign", wid, "--sre", SREG1, "--as", GATE1)
+    assert r.code == 0, r.err
+    st = await wait_for_step(client, wid, Step.VERSION_PR_MERGE, SREG1)
+    assignment = next(r for r in st.rosters if r.step is Step.SRE_ASSIGNMENT)
+    assert assignment.groups["sre-gov"] == [SREG1, SREG2]  # the user group's roster, captured at the step
+
+    github.set_mergeable(CONFIGS_REPO, pr["number"], False, reason="dirty")
+    r = await deployctl(env, d, "merge", wid, "--as", SREG1)
+    assert r.code == 3 and "GitHub refused the merge: Pull Request is not mergeable" in r.err
+    st = await wait_for_step(client, wid, Step.VERSION_PR_MERGE, SREG1)  # still waiting for a merge
+    github.set_mergeable(CONFIGS_REPO, pr["number"], True)
+    r = await deployctl(env, d, "merge", wid, "--as", SREG1)
+    assert r.code == 0, r.err
+    await wait_for_step(client, wid, Step.TRIGGER, SREG1)
+    assert next(p for p in github.pulls(CONFIGS_REPO) if p["number"] == pr["number"])["merged"]
+    r = await deployctl(env, d, "trigger", wid, "--as", OWNER)
+    assert r.code == 3 and "separation of duties" in r.err  # on gov the SRE triggers
+    r = await deployctl(env, d, "trigger", wid, "--as", SREG1)
+    assert r.code == 0, r.err
+    st = await wait_for_step(client, wid, Step.DIFF_VALIDATION, OWNER)
+    assert [
+        m
+        for m in slack.messages_to(OWNER)
+        if "diff_validation" in m["text"] and st.build.diff_sha256 in m["text"]
+    ]
+    r = await deployctl(env, d, "validate-diff", wid, "--as", OWNER, "--diff-sha256", st.build.diff_sha256)
+    assert r.code == 0, r.err
+    r = await deployctl(env, d, "approve", wid, "--as", SREG1, "--step", "deploy_approval")
+    assert r.code == 0, r.err
+    result = await client.get_workflow_handle(wid, result_type=DeployResult).result()
+    assert result.outcome is Outcome.SUCCEEDED
+    final = await status(client, wid)
+    refusals = [e for e in final.audit if e.action == "merge" and not e.accepted]
+    assert len(refusals) == 1 and "not mergeable" in refusals[0].reason
+    assert len(jenkins.builds(d.job)) == 1
+
+
+async def test_a_pr_merged_directly_on_github_is_noticed(
+    client: Client, deployment: Deployment, worker: None, github: FakeGitHub
+):
+    wid = await start_gov(client, deployment)
+    st = await to_merge(client, wid)
+    number = int(st.version_pr.rsplit("/", 1)[1])
+    github.merge_directly(CONFIGS_REPO, number, by="octocat")
+    st = await wait_for_step(client, wid, Step.TRIGGER, SREG1, timeout=60)
+    noticed = [e for e in st.audit if e.action == "merged_on_github"]
+    assert len(noticed) == 1 and noticed[0].actor == "octocat" and noticed[0].channel == "github"
+    await send_action(client, wid, Action.CANCEL, ActionInput(actor=OWNER, step=Step.TRIGGER))
+    assert (
+        await client.get_workflow_handle(wid, result_type=DeployResult).result()
+    ).outcome is Outcome.CANCELLED
+
+
+async def test_cancel_closes_the_version_pr(
+    client: Client, deployment: Deployment, worker: None, github: FakeGitHub
+):
+    wid = await start_gov(client, deployment, version="2.0.0")
+    st = await to_merge(client, wid)
+    await send_action(client, wid, Action.CANCEL, ActionInput(actor=GATE2, step=Step.VERSION_PR_MERGE))
+    assert (
+        await client.get_workflow_handle(wid, result_type=DeployResult).result()
+    ).outcome is Outcome.CANCELLED
+    pr = next(p for p in github.pulls(CONFIGS_REPO) if p["html_url"] == st.version_pr)
+    assert pr["state"] == "closed" and not pr["merged"]
+    assert f"deployctl/{wid}" not in github.branches(CONFIGS_REPO)
+
+
+async def test_valkyr_needs_a_vp_and_no_pinned_version(
+    tmp_path, client: Client, jenkins: FakeJenkins, slack: FakeSlack, github: FakeGitHub, secrets: dict
+):
+    d = make_deployment(tmp_path, jenkins, slack, github=github, valkyr=True)
+    async with create_worker(client, d.config, task_queue=d.task_queue):
+        with pytest.raises(Refused) as err:
+            await start_deploy(
+                client, d.config, Process.OOW, d.service, "kprod", dict(PARAMS), "1.2.3", OWNER
+            )
+        assert "revert master to a working version" in str(err.value)
+        wid, _ = await start_deploy(
+            client, d.config, Process.OOW, d.service, "kprod", dict(PARAMS), None, OWNER
+        )
+        st = await wait_for_step(client, wid, Step.VP_APPROVAL, "U0VP1")
+        assert st.waiting_on == ["U0VP1"]
+        why = await refused(client, wid, Action.APPROVE, ActionInput(actor=GATE1, step=Step.VP_APPROVAL))
+        assert why == f"{GATE1} may not approve at vp_approval: it waits on vp (U0VP1)"
+        await act(client, wid, Action.APPROVE, "U0VP1", Step.VP_APPROVAL)
+        st = await wait_for_step(client, wid, Step.PCCR_REVIEW, GATE1)
+        assert st.pccr.vp_approved_by == "U0VP1"
+        await send_action(client, wid, Action.CANCEL, ActionInput(actor=OWNER, step=Step.PCCR_REVIEW))
+        await client.get_workflow_handle(wid).result()
+
+
+async def test_pccr_as_a_github_issue(
+    tmp_path, client: Client, jenkins: FakeJenkins, slack: FakeSlack, github: FakeGitHub, secrets: dict
+):
+    d = make_deployment(tmp_path, jenkins, slack, github=github, pccr_backend="github")
+    async with create_worker(client, d.config, task_queue=d.task_queue):
+        wid, _ = await start_deploy(
+            client, d.config, Process.OOW, d.service, "kprod", dict(PARAMS), None, OWNER
+        )
+        st = await wait_for_step(client, wid, Step.PCCR_REVIEW, GATE1)
+        issue = next(i for i in github.issues(PCCR_REPO) if wid in i["body"])
+        assert st.pccr.url == issue["html_url"] and st.pccr.backend == "github"
+        assert '```yaml\nDRY_RUN: "false"\nIMAGE_TAG: "1.4.2"\nREPLICAS: "3"\n```' in issue["body"]
+        root = [m for m in slack.messages_to("C0TRIAGE") if issue["html_url"] in m["text"]]
+        assert len(root) == 1 and "requesting review for OOW deploy job PR" in root[0]["text"]
+        await act(client, wid, Action.APPROVE, GATE1, Step.PCCR_REVIEW, comment="fine")
+        await wait_for_step(client, wid, Step.SRE_ASSIGNMENT, GATE1)
+        await eventually(lambda: _labels(github, issue["number"]) == ["approved"])
+        await send_action(client, wid, Action.CANCEL, ActionInput(actor=OWNER, step=Step.SRE_ASSIGNMENT))
+        await client.get_workflow_handle(wid).result()
+        final = await eventually(lambda: _closed(github, issue["number"]))
+    comments = final["comments"]
+    assert any(f"<@{GATE1}> approve at `pccr_review`: fine" in c for c in comments)
+    assert any(f"<@{OWNER}> cancel at `sre_assignment`" in c for c in comments)
+    assert any("Deploy ended **cancelled**" in c for c in comments)
+    assert _labels(github, issue["number"]) == ["cancelled"]
+
+
+def _labels(github: FakeGitHub, number: int) -> list[str]:
+    issue = next(i for i in github.issues(PCCR_REPO) if i["number"] == number)
+    return sorted(label["name"] if isinstance(label, dict) else label for label in issue["labels"])
+
+
+def _closed(github: FakeGitHub, number: int) -> dict | None:
+    issue = next(i for i in github.issues(PCCR_REPO) if i["number"] == number)
+    return issue if issue["state"] == "closed" else None
