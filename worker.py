@@ -28,6 +28,7 @@ from activities.jenkins import JenkinsActivities
 from activities.locks import LockActivities
 from activities.slack import SlackActivities, make_web_client
 from starter.config import Config, ConfigError, load_config, secret
+from starter.logs import setup_logging
 from starter.temporal import connect
 from workflows import search_attributes as sa
 from workflows.deploy import DeployWorkflow
@@ -152,10 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on /metrics")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("DEPLOYCTL_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    setup_logging()
     try:
         config = load_config(args.config)
         secret("JENKINS_TOKEN")

@@ -26,24 +26,36 @@ ROOT = Path(__file__).resolve().parent.parent
 class WorkerProcess:
     """`python worker.py` in its own process, as production runs it."""
 
-    def __init__(self, env: WorkflowEnvironment, config_path: Path, secrets: dict[str, str]) -> None:
+    def __init__(
+        self,
+        env: WorkflowEnvironment,
+        config_path: Path,
+        secrets: dict[str, str],
+        *args: str,
+        log: Path | None = None,
+    ) -> None:
         self.env = {
             **os.environ,
             **secrets,
             "TEMPORAL_ADDRESS": env.client.service_client.config.target_host,
             "DEPLOYCTL_CONFIG": str(config_path),
         }
+        self.args, self.log = args, log
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
+        out = open(self.log, "ab") if self.log else None  # noqa: SIM115 - the child owns it
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             str(ROOT / "worker.py"),
+            *self.args,
             env=self.env,
             cwd=str(ROOT),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
+            stdout=out or asyncio.subprocess.DEVNULL,
+            stderr=out or asyncio.subprocess.DEVNULL,
         )
+        if out:
+            out.close()
 
     async def kill(self) -> None:
         assert self.proc is not None

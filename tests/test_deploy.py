@@ -131,8 +131,20 @@ async def test_oow_com_deploy_end_to_end(
     )
     replies = slack.thread(root[0]["ts"])
     assert any("ended *succeeded*" in m["text"] for m in replies)
-    sre_dms = [m["text"] for m in slack.messages_to(SRE1) if wid in m["text"]]
-    assert any("deploy_approval" in t and final.build.url in t for t in sre_dms)
+    # The DM that asked the SRE to approve carried the build link and two buttons; after the approval its
+    # buttons went and it says who did what.
+    asked = [m for m in slack.messages_to(SRE1) if m["history"] and wid in m["history"][0]["text"]]
+    approval = next(m for m in asked if "deploy_approval" in m["history"][0]["text"])
+    assert final.build.url in approval["history"][0]["text"]
+    buttons = [
+        e["action_id"]
+        for b in approval["history"][0]["blocks"]
+        if b["type"] == "actions"
+        for e in b["elements"]
+    ]
+    assert buttons == ["deployctl:approve", "deployctl:reject"]
+    assert approval["text"].startswith(f"✅ <@{SRE1}> approved") and "deploy_approval" in approval["text"]
+    assert not [b for b in approval["blocks"] if b["type"] == "actions"]
     # The Web UI: search attributes tell where it stands.
     desc = await client.get_workflow_handle(wid).describe()
     assert desc.typed_search_attributes.get(sa.OUTCOME) == "succeeded"

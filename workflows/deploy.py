@@ -25,7 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.jenkins import JenkinsActivities
     from activities.locks import LockActivities
     from activities.slack import SlackActivities
-    from workflows import messages, policy
+    from workflows import messages, policy, slack_blocks
     from workflows import search_attributes as sa
     from workflows.lock import LOCK_UPDATE, LockCall, LockRequest, LockUpdate, lock_id
     from workflows.models import (
@@ -55,6 +55,7 @@ with workflow.unsafe.imports_passed_through():
         Role,
         Roster,
         SlackPostInput,
+        SlackUpdateInput,
         Step,
         TriggerBuildInput,
         UsergroupInput,
@@ -98,10 +99,11 @@ SYSTEM = "deployctl"
 
 @dataclass
 class _Notice:
-    kind: str  # "root" (the triage thread), "thread" (a reply in it) or "dm"
+    kind: str  # "root" (the triage thread), "thread" (a reply in it), "dm", "done" (close a step's DMs), "pccr_*"
     text: str
     step: Step
     to: str | None = None
+    blocks: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -137,6 +139,10 @@ class DeployWorkflow:
         self._version_pr: VersionPr | None = None
         self._merge_verdict: str | None = None  # "" merged; else GitHub's reason for refusing
         self._pccr_ops = 0
+        self._dms: list[
+            tuple[Step, str, str, str]
+        ] = []  # (step, channel, ts, first line) of DMs with buttons
+        self._step_started: Any = None
         self._published: tuple[Any, ...] = ()
         self._name = messages.deploy_name(input.service.name, input.environment, input.process)
         for action in Action:
@@ -148,6 +154,7 @@ class DeployWorkflow:
     @workflow.run
     async def run(self, input: DeployInput) -> DeployResult:
         self._pccr = Pccr(id=workflow.info().workflow_id, url=self._link(), params=input.params)
+        self._metric("deployctl_deploys_started", "deploys started").add(1)
         notifier = asyncio.create_task(self._notify_loop())
         body = asyncio.create_task(self._process())
         cancelled = asyncio.create_task(workflow.wait_condition(lambda: self._cancel is not None))
@@ -168,7 +175,18 @@ class DeployWorkflow:
         await notifier
         await workflow.wait_condition(workflow.all_handlers_finished)
         assert self._outcome is not None
+        self._metric("deployctl_deploys_finished", "deploys finished, by outcome").add(
+            1, {"outcome": self._outcome.value}
+        )
         return DeployResult(outcome=self._outcome, reason=self._reason)
+
+    def _metric(self, name: str, description: str) -> Any:
+        """A counter on the worker's meter (Prometheus with --metrics-port), labelled by process and cloud."""
+        return (
+            workflow.metric_meter()
+            .with_additional_attributes({"process": self._in.process.value, "cloud": self._in.cloud.value})
+            .create_counter(name, description)
+        )
 
     @staticmethod
     def _raise_if_broken(task: asyncio.Task[None]) -> None:
@@ -349,6 +367,7 @@ class DeployWorkflow:
     async def _enter(self, defn: StepDef) -> None:
         """A step starts: capture who may act, show it, and ask those people."""
         self._step, self._busy, self._inbox = defn.step, True, None
+        self._step_started = workflow.now()
         if defn.actor is not None and defn.actor.value in self._in.settings.groups:
             await self._resolve_group(defn.actor.value)
         if defn.step is Step.SRE_ASSIGNMENT:
@@ -364,12 +383,22 @@ class DeployWorkflow:
             )
         )
         self._publish()
+        self._close_dms("")  # buttons of steps that ended without an action here (timer, Jenkins, GitHub)
         for user in waiting:
-            self._say(
-                "dm",
-                messages.ask_text(self._name, self._wid(), defn, user, self._link(), self._detail(defn)),
-                to=user,
+            detail = self._detail(defn)
+            blocks = slack_blocks.action_blocks(
+                messages.ask_text(self._name, self._wid(), defn, user, self._link()),
+                self._wid(),
+                defn.step,
+                defn.actions,
+                detail,
+                users=self._groups.get(sre_group(self._in.cloud), ())
+                if defn.step is Step.SRE_ASSIGNMENT
+                else (),
+                diff_sha256=self._build.diff_sha256 if defn.step is Step.DIFF_VALIDATION else None,
             )
+            text = messages.ask_text(self._name, self._wid(), defn, user, self._link(), detail)
+            self._outbox.append(_Notice(kind="dm", text=text, step=defn.step, to=user, blocks=blocks))
 
     def _detail(self, defn: StepDef) -> str:
         b = self._build
@@ -451,6 +480,9 @@ class DeployWorkflow:
     async def _effect(self, defn: StepDef, accepted: _Accepted) -> bool:
         """Carry out an accepted action. False when the outside world refused it (the step waits again)."""
         msg = accepted.msg
+        self._close_dms(
+            slack_blocks.done_text(msg.actor, defn.step, accepted.action, workflow.now(), sre=msg.sre)
+        )
         if defn.step is Step.VERSION_PR_MERGE:
             return await self._merge(msg)
         self._say(
@@ -500,6 +532,7 @@ class DeployWorkflow:
         return True
 
     async def _on_reject(self, defn: StepDef, msg: ActionInput) -> None:
+        self._close_dms(slack_blocks.done_text(msg.actor, defn.step, Action.REJECT, workflow.now()))
         why = f"rejected at {defn.step.value} by {msg.actor}" + (f": {msg.comment}" if msg.comment else "")
         if defn.step is Step.DEPLOY_APPROVAL:
             await self._answer_input("abort", msg.actor)
@@ -685,6 +718,7 @@ class DeployWorkflow:
         self._set_pccr_state("done" if self._outcome is Outcome.SUCCEEDED else self._outcome.value)
         self._publish()
         self._say("thread", f"{self._name} ended *{self._outcome.value}*: {self._reason}")
+        self._close_dms(f"This deploy ended *{self._outcome.value}*: {self._reason}")
         self._pccr_comment(f"Deploy ended **{self._outcome.value}**: {self._reason}")
         if self._pccr is not None and self._pccr.backend == "github":
             self._outbox.append(_Notice(kind="pccr_close", text="", step=self._step))
@@ -778,6 +812,10 @@ class DeployWorkflow:
 
     def _accept(self, action: Action, msg: ActionInput, kind: str) -> None:
         self._record(self._entry(action, msg, kind, accepted=True))
+        if action is not Action.CANCEL and self._step_started is not None:
+            workflow.metric_meter().create_histogram_timedelta(
+                "deployctl_step_wait", "time a step waited for its action", unit="duration"
+            ).record(workflow.now() - self._step_started, {"step": self._step.value})
         if action is Action.CANCEL:
             self._cancel = _Accepted(action, msg)
         else:
@@ -954,6 +992,10 @@ class DeployWorkflow:
             lines.append(f"last action: {last.action} by {last.actor} at {last.step.value}")
         workflow.set_current_details("\n\n".join(lines))
 
+    def _close_dms(self, text: str) -> None:
+        """The buttons of DMs sent so far go (their step has passed); `text` says who did what, if anyone."""
+        self._outbox.append(_Notice(kind="done", text=text, step=self._step))
+
     def _say(self, kind: str, text: str, to: str | None = None) -> None:
         self._outbox.append(_Notice(kind=kind, text=text, step=self._step, to=to))
 
@@ -967,18 +1009,25 @@ class DeployWorkflow:
             if notice.kind.startswith("pccr_"):
                 await self._pccr_record(notice)
                 continue
+            if notice.kind == "done":
+                await self._update_dms(notice.text)
+                continue
             channel = notice.to if notice.kind == "dm" else self._in.settings.triage_channel
             thread = self._thread_ts if notice.kind == "thread" else None
             try:
                 sent = await workflow.execute_activity_method(
                     SlackActivities.post_message,
-                    SlackPostInput(channel=channel or "", text=notice.text, thread_ts=thread),
+                    SlackPostInput(
+                        channel=channel or "", text=notice.text, thread_ts=thread, blocks=notice.blocks
+                    ),
                     summary=f"slack {notice.kind} {channel}",
                     **SLACK_CALL,
                 )
                 if notice.kind == "root":
                     self._thread_ts = sent.ts
                     self._publish()
+                elif notice.blocks:
+                    self._dms.append((notice.step, sent.channel, sent.ts, notice.text.split("\n")[0]))
             except ActivityError as err:
                 self._record(
                     AuditEntry(
@@ -991,6 +1040,23 @@ class DeployWorkflow:
                         reason=f"Slack {notice.kind} to {channel} not sent: {_cause(err)}",
                     )
                 )
+
+    async def _update_dms(self, text: str) -> None:
+        """Replace the buttons of every open DM by what happened (Slack trouble is noted, never fatal)."""
+        dms, self._dms = self._dms, []
+        for step, channel, ts, first in dms:
+            done = text or f"`{step.value}` is over."
+            try:
+                await workflow.execute_activity_method(
+                    SlackActivities.update_message,
+                    SlackUpdateInput(
+                        channel=channel, ts=ts, text=done, blocks=slack_blocks.done_blocks(done, first)
+                    ),
+                    summary=f"slack close the {step.value} buttons",
+                    **SLACK_CALL,
+                )
+            except ActivityError as err:
+                self._note(f"Slack message {ts} not updated: {_cause(err)}")
 
     async def _pccr_record(self, notice: _Notice) -> None:
         """Keep the GitHub PCCR issue in step: a comment per accepted action, labels for its state."""

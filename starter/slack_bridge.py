@@ -1,0 +1,473 @@
+"""The Slack bridge (`deployctl slack`): button clicks become Updates, `/deploy status` reads the query.
+
+Bolt (`slack_bolt.App`, sync) receives what Slack sends, over HTTP on POST `/slack/events` (signature
+and five-minute freshness checked by Bolt's RequestVerification before any listener runs: a bad request
+is answered 401 and never reaches Temporal) or over Socket Mode when `SLACK_APP_TOKEN` is set.
+
+A click is acknowledged first (Slack wants its answer within three seconds, whatever Temporal does),
+then sent as the Update the button names, with the clicker's id from the signed payload as the actor.
+The workflow judges it; the bridge holds no rule. A refusal (wrong person, self-approval, stale step,
+finished deploy, a second click on a step already acted on) comes back to the clicker as an ephemeral
+message and changes nothing; an accepted click replaces the buttons with who did what, when. Slack's
+retries and double clicks are therefore harmless: the step guard accepts one action per step.
+
+Temporal calls run on one asyncio loop in a background thread (`TemporalRunner`); Bolt's listener
+threads hand them over with `asyncio.run_coroutine_threadsafe`. Outbound Slack calls go through the
+WebClient of `activities.slack.make_web_client` (429 Retry-After handling).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import secrets
+import signal
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import TimeoutError as FutureTimeout
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from slack_bolt import Ack, App, BoltRequest, Respond
+from slack_bolt.error import BoltError
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.slack import make_web_client
+from starter.cli import Refused, send_action
+from starter.config import Config, ConfigError, secret
+from workflows.models import ActionInput, DeployStatus
+from workflows.slack_blocks import ACTION_PREFIX, Click, done_blocks, done_text, parse_click
+
+T = TypeVar("T")
+
+log = logging.getLogger("deployctl.slack")
+
+EVENTS_PATH = "/slack/events"
+COMMAND = "/deploy"
+MAX_BODY = 1 << 20  # Slack's payloads are far smaller; anything bigger is not Slack
+UPDATE_TIMEOUT = 60.0  # an Update needs a worker; do not hold a listener thread longer than this
+QUERY_TIMEOUT = 20.0
+
+HELP = (
+    "*deployctl* — deploys wait on the people named in their DMs; click a button there to act.\n"
+    f"• `{COMMAND} status <workflow id>`: where a deploy stands, who it waits on, its links\n"
+    f"• `{COMMAND} help`: this text\n"
+    "Anything else (cancel, audit, list) is in the CLI: `deployctl --help`."
+)
+
+TemporalFactory = Callable[[], Awaitable[Client]]
+
+
+class TemporalRunner:
+    """One asyncio loop in a daemon thread, holding the Temporal client (connected on first use)."""
+
+    def __init__(self, factory: TemporalFactory) -> None:
+        self._factory = factory
+        self._client: Client | None = None
+        self._lock: asyncio.Lock | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="deployctl-temporal", daemon=True)
+        self._thread.start()
+
+    @property
+    def connected(self) -> bool:
+        """Whether the Temporal client exists yet (it is made on the first click or /deploy status)."""
+        return self._client is not None
+
+    async def _get(self) -> Client:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._client is None:
+                self._client = await self._factory()
+            return self._client
+
+    def run(self, call: Callable[[Client], Coroutine[Any, Any, T]], timeout: float) -> T:
+        """Run `call(client)` on the loop and wait for it; TimeoutError after `timeout` seconds."""
+
+        async def go() -> T:
+            return await call(await self._get())
+
+        future = asyncio.run_coroutine_threadsafe(go(), self._loop)
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            future.cancel()
+            raise TimeoutError(f"Temporal did not answer within {timeout:.0f}s") from None
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        if not self._loop.is_running():
+            self._loop.close()
+
+
+class BridgeApp(App):
+    """The Bolt app, plus what it needs closed: the Temporal loop."""
+
+    temporal: TemporalRunner
+
+    def close(self) -> None:
+        self.temporal.close()
+
+
+def create_app(
+    config: Config,
+    temporal_client_factory: TemporalFactory,
+    web_client: WebClient,
+    signing_secret: str | None,
+    *,
+    token_verification_enabled: bool = True,
+) -> BridgeApp:
+    """The Slack app: `deployctl:*` clicks and `/deploy`. With token verification, Bolt checks the bot
+    token with `auth.test` now (a BoltError when Slack refuses it).
+
+    `signing_secret` may be None only for Socket Mode (which Slack authenticates by the app token):
+    then HTTP requests are checked against a random secret nobody knows, so none can pass.
+    """
+    _quiet_token_warning()
+    app = BridgeApp(
+        name="deployctl",
+        client=web_client,
+        signing_secret=signing_secret or secrets.token_hex(32),
+        token_verification_enabled=token_verification_enabled,
+        process_before_response=False,  # ack() answers Slack at once; the listener goes on in a thread
+    )
+    app.temporal = TemporalRunner(temporal_client_factory)
+    bridge = _Bridge(app.temporal, web_client)
+    usage = HELP + f"\nThe Temporal Web UI: {config.ui_url}"
+
+    @app.action({"type": "block_actions", "action_id": re.compile("^" + re.escape(ACTION_PREFIX))})
+    def on_click(ack: Ack, body: dict[str, Any]) -> None:
+        ack()  # first: Slack's three seconds do not wait for Temporal
+        bridge.click(body)
+
+    @app.command(COMMAND)
+    def on_command(ack: Ack, command: dict[str, Any], respond: Respond) -> None:
+        words = str(command.get("text") or "").split()
+        if len(words) == 2 and words[0].lower() == "status":
+            ack()
+            respond(text=bridge.status_text(words[1]), response_type="ephemeral")
+        else:
+            ack(text=usage, response_type="ephemeral")
+
+    return app
+
+
+class _TokenFromClient(logging.Filter):
+    """Bolt warns that its env token is unused when a client is given: here that is the point."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`token` will be unused" not in record.getMessage()
+
+
+def _quiet_token_warning() -> None:
+    bolt = logging.getLogger("slack_bolt.App")
+    if not any(isinstance(f, _TokenFromClient) for f in bolt.filters):
+        bolt.addFilter(_TokenFromClient())
+
+
+class _Bridge:
+    def __init__(self, temporal: TemporalRunner, web: WebClient) -> None:
+        self._temporal = temporal
+        self._web = web
+
+    # ---------------------------------------------------------------------------------------- clicks
+
+    def click(self, body: dict[str, Any]) -> None:
+        try:
+            click = parse_click(body)
+        except ValueError as err:
+            user, channel, url = _where(body)
+            log.warning("malformed deployctl click from %s: %s", user, err)
+            self._tell(user, channel, url, f":warning: This button is malformed ({err}); nothing was done.")
+            return
+        if click is None:
+            return
+        msg = ActionInput(
+            actor=click.user_id,  # from the payload whose signature Bolt verified
+            step=click.step,
+            sre=click.sre,
+            diff_sha256=click.diff_sha256,
+            channel="slack",
+        )
+        try:
+            self._temporal.run(
+                lambda client: send_action(client, click.workflow_id, click.action, msg), UPDATE_TIMEOUT
+            )
+        except Refused as err:
+            log.info("%s %s on %s refused: %s", click.user_id, click.action.value, click.workflow_id, err)
+            self._tell_click(click, f":no_entry: Not done on `{click.workflow_id}`: {err}")
+            return
+        except Exception as err:  # Temporal unreachable, no worker, unknown deploy: say so, act on nothing
+            log.warning("%s on %s not delivered: %s", click.action.value, click.workflow_id, err)
+            self._tell_click(click, f":warning: Not done on `{click.workflow_id}`: {_trouble(err)}")
+            return
+        log.info(
+            "%s %s accepted at %s on %s", click.user_id, click.action.value, click.step, click.workflow_id
+        )
+        self._mark_done(click, body)
+
+    def _mark_done(self, click: Click, body: dict[str, Any]) -> None:
+        line = done_text(click.user_id, click.step, click.action, datetime.now(UTC), click.sre)
+        blocks = done_blocks(line, original=_first_text(body))
+        if click.channel_id and click.message_ts:
+            try:
+                self._web.chat_update(channel=click.channel_id, ts=click.message_ts, text=line, blocks=blocks)
+                return
+            except SlackApiError as err:
+                log.warning("chat.update of %s failed: %s", click.message_ts, err.response.get("error"))
+            except OSError as err:
+                log.warning("chat.update of %s failed: %s", click.message_ts, err)
+        if click.response_url:
+            self._respond(click.response_url, text=line, blocks=blocks, replace_original=True)
+
+    def _tell_click(self, click: Click, text: str) -> None:
+        self._tell(click.user_id, click.channel_id, click.response_url, text)
+
+    def _tell(self, user: str | None, channel: str | None, response_url: str | None, text: str) -> None:
+        """An ephemeral message to the clicker: chat.postEphemeral, else the response_url."""
+        if user and channel:
+            try:
+                self._web.chat_postEphemeral(channel=channel, user=user, text=text)
+                return
+            except SlackApiError as err:
+                log.warning("chat.postEphemeral to %s failed: %s", user, err.response.get("error"))
+            except OSError as err:
+                log.warning("chat.postEphemeral to %s failed: %s", user, err)
+        if response_url:
+            self._respond(response_url, text=text, response_type="ephemeral", replace_original=False)
+
+    @staticmethod
+    def _respond(url: str, **message: Any) -> None:
+        try:
+            Respond(response_url=url)(**message)
+        except Exception as err:  # the last way to answer; log and give up
+            log.warning("response_url post failed: %s", err)
+
+    # --------------------------------------------------------------------------------------- /deploy
+
+    def status_text(self, workflow_id: str) -> str:
+        try:
+            st = self._temporal.run(
+                lambda client: client.get_workflow_handle(workflow_id).query(
+                    "status", result_type=DeployStatus
+                ),
+                QUERY_TIMEOUT,
+            )
+        except Exception as err:
+            return f":warning: No status for `{workflow_id}`: {_trouble(err)}"
+        return status_summary(st)
+
+
+def status_summary(st: DeployStatus) -> str:
+    """The `/deploy status` answer: step, who it waits on, outcome, links."""
+    lines = [f"*{st.process.value.upper()} deploy of {st.service} to {st.environment}* (`{st.workflow_id}`)"]
+    if st.outcome is not None:
+        lines.append(
+            f"outcome: *{st.outcome.value}*"
+            + (f" — {st.outcome_reason}" if st.outcome_reason else "")
+            + f" (ended at `{st.step.value}`)"
+        )
+    else:
+        waiting = " ".join(f"<@{u}>" for u in st.waiting_on) or "nobody (it is working)"
+        lines.append(f"step: `{st.step.value}` · waiting on: {waiting}")
+        acts = ", ".join(a.value for a in st.allowed_actions)
+        if acts:
+            lines.append(f"actions now: {acts}")
+    if st.sre:
+        lines.append(f"SRE: <@{st.sre}>")
+    links = []
+    if st.pccr:
+        links.append(f"<{st.pccr.url}|PCCR> [{st.pccr.state}]")
+    if st.build.url:
+        links.append(f"<{st.build.url}|build #{st.build.number}>")
+    if st.version_pr:
+        links.append(f"<{st.version_pr}|version PR>")
+    if st.ui_url:
+        links.append(f"<{st.ui_url}|Temporal UI>")
+    if links:
+        lines.append(" · ".join(links))
+    return "\n".join(lines)
+
+
+def _where(body: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """Who clicked, in which channel, and the response_url, from any block_actions payload."""
+    user, container, channel = (_obj(body, k) for k in ("user", "container", "channel"))
+    url = body.get("response_url")
+    return (
+        user.get("id") or None,
+        container.get("channel_id") or channel.get("id") or None,
+        url if isinstance(url, str) and url else None,
+    )
+
+
+def _first_text(body: dict[str, Any]) -> str:
+    """The first section's text of the clicked message (what it asked), to keep above the done line."""
+    for block in _obj(body, "message").get("blocks") or []:
+        if isinstance(block, dict) and block.get("type") == "section":
+            text = _obj(block, "text").get("text")
+            if isinstance(text, str):
+                return text
+    return ""
+
+
+def _obj(body: dict[str, Any], key: str) -> dict[str, Any]:
+    value = body.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _trouble(err: BaseException) -> str:
+    """One line for a failure that is not a refusal."""
+    if isinstance(err, RPCError):
+        if err.status is RPCStatusCode.NOT_FOUND:
+            return "no such deploy (check the workflow id)"
+        return f"Temporal said: {err.message}; try again, or use the CLI"
+    if isinstance(err, TimeoutError):
+        return f"{err} (are the workers running?); it may still happen: check `{COMMAND} status`"
+    return f"deployctl could not reach Temporal ({type(err).__name__}: {err}); try again, or use the CLI"
+
+
+# ------------------------------------------------------------------------------------------ HTTP mode
+
+
+def make_http_server(app: App, host: str, port: int) -> ThreadingHTTPServer:
+    """A threaded HTTP server that hands POST /slack/events to Bolt (GET /healthz answers ok)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "deployctl-slack"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("%s %s", self.address_string(), format % args)
+
+        def _send(self, status: int, body: bytes, headers: dict[str, Any] | None = None) -> None:
+            self.send_response(status)
+            sent_type = False
+            for key, values in (headers or {}).items():
+                if key.lower() in ("content-length", "connection"):
+                    continue
+                sent_type = sent_type or key.lower() == "content-type"
+                for value in values if isinstance(values, list | tuple) else [values]:
+                    self.send_header(key, str(value))
+            if not sent_type:
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            if urlsplit(self.path).path == "/healthz":
+                self._send(200, b"ok\n")
+            else:
+                self._send(404, b"not found\n")
+
+        def do_POST(self) -> None:
+            parts = urlsplit(self.path)
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if parts.path != EVENTS_PATH:
+                self.rfile.read(max(length, 0))
+                self._send(404, b"not found\n")
+                return
+            if length < 0 or length > MAX_BODY:
+                self.close_connection = True
+                self._send(413, b"request too large\n")
+                return
+            raw = self.rfile.read(length)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                self._send(400, b"not UTF-8\n")
+                return
+            headers: dict[str, list[str]] = {}
+            for key, value in self.headers.items():
+                headers.setdefault(key.lower(), []).append(value)
+            response = app.dispatch(BoltRequest(body=text, query=parts.query, headers=dict(headers)))
+            self._send(response.status, (response.body or "").encode("utf-8"), dict(response.headers))
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    return server
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def run_bridge(host: str, port: int, config: Config) -> int:
+    """Run the bridge until SIGINT/SIGTERM: Socket Mode with SLACK_APP_TOKEN, else HTTP on host:port.
+
+    Missing secrets raise ConfigError (the CLI exits 2); returns the exit code otherwise.
+    """
+    from starter.temporal import connect
+
+    bot_token = secret("SLACK_BOT_TOKEN")
+    app_token = secret("SLACK_APP_TOKEN", required=False)
+    signing_secret = None if app_token else secret("SLACK_SIGNING_SECRET")
+    assert bot_token is not None
+    logging.basicConfig(
+        level=os.environ.get("DEPLOYCTL_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    web = make_web_client(bot_token, config.slack.api_url)
+    try:
+        app = create_app(config, connect, web, signing_secret)
+    except BoltError as err:  # auth.test refused the token
+        raise ConfigError(f"SLACK_BOT_TOKEN was refused by Slack at {config.slack.api_url}: {err}") from None
+    except OSError as err:
+        print(f"deployctl: cannot reach Slack at {config.slack.api_url}: {err}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        if app_token:
+            return _run_socket_mode(app, app_token, web, stop)
+        return _run_http(app, host, port, stop)
+    finally:
+        app.close()
+
+
+def _run_socket_mode(app: App, app_token: str, web: WebClient, stop: threading.Event) -> int:
+    from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+    handler = SocketModeHandler(app, app_token, web_client=web)
+    try:
+        handler.connect()
+    except (SlackApiError, OSError) as err:
+        print(f"deployctl: Socket Mode connection failed: {err}", file=sys.stderr)
+        return 1
+    print("deployctl slack: connected over Socket Mode; Ctrl-C stops", file=sys.stderr, flush=True)
+    while not stop.wait(1):
+        pass
+    handler.close()
+    return 0
+
+
+def _run_http(app: App, host: str, port: int, stop: threading.Event) -> int:
+    try:
+        server = make_http_server(app, host, port)
+    except OSError as err:
+        print(f"deployctl: cannot listen on {host}:{port} ({err.strerror}); pass --port", file=sys.stderr)
+        return 1
+    thread = threading.Thread(target=server.serve_forever, name="deployctl-slack-http", daemon=True)
+    thread.start()
+    where = f"http://{host}:{server.server_address[1]}{EVENTS_PATH}"
+    print(f"deployctl slack: listening on {where}; Ctrl-C stops", file=sys.stderr, flush=True)
+    while not stop.wait(1):
+        pass
+    server.shutdown()
+    server.server_close()
+    return 0
