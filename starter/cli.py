@@ -24,6 +24,9 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from starter.audit import FORMATS as AUDIT_FORMATS
+from starter.audit import audit_export
+from starter.audit import render_audit as render_audit  # re-exported: `from starter.cli import render_audit`
 from starter.config import Config, ConfigError, load_config
 from starter.temporal import connect
 from workflows import policy
@@ -475,66 +478,31 @@ async def list_deploys(
 
 @cli.command()
 @click.argument("workflow_id")
-@click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md")
+@click.option("--format", "fmt", type=click.Choice(list(AUDIT_FORMATS)), default="md", show_default=True)
+@click.option(
+    "--query-timeout",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="seconds to wait for a worker to answer the status query before reading the history alone",
+)
 @click.pass_context
-def audit(ctx: click.Context, workflow_id: str, fmt: str) -> None:
-    """The audit trail: who did what, when, as whom, and what was refused."""
+def audit(ctx: click.Context, workflow_id: str, fmt: str, query_timeout: float) -> None:
+    """The audit record: the deploy, its PCCR, every action accepted or refused, rosters, diff, links.
+
+    Works for finished deploys too; without a worker it is rebuilt from the workflow's history and says so.
+    """
     _config_or_exit(ctx)
 
     async def go() -> None:
         client = await connect()
-        st = await client.get_workflow_handle(workflow_id).query("status", result_type=DeployStatus)
-        click.echo(render_audit(st, fmt))
+        try:
+            text = await audit_export(client, workflow_id, fmt, query_timeout=query_timeout)
+        except ValueError as err:  # from history: not a deploy's workflow
+            raise UsageError(str(err)) from None
+        click.echo(text)
 
     run(go)
-
-
-def render_audit(st: DeployStatus, fmt: str) -> str:
-    if fmt == "json":
-        return st.model_dump_json(
-            indent=2,
-            include={
-                "workflow_id",
-                "process",
-                "cloud",
-                "service",
-                "environment",
-                "step",
-                "outcome",
-                "outcome_reason",
-                "pccr",
-                "build",
-                "version",
-                "version_pr",
-                "sre",
-                "rosters",
-                "audit",
-            },
-        )
-    lines = [
-        f"# Audit of {st.workflow_id}",
-        "",
-        f"- deploy: {st.process.value} {st.service} → {st.environment} ({st.cloud.value}-cloud)",
-        f"- outcome: {st.outcome.value if st.outcome else 'running'}"
-        + (f" ({st.outcome_reason})" if st.outcome_reason else ""),
-        f"- PCCR: {st.pccr.url if st.pccr else '-'} [{st.pccr.state if st.pccr else '-'}]",
-        f"- build: {st.build.url or '-'} result {st.build.result or '-'} diff sha256 {st.build.diff_sha256 or '-'}",
-        f"- SRE: {st.sre or '-'}",
-        "",
-        "| time | step | action | actor | role | channel | accepted | reason |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for e in st.audit:
-        lines.append(
-            f"| {e.time.isoformat(timespec='seconds')} | {e.step.value} | {e.action} | {e.actor} | {e.role or ''} "
-            f"| {e.channel} | {'yes' if e.accepted else 'no'} | {(e.reason or e.comment or '').replace('|', '/')} |"
-        )
-    lines += ["", "| step started | eligible |", "|---|---|"]
-    lines += [
-        f"| {r.time.isoformat(timespec='seconds')} {r.step.value} | {', '.join(r.eligible) or '-'} |"
-        for r in st.rosters
-    ]
-    return "\n".join(lines)
 
 
 @cli.command()

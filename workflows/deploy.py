@@ -520,7 +520,10 @@ class DeployWorkflow:
         )
         if not result.merged:
             reason = f"GitHub refused the merge: {result.refused_reason}"
-            self._record(self._entry(Action.MERGE, msg, "github", accepted=False, reason=reason))
+            asked = next(e for e in reversed(self._audit) if e.action == Action.MERGE.value and e.accepted)
+            self._record(
+                asked.model_copy(update={"time": workflow.now(), "accepted": False, "reason": reason})
+            )
             self._say("thread", f"`version_pr_merge`: {reason}")
             self._merge_verdict = reason
             return False

@@ -1,0 +1,715 @@
+"""`deployctl audit`: the Markdown, JSON and HTML exports, from the status query and from history alone.
+
+The renderers are pure, so most checks run on a hand-built `DeployStatus`; then whole com and gov deploys
+on the dev server are exported and checked field by field, the HTML page is opened in headless Chromium,
+and a deploy whose worker is gone is exported from its history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import struct
+import xml.etree.ElementTree as ET
+import zlib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from starter.audit import FROM_HISTORY, FROM_QUERY, audit_export, fetch_audit, render_audit
+from starter.cli import Refused, send_action, start_deploy
+from starter.cli import render_audit as cli_render_audit
+from starter.devstack import wait_for_step
+from tests.conftest import (
+    CONFIGS_REPO,
+    DIFF_LINES,
+    GATE1,
+    GATE2,
+    OUTSIDER,
+    OWNER,
+    PARAMS,
+    SRE1,
+    SRE2,
+    Deployment,
+)
+from tests.fakes.github import FakeGitHub
+from tests.fakes.jenkins import FakeJenkins
+from tests.test_cli import deployctl
+from worker import create_worker
+from workflows.models import (
+    Action,
+    ActionInput,
+    AuditEntry,
+    BuildInfo,
+    Cloud,
+    DeployResult,
+    DeployStatus,
+    Outcome,
+    Pccr,
+    Process,
+    ReleaseWindow,
+    Roster,
+    Step,
+)
+
+CHROMIUM = Path("/usr/bin/chromium")
+SREG1, SREG2 = "U0SREG1", "U0SREG2"  # the sre-gov Slack user group S0SREGOV (tests/conftest.py)
+XSS = "<script>alert(1)</script>"
+WID = "deploy-payments-api-kprod-1a2b3c4d"
+UI = f"http://127.0.0.1:8233/namespaces/default/workflows/{WID}"
+T0 = datetime(2026, 3, 2, 14, 0, 0, tzinfo=UTC)
+
+
+def at(seconds: int) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def sample() -> DeployStatus:
+    """A finished com deploy with accepted, refused and system entries, rosters with groups, a diff."""
+    diff = "~ deployment/app image: app:1.4.1 -> app:1.4.2\n~ deployment/app replicas: 2 -> 3\n"
+    return DeployStatus(
+        workflow_id=WID,
+        process=Process.RELEASE,
+        cloud=Cloud.COM,
+        service="payments-api",
+        environment="kprod",
+        step=Step.DEPLOYING,
+        waiting_on=[],
+        allowed_actions=[],
+        pccr=Pccr(id=WID, url=UI, state="done", params=dict(PARAMS)),
+        build=BuildInfo(
+            number=7,
+            url="http://jenkins.test/job/deploy-payments-api/7/",
+            diff=diff,
+            diff_sha256=hashlib.sha256(diff.encode()).hexdigest(),
+            result="SUCCESS",
+        ),
+        release_window=ReleaseWindow(name="2026.03", start=at(0), end=at(4 * 3600)),
+        sre=SRE1,
+        outcome=Outcome.SUCCEEDED,
+        outcome_reason="build #7 ended SUCCESS",
+        slack_thread="1712345678.000100",
+        ui_url=UI,
+        rosters=[
+            Roster(
+                step=Step.PCCR_REVIEW,
+                time=at(0),
+                eligible=[GATE1, GATE2],
+                groups={"pccr-gatekeeper": [GATE1, GATE2, OWNER]},
+            ),
+            Roster(
+                step=Step.SRE_ASSIGNMENT,
+                time=at(300),
+                eligible=[GATE1, GATE2],
+                groups={"pccr-gatekeeper": [GATE1, GATE2, OWNER], "sre": [SRE1, SRE2]},
+            ),
+            Roster(step=Step.CLEARANCE, time=at(600), eligible=[SRE1]),
+            Roster(step=Step.TRIGGER, time=at(900), eligible=[OWNER]),
+            Roster(step=Step.DIFF_VALIDATION, time=at(1300), eligible=[OWNER]),
+            Roster(step=Step.DEPLOY_APPROVAL, time=at(1500), eligible=[SRE1]),
+            Roster(step=Step.DEPLOYING, time=at(1700), eligible=[]),
+        ],
+        audit=[
+            AuditEntry(
+                time=at(60),
+                step=Step.PCCR_REVIEW,
+                action="approve",
+                actor=OWNER,
+                channel="cli",
+                accepted=False,
+                reason=f"separation of duties: {OWNER} is a code owner of payments-api",
+                comment=XSS,
+            ),
+            AuditEntry(
+                time=at(300),
+                step=Step.PCCR_REVIEW,
+                action="approve",
+                actor=GATE1,
+                channel="slack",
+                accepted=True,
+                role="pccr-gatekeeper",
+                comment="params | look right",
+            ),
+            AuditEntry(
+                time=at(500),
+                step=Step.SRE_ASSIGNMENT,
+                action="assign",
+                actor="<b>mallory</b>",
+                channel="signal",
+                accepted=False,
+                reason="<b>mallory</b> may not assign at sre_assignment",
+            ),
+            AuditEntry(
+                time=at(600),
+                step=Step.SRE_ASSIGNMENT,
+                action="assign",
+                actor=GATE2,
+                channel="cli",
+                accepted=True,
+                role="pccr-gatekeeper",
+            ),
+            AuditEntry(
+                time=at(900),
+                step=Step.CLEARANCE,
+                action="approve",
+                actor=SRE1,
+                channel="cli",
+                accepted=True,
+                role="assigned-sre",
+            ),
+            AuditEntry(
+                time=at(1000),
+                step=Step.TRIGGER,
+                action="trigger",
+                actor=OWNER,
+                channel="cli",
+                accepted=True,
+                role="code-owner",
+            ),
+            AuditEntry(
+                time=at(1200),
+                step=Step.TRIGGER,
+                action="note",
+                actor="deployctl",
+                channel="deployctl",
+                accepted=True,
+                reason="build #7 started",
+            ),
+            AuditEntry(
+                time=at(1400),
+                step=Step.DIFF_VALIDATION,
+                action="validate_diff",
+                actor=OWNER,
+                channel="cli",
+                accepted=False,
+                reason="sha256 0000 is not the build's diff",
+            ),
+            AuditEntry(
+                time=at(1500),
+                step=Step.DIFF_VALIDATION,
+                action="validate_diff",
+                actor=OWNER,
+                channel="cli",
+                accepted=True,
+                role="code-owner",
+            ),
+            AuditEntry(
+                time=at(1700),
+                step=Step.DEPLOY_APPROVAL,
+                action="approve",
+                actor=SRE1,
+                channel="slack",
+                accepted=True,
+                role="assigned-sre",
+            ),
+        ],
+    )
+
+
+def svg_of(page: str) -> ET.Element:
+    """The page's one inline SVG, parsed as XML (so it is well-formed)."""
+    start, end = page.index("<svg"), page.index("</svg>") + len("</svg>")
+    return ET.fromstring(page[start:end])
+
+
+NS = "{http://www.w3.org/2000/svg}"
+
+
+def num(element: ET.Element, attribute: str) -> float:
+    return float(element.get(attribute) or "nan")
+
+
+def assert_self_contained(page: str) -> None:
+    low = page.lower()
+    assert low.count("<svg") == 1
+    assert "<script" not in low and "javascript:" not in low
+    assert "<link" not in low and "<img" not in low and "@import" not in low and "<iframe" not in low
+    assert "src=" not in low and "url(" not in low  # nothing is loaded: no sources, no CSS urls
+    # http(s) appears only in plain links, in text and in the SVG's namespace.
+    for m in re.finditer(r'(\w[\w-]*)="(https?://[^"]*)"', page):
+        assert m.group(1) in {"href", "xmlns"}, m.group(0)
+        if m.group(1) == "href":
+            assert page[: m.start()].rstrip().endswith("<a"), m.group(0)
+    assert "default-src 'none'" in page  # and the page forbids loading anything anyway
+
+
+# ------------------------------------------------------------------------------------- unit: renderers
+
+
+def test_render_audit_is_importable_from_the_cli():
+    assert cli_render_audit is render_audit
+
+
+def test_markdown_report():
+    st = sample()
+    md = render_audit(st, "md")
+    assert md.startswith(f"# Audit of {WID}\n")
+    assert "- deploy: release payments-api → kprod (com-cloud)" in md
+    assert "- outcome: succeeded (build #7 ended SUCCESS)" in md
+    assert "- release window: 2026.03 2026-03-02T14:00:00Z – 2026-03-02T18:00:00Z" in md
+    # The PCCR and its parameters as a table.
+    assert "- backend: builtin" in md and "- state: done" in md
+    assert "| parameter | value |" in md
+    for k, v in PARAMS.items():
+        assert f"| {k} | {v} |" in md
+    # Every action, accepted or refused, with role, channel, reason and comment (escaped for a table).
+    assert (
+        f"| pccr_review | approve | {GATE1} | pccr-gatekeeper | slack | yes |  | params \\| look right |"
+        in md
+    )
+    assert f"| pccr_review | approve | {OWNER} |  | cli | no | separation of duties" in md
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in md and XSS not in md and "<b>" not in md
+    # Rosters with the group rosters captured then.
+    assert f"pccr-gatekeeper: {GATE1}, {GATE2}, {OWNER}; sre: {SRE1}, {SRE2}" in md
+    # Links, the diff's sha256 and the diff itself in a code block.
+    assert f"- PCCR: {UI}" in md and f"- Web UI: {UI}" in md
+    assert f"- Build: {st.build.url}" in md and "- Slack thread: thread 1712345678.000100" in md
+    assert f"sha256: {st.build.diff_sha256}" in md
+    assert "```diff\n" + (st.build.diff or "").rstrip("\n") + "\n```" in md
+    assert FROM_HISTORY not in md
+
+
+def test_markdown_fence_outgrows_backticks_in_the_diff():
+    st = sample()
+    st.build.diff = "a ``` b\n"
+    md = render_audit(st, "md")
+    assert "````diff\na ``` b\n````" in md
+
+
+def test_json_report_keeps_the_status_audit_entries():
+    st = sample()
+    doc = json.loads(render_audit(st, "json"))
+    status_json = json.loads(st.model_dump_json(indent=2))  # what `status --json` prints
+    assert doc["audit"] == status_json["audit"]
+    assert doc["rosters"] == status_json["rosters"]
+    assert doc["rosters"][1]["groups"] == {"pccr-gatekeeper": [GATE1, GATE2, OWNER], "sre": [SRE1, SRE2]}
+    assert (doc["workflow_id"], doc["process"], doc["cloud"], doc["service"], doc["environment"]) == (
+        WID,
+        "release",
+        "com",
+        "payments-api",
+        "kprod",
+    )
+    assert doc["source"] == FROM_QUERY and doc["from_history"] is False and "received" not in doc
+    assert doc["outcome"] == "succeeded" and doc["outcome_reason"] == "build #7 ended SUCCESS"
+    assert doc["pccr"] == status_json["pccr"] and doc["params"] == PARAMS
+    assert doc["build"] == status_json["build"] and doc["diff_sha256"] == st.build.diff_sha256
+    assert doc["release_window"]["name"] == "2026.03"
+    assert doc["links"] == {
+        "pccr": UI,
+        "version_pr": None,
+        "build": st.build.url,
+        "web_ui": UI,
+        "slack_thread": "thread 1712345678.000100",
+    }
+    refused = [e for e in doc["audit"] if not e["accepted"]]
+    assert [e["comment"] for e in refused][0] == XSS  # JSON keeps the text as it was typed
+
+
+def test_html_page_is_self_contained_escaped_and_has_a_timeline():
+    st = sample()
+    page = render_audit(st, "html")
+    assert page.startswith("<!DOCTYPE html>")
+    assert_self_contained(page)
+    # User input is escaped wherever it lands (tables, SVG labels, SVG tooltips).
+    assert XSS not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<b>mallory</b>" not in page and "&lt;b&gt;mallory&lt;/b&gt;" in page
+    # The tables: parameters, actions (accepted and refused), rosters with groups, links, the diff.
+    for k, v in PARAMS.items():
+        assert f"<tr><td><code>{k}</code></td><td><code>{v}</code></td></tr>" in page
+    assert page.count('<tr class="refused">') == 3 and page.count('<tr class="accepted">') == 6
+    assert page.count('<tr class="system">') == 1
+    assert f"<b>sre</b>: {SRE1}, {SRE2}" in page
+    assert f'<a href="{st.build.url}" rel="noreferrer noopener">' in page
+    assert (st.build.diff_sha256 or "-") in page and "app:1.4.1 -&gt; app:1.4.2" in page
+
+    svg = svg_of(page)
+    lanes = [g for g in svg.iter(f"{NS}g") if g.get("class") == "lane"]
+    assert [g.get("data-step") for g in lanes] == [r.step.value for r in st.rosters]  # in order
+    marks = {
+        kind: [c for c in svg.iter(f"{NS}circle") if c.get("class") == f"mark {kind}"]
+        for kind in ("accepted", "refused")
+    }
+    assert len(marks["accepted"]) == 6 and len(marks["refused"]) == 3
+    assert all(c.get("fill") == "#ffffff" and c.get("stroke") == "#cf222e" for c in marks["refused"])
+    assert all(c.get("fill") == "#1a7f37" for c in marks["accepted"])
+    # Each bar runs from its step's start to the next step's start; markers sit at their times.
+    bars = [next(r for r in g.iter(f"{NS}rect") if r.get("class") == "bar") for g in lanes]
+    for this, nxt in zip(bars, bars[1:], strict=False):
+        assert abs(num(this, "x") + num(this, "width") - num(nxt, "x")) < 0.2
+    review_marks = [c for c in lanes[0].iter(f"{NS}circle")]
+    assert num(bars[0], "x") < num(review_marks[0], "cx") < num(review_marks[1], "cx")
+    assert abs(num(review_marks[1], "cx") - num(bars[1], "x")) < 0.2  # approve opened the next
+    labels = [t.text for t in lanes[0].iter(f"{NS}text") if t.get("class") == "actor"]
+    assert labels == [OWNER, GATE1]
+
+
+def test_html_timeline_gives_a_step_without_roster_a_lane_of_its_own():
+    st = sample()
+    st.rosters = st.rosters[:2]
+    st.audit = [
+        *st.audit[:4],
+        AuditEntry(
+            time=at(5000),
+            step=Step.VERSION_PR_MERGE,
+            action="merge",
+            actor=SREG1,
+            channel="cli",
+            accepted=False,
+            reason="GitHub refused",
+        ),
+    ]
+    lanes = [g.get("data-step") for g in svg_of(render_audit(st, "html")).iter(f"{NS}g")]
+    assert lanes == ["pccr_review", "sre_assignment", "version_pr_merge"]
+
+
+def test_an_unknown_format_is_refused():
+    with pytest.raises(ValueError, match="md, json, html"):
+        render_audit(sample(), "pdf")
+
+
+# --------------------------------------------------------------------------- helpers for the dev server
+
+
+async def act(client: Client, wid: str, action: Action, actor: str, step: Step, **extra: str) -> None:
+    await wait_for_step(client, wid, step, actor, timeout=30)
+    await send_action(client, wid, action, ActionInput(actor=actor, step=step, channel="test", **extra))
+
+
+async def refuse(client: Client, wid: str, action: Action, actor: str, step: Step, **extra: str) -> None:
+    """A refused action, recorded in the audit trail (a Signal cannot be answered, so it is recorded)."""
+    await client.get_workflow_handle(wid).signal(action.value, {"actor": actor, "step": step.value, **extra})
+
+
+async def com_deploy(client: Client, d: Deployment) -> str:
+    """A whole com deploy with two refusals and a comment; returns once it has succeeded."""
+    wid, _ = await start_deploy(client, d.config, Process.OOW, d.service, "kprod", dict(PARAMS), None, OWNER)
+    await wait_for_step(client, wid, Step.PCCR_REVIEW, GATE1)
+    await refuse(client, wid, Action.APPROVE, OWNER, Step.PCCR_REVIEW, comment=XSS)
+    await act(client, wid, Action.APPROVE, GATE1, Step.PCCR_REVIEW, comment="params look right")
+    await wait_for_step(client, wid, Step.SRE_ASSIGNMENT, GATE2)
+    await refuse(client, wid, Action.ASSIGN, GATE2, Step.SRE_ASSIGNMENT, sre=OUTSIDER)
+    await act(client, wid, Action.ASSIGN, GATE2, Step.SRE_ASSIGNMENT, sre=SRE1)
+    await act(client, wid, Action.APPROVE, SRE1, Step.CLEARANCE)
+    await act(client, wid, Action.TRIGGER, OWNER, Step.TRIGGER)
+    st = await wait_for_step(client, wid, Step.DIFF_VALIDATION, OWNER, timeout=30)
+    await act(
+        client, wid, Action.VALIDATE_DIFF, OWNER, Step.DIFF_VALIDATION, diff_sha256=st.build.diff_sha256 or ""
+    )
+    await act(client, wid, Action.APPROVE, SRE1, Step.DEPLOY_APPROVAL, comment="ship it")
+    result = await client.get_workflow_handle(wid, result_type=DeployResult).result()
+    assert result.outcome is Outcome.SUCCEEDED
+    return wid
+
+
+def ui_link(wid: str) -> str:
+    return f"http://127.0.0.1:8233/namespaces/default/workflows/{wid}"
+
+
+EXPECTED_DIFF = "\n".join(DIFF_LINES) + "\n"
+
+
+# ---------------------------------------------------------------------------------------- dev server
+
+
+async def test_audit_of_a_finished_com_deploy(
+    client: Client, deployment: Deployment, worker: None, jenkins: FakeJenkins, tmp_path: Path
+):
+    d = deployment
+    wid = await com_deploy(client, d)
+    status = await client.get_workflow_handle(wid).query("status", result_type=DeployStatus)
+    status_json = json.loads(status.model_dump_json(indent=2))
+
+    doc = json.loads(await audit_export(client, wid, "json"))
+    assert doc["audit"] == status_json["audit"]  # the same entries as `status --json`
+    assert doc["rosters"] == status_json["rosters"]
+    assert doc["source"] == FROM_QUERY and doc["from_history"] is False
+    assert doc["workflow_id"] == wid
+    assert doc["process"] == "oow" and doc["cloud"] == "com"
+    assert doc["service"] == d.service and doc["environment"] == "kprod"
+    assert doc["opened_by"] == OWNER
+    started = datetime.fromisoformat(doc["started"])
+    closed = datetime.fromisoformat(doc["closed"])
+    assert started <= closed and doc["execution"] == "completed"
+    assert doc["step"] == "deploying" and doc["waiting_on"] == []
+    assert doc["outcome"] == "succeeded" and "SUCCESS" in doc["outcome_reason"]
+    assert doc["pccr"]["url"] == ui_link(wid) and doc["pccr"]["backend"] == "builtin"
+    assert doc["pccr"]["state"] == "done" and doc["pccr"]["params"] == PARAMS and doc["params"] == PARAMS
+    build = jenkins.builds(d.job)
+    assert len(build) == 1
+    assert doc["build"]["number"] == build[0]["number"] and doc["build"]["result"] == "SUCCESS"
+    assert doc["build"]["diff"] == EXPECTED_DIFF
+    assert (
+        doc["diff_sha256"]
+        == doc["build"]["diff_sha256"]
+        == hashlib.sha256(EXPECTED_DIFF.encode()).hexdigest()
+    )
+    assert doc["version"] is None and doc["version_pr"] is None and doc["release_window"] is None
+    assert doc["sre"] == SRE1
+    assert doc["slack_thread"] == status.slack_thread and status.slack_thread
+    assert doc["links"] == {
+        "pccr": ui_link(wid),
+        "version_pr": None,
+        "build": doc["build"]["url"],
+        "web_ui": ui_link(wid),
+        "slack_thread": f"C0TRIAGE thread {status.slack_thread}",
+    }
+    assert doc["build"]["url"].startswith(jenkins.url)
+    people = [
+        (e["step"], e["action"], e["actor"], e["role"], e["channel"], e["accepted"], e["comment"])
+        for e in doc["audit"]
+        if e["actor"] != "deployctl"
+    ]
+    assert people == [
+        ("pccr_review", "approve", OWNER, "pccr-gatekeeper", "signal", False, XSS),
+        ("pccr_review", "approve", GATE1, "pccr-gatekeeper", "test", True, "params look right"),
+        ("sre_assignment", "assign", GATE2, "pccr-gatekeeper", "signal", False, None),
+        ("sre_assignment", "assign", GATE2, "pccr-gatekeeper", "test", True, None),
+        ("clearance", "approve", SRE1, "assigned-sre", "test", True, None),
+        ("trigger", "trigger", OWNER, "code-owner", "test", True, None),
+        ("diff_validation", "validate_diff", OWNER, "code-owner", "test", True, None),
+        ("deploy_approval", "approve", SRE1, "assigned-sre", "test", True, "ship it"),
+    ]
+    refusals = [e["reason"] for e in doc["audit"] if not e["accepted"]]
+    assert refusals[0].startswith("separation of duties") and refusals[1].startswith(
+        f"{OUTSIDER} is not in sre"
+    )
+    steps = [r["step"] for r in doc["rosters"]]
+    assert steps[:6] == [
+        "pccr_review",
+        "sre_assignment",
+        "clearance",
+        "trigger",
+        "diff_validation",
+        "deploy_approval",
+    ]
+    assert doc["rosters"][0]["eligible"] == [GATE1, GATE2]
+    assert doc["rosters"][1]["groups"]["sre"] == [SRE1, SRE2]
+
+    md = await audit_export(client, wid, "md")
+    assert f"| pccr_review | approve | {GATE1} | pccr-gatekeeper | test | yes |" in md
+    assert "```diff\n" + EXPECTED_DIFF + "```" in md and f"- opened by: {OWNER} at " in md
+
+    page = await audit_export(client, wid, "html")
+    assert_self_contained(page)
+    assert XSS not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    lanes = [g.get("data-step") for g in svg_of(page).iter(f"{NS}g") if g.get("class") == "lane"]
+    assert lanes == steps
+    path = tmp_path / "audit.html"
+    path.write_text(page, encoding="utf-8")
+    await opens_in_chromium(path, tmp_path, [str(lane) for lane in lanes])
+
+
+async def test_audit_of_a_finished_gov_deploy(
+    env: WorkflowEnvironment,
+    client: Client,
+    deployment: Deployment,
+    worker: None,
+    github: FakeGitHub,
+    jenkins: FakeJenkins,
+):
+    d = deployment
+    wid, _ = await start_deploy(
+        client, d.config, Process.OOW, d.service, "kprod-gov", dict(PARAMS), "1.4.2", OWNER
+    )
+    await act(client, wid, Action.APPROVE, GATE1, Step.PCCR_REVIEW)
+    await act(client, wid, Action.ASSIGN, GATE1, Step.SRE_ASSIGNMENT, sre=SREG1)
+    st = await wait_for_step(client, wid, Step.VERSION_PR_MERGE, SREG1)
+    number = int((st.version_pr or "").rsplit("/", 1)[1])
+    github.set_mergeable(CONFIGS_REPO, number, False, reason="dirty")
+    with pytest.raises(Refused, match="GitHub refused the merge"):
+        await send_action(client, wid, Action.MERGE, ActionInput(actor=SREG1, step=Step.VERSION_PR_MERGE))
+    github.set_mergeable(CONFIGS_REPO, number, True)
+    await act(client, wid, Action.MERGE, SREG1, Step.VERSION_PR_MERGE)
+    await act(client, wid, Action.TRIGGER, SREG1, Step.TRIGGER)
+    st = await wait_for_step(client, wid, Step.DIFF_VALIDATION, OWNER, timeout=30)
+    await act(
+        client, wid, Action.VALIDATE_DIFF, OWNER, Step.DIFF_VALIDATION, diff_sha256=st.build.diff_sha256 or ""
+    )
+    await act(client, wid, Action.APPROVE, SREG1, Step.DEPLOY_APPROVAL)
+    result = await client.get_workflow_handle(wid, result_type=DeployResult).result()
+    assert result.outcome is Outcome.SUCCEEDED
+    status = await client.get_workflow_handle(wid).query("status", result_type=DeployStatus)
+
+    doc = json.loads(await audit_export(client, wid, "json"))
+    assert doc["audit"] == json.loads(status.model_dump_json())["audit"]
+    assert doc["source"] == FROM_QUERY and doc["workflow_id"] == wid
+    assert (doc["process"], doc["cloud"], doc["service"], doc["environment"]) == (
+        "oow",
+        "gov",
+        d.service,
+        "kprod-gov",
+    )
+    assert doc["opened_by"] == OWNER and doc["execution"] == "completed"
+    assert doc["version"] == "1.4.2" and doc["sre"] == SREG1
+    pr = next(p for p in github.pulls(CONFIGS_REPO) if p["number"] == number)
+    assert pr["merged"] and doc["version_pr"] == pr["html_url"] == doc["links"]["version_pr"]
+    assert doc["outcome"] == "succeeded" and doc["pccr"]["state"] == "done" and doc["params"] == PARAMS
+    assert doc["build"]["number"] == jenkins.builds(d.job)[0]["number"]
+    assert doc["diff_sha256"] == hashlib.sha256(EXPECTED_DIFF.encode()).hexdigest()
+    assert doc["links"]["web_ui"] == ui_link(wid) and doc["links"]["build"] == doc["build"]["url"]
+    assignment = next(r for r in doc["rosters"] if r["step"] == "sre_assignment")
+    assert assignment["groups"]["sre-gov"] == [SREG1, SREG2]  # the Slack user group, as resolved then
+    # The first merge passed the rules, then GitHub refused it: recorded as accepted, then refused.
+    merges = [(e["actor"], e["accepted"]) for e in doc["audit"] if e["action"] == "merge"]
+    assert merges == [(SREG1, True), (SREG1, False), (SREG1, True)]
+    reason = next(e["reason"] for e in doc["audit"] if e["action"] == "merge" and not e["accepted"])
+    assert reason.startswith("GitHub refused the merge") and "not mergeable" in reason
+    triggers = [(e["actor"], e["role"]) for e in doc["audit"] if e["action"] == "trigger" and e["accepted"]]
+    assert triggers == [(SREG1, "assigned-sre")]
+
+    md = await audit_export(client, wid, "md")
+    assert f"sre-gov: {SREG1}, {SREG2}" in md and f"- Version PR: {pr['html_url']}" in md
+    page = await audit_export(client, wid, "html")
+    assert_self_contained(page)
+    lanes = [g.get("data-step") for g in svg_of(page).iter(f"{NS}g") if g.get("class") == "lane"]
+    assert lanes[:4] == ["pccr_review", "sre_assignment", "version_pr_merge", "trigger"]
+    assert f'<a href="{pr["html_url"]}"' in page
+    r = await deployctl(env, d, "audit", wid, "--format", "html")  # the installed CLI, as a user runs it
+    assert r.code == 0, r.err
+    assert r.out.startswith("<!DOCTYPE html>") and r.out.count("<svg") == 1
+
+
+async def test_audit_from_history_when_no_worker_answers(
+    client: Client, deployment: Deployment, jenkins: FakeJenkins, tmp_path: Path
+):
+    d = deployment
+    async with create_worker(client, d.config, task_queue=d.task_queue):
+        wid = await com_deploy(client, d)
+    # The worker is gone: nobody answers the status query, so the history is read instead.
+    record = await fetch_audit(client, wid, query_timeout=2)
+    assert record.from_history and record.source == FROM_HISTORY
+    doc = json.loads(render_audit(record, "json"))
+    assert doc["source"] == FROM_HISTORY and doc["from_history"] is True
+    assert doc["workflow_id"] == wid and doc["opened_by"] == OWNER and doc["execution"] == "completed"
+    assert (doc["process"], doc["cloud"], doc["service"], doc["environment"]) == (
+        "oow",
+        "com",
+        d.service,
+        "kprod",
+    )
+    assert doc["outcome"] == "succeeded" and "SUCCESS" in doc["outcome_reason"]  # the workflow's result
+    assert doc["params"] == PARAMS and doc["pccr"]["params"] == PARAMS and doc["pccr"]["state"] == "unknown"
+    assert doc["step"] == "deploying"  # the last DeployStep it set
+    assert (
+        doc["build"]["number"] == jenkins.builds(d.job)[0]["number"] and doc["build"]["result"] == "SUCCESS"
+    )
+    assert doc["build"]["diff"] == EXPECTED_DIFF
+    assert doc["diff_sha256"] == hashlib.sha256(EXPECTED_DIFF.encode()).hexdigest()
+    assert doc["links"]["web_ui"] == ui_link(wid) and doc["links"]["pccr"] == ui_link(wid)
+    assert doc["links"]["slack_thread"].startswith("C0TRIAGE thread ")
+    assert doc["audit"] == [] and doc["rosters"] == []  # they live in the workflow's state
+    assert doc["sre"] == SRE1  # the assign Update that completed
+    received = [(a["kind"], a["action"], a["actor"], a["step"], a["result"]) for a in doc["received"]]
+    assert received == [
+        ("signal", "approve", OWNER, "pccr_review", None),
+        ("update", "approve", GATE1, "pccr_review", "completed"),
+        ("signal", "assign", GATE2, "sre_assignment", None),
+        ("update", "assign", GATE2, "sre_assignment", "completed"),
+        ("update", "approve", SRE1, "clearance", "completed"),
+        ("update", "trigger", OWNER, "trigger", "completed"),
+        ("update", "validate_diff", OWNER, "diff_validation", "completed"),
+        ("update", "approve", SRE1, "deploy_approval", "completed"),
+    ]
+    assert doc["received"][0]["comment"] == XSS
+
+    md = render_audit(record, "md")
+    assert FROM_HISTORY in md and "Signals and Updates received" in md
+    page = await audit_export(client, wid, "html", query_timeout=2)
+    assert_self_contained(page)
+    assert FROM_HISTORY in page and XSS not in page
+    (tmp_path / "audit-from-history.html").write_text(page, encoding="utf-8")
+    lanes = [g.get("data-step") for g in svg_of(page).iter(f"{NS}g") if g.get("class") == "lane"]
+    assert lanes == [
+        "pccr_review",
+        "sre_assignment",
+        "clearance",
+        "trigger",
+        "diff_validation",
+        "deploy_approval",
+    ]
+
+
+# ------------------------------------------------------------------------------------ headless Chromium
+
+
+async def opens_in_chromium(path: Path, tmp_path: Path, lanes: list[str]) -> None:
+    """Open the page in headless Chromium: its DOM has the SVG and one lane per step; it paints a picture."""
+    if not CHROMIUM.exists():
+        pytest.skip(
+            f"{CHROMIUM} is not installed (apt-get install chromium): the page was not opened in a browser; "
+            "every other check of this test passed"
+        )
+    profile = tmp_path / "chromium-profile"
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+    ]
+    dom = await chromium(*flags, "--dump-dom", path.as_uri())
+    assert dom.count("<svg") == 1 and 'class="timeline-svg"' in dom
+    assert re.findall(r'<g class="lane" data-step="([a-z_]+)"', dom) == lanes
+    assert "<script" not in dom.lower()
+
+    png = tmp_path / "audit.png"
+    await chromium(*flags, "--window-size=1280,2200", f"--screenshot={png}", path.as_uri())
+    data = png.read_bytes()
+    assert len(data) > 20_000, len(data)
+    width, height, distinct = png_facts(data)
+    assert (width, height) == (1280, 2200)
+    assert distinct > 50  # not a blank page: text, bars, markers and badges in many shades
+
+
+async def chromium(*args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        str(CHROMIUM), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=90)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
+    return out.decode()
+
+
+def png_facts(data: bytes) -> tuple[int, int, int]:
+    """A PNG's width, height and how many distinct byte values its pixel rows hold (1-2 when blank)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, width, height, idat = 8, 0, 0, b""
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        if kind == b"IHDR":
+            width, height = struct.unpack(">II", body[:8])
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    return width, height, len(set(zlib.decompress(idat)))
+
+
+def test_png_facts_tells_a_blank_image():
+    rows = b"".join(b"\x00" + b"\xff\xff\xff" * 64 for _ in range(64))
+    header = struct.pack(">II", 64, 64) + b"\x08\x02\x00\x00\x00"
+    blank = (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(rows))
+        + _chunk(b"IEND", b"")
+    )
+    assert png_facts(blank) == (64, 64, 2)
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
