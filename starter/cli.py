@@ -601,8 +601,10 @@ def worker(ctx: click.Context, metrics_port: int | None) -> None:
 def slack(ctx: click.Context, host: str, port: int) -> None:
     """The Slack bridge: buttons and /deploy. Socket Mode with SLACK_APP_TOKEN, else HTTP on /slack/events."""
     from starter import slack_bridge
+    from starter.logs import setup_logging
 
     config = _config_or_exit(ctx)
+    setup_logging()
     try:
         code = slack_bridge.run_bridge(host, port, config)
     except ConfigError as err:
