@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import Client
 
 from starter.cli import Refused, send_action, start_deploy
@@ -64,6 +65,16 @@ async def test_oow_com_deploy_end_to_end(
     wid = await start(client, d)
     assert wid.startswith(f"deploy-{d.service}-kprod-")
     st = await wait_for_step(client, wid, Step.PCCR_REVIEW, GATE1)
+    # The Web UI's current details: the step, who it waits on, the links.
+    meta = await client.get_workflow_handle(wid).query(
+        "__temporal_workflow_metadata", result_type=WorkflowMetadata
+    )
+    details = meta.current_details
+    assert "step: `pccr_review`" in details and f"waiting on: {GATE1}, {GATE2}" in details
+    assert f"PCCR: http://127.0.0.1:8233/namespaces/default/workflows/{wid}" in details
+    desc = await client.get_workflow_handle(wid).describe()
+    assert desc.typed_search_attributes.get(sa.WAITING_ON) == [GATE1, GATE2]
+    assert desc.typed_search_attributes.get(sa.STEP) == "pccr_review"
     # A code owner who is also a gatekeeper is not waited on at review, and may not approve.
     assert st.waiting_on == [GATE1, GATE2]
     assert st.allowed_actions == [Action.APPROVE, Action.REJECT, Action.CANCEL]
@@ -147,6 +158,8 @@ async def test_oow_com_deploy_end_to_end(
     assert not [b for b in approval["blocks"] if b["type"] == "actions"]
     # The Web UI: search attributes tell where it stands.
     desc = await client.get_workflow_handle(wid).describe()
+    assert await desc.static_summary() == f"OOW deploy of {d.service} to kprod (com-cloud), opened by {OWNER}"
+    assert "IMAGE_TAG: 1.4.2" in (await desc.static_details() or "")
     assert desc.typed_search_attributes.get(sa.OUTCOME) == "succeeded"
     assert desc.typed_search_attributes.get(sa.STEP) == "deploying"
     assert desc.typed_search_attributes.get(sa.SERVICE) == d.service
