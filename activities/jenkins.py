@@ -199,6 +199,9 @@ def _http_response(exc: BaseException) -> requests.Response | None:
 
 
 _sleep = sleep_unless_cancelled
+# A read meeting one of these is tried again in the activity after these pauses (seconds).
+TRANSIENT = ("JenkinsUnavailable", "JenkinsUnreachable")
+READ_RETRY_PAUSES = (0.2, 0.5, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -288,19 +291,28 @@ class JenkinsActivities:
             )
         return ApplicationError(f"{what}: {type(exc).__name__}: {self._scrub(str(exc))}", type="JenkinsError")
 
-    def _call(self, what: str, fn: Callable[[Any], T]) -> T:
-        try:
-            return fn(self._client())
-        except Exception as exc:
-            failure = self._failure(exc, what)
-            if failure is exc:
-                raise
-            raise failure from None
+    def _call(self, what: str, fn: Callable[[Any], T], read: bool = False) -> T:
+        """One call to Jenkins, its failure classified. A read (idempotent) that meets a transient failure
+        (5xx, connection) is tried again here a few times first, so a flaky Jenkins does not restart a
+        long poll from Temporal's growing backoff; writes are retried only by Temporal, after their checks."""
+        for pause in (*READ_RETRY_PAUSES, None) if read else (None,):
+            try:
+                return fn(self._client())
+            except Exception as exc:
+                failure = self._failure(exc, what)
+                transient = isinstance(failure, ApplicationError) and failure.type in TRANSIENT
+                if pause is not None and transient:
+                    sleep_unless_cancelled(pause)
+                    continue
+                if failure is exc:
+                    raise
+                raise failure from None
+        raise AssertionError("unreachable")
 
     def _call_or_none(self, what: str, fn: Callable[[Any], T]) -> T | None:
         """Like _call, but a 404 gives None."""
         try:
-            return self._call(what, fn)
+            return self._call(what, fn, read=True)
         except ApplicationError as err:
             if err.type == "JenkinsNotFound":
                 return None
@@ -308,7 +320,9 @@ class JenkinsActivities:
 
     def _request(self, method: str, path: str, what: str) -> requests.Response:
         """A request python-jenkins has no method for, through its `jenkins_request` (auth + crumb)."""
-        return self._call(what, lambda c: c.jenkins_request(requests.Request(method, c.server + path)))
+        return self._call(
+            what, lambda c: c.jenkins_request(requests.Request(method, c.server + path)), read=method == "GET"
+        )
 
     def _get_json(self, path: str, what: str) -> Any:
         rsp = self._request("GET", path, what)
@@ -320,7 +334,7 @@ class JenkinsActivities:
             ) from None
 
     def _build_info(self, job: str, number: int, what: str) -> dict[str, Any]:
-        return self._call(what, lambda c: c.get_build_info(job, number))
+        return self._call(what, lambda c: c.get_build_info(job, number), read=True)
 
     def _console(self, job: str, number: int, what: str) -> str:
         return self._request("GET", f"{job_path(job)}{number}/consoleText", what).text
@@ -342,7 +356,7 @@ class JenkinsActivities:
 
     def _names_of_us(self) -> frozenset[str]:
         if self._our_names is None:
-            me = self._call("reading /me", lambda c: c.get_whoami())
+            me = self._call("reading /me", lambda c: c.get_whoami(), read=True)
             self._our_names = frozenset(n for n in (self.user, me.get("id"), me.get("fullName")) if n)
         return self._our_names
 
@@ -358,7 +372,7 @@ class JenkinsActivities:
     @activity.defn
     def job_parameters(self, inp: JobParametersInput) -> JobParametersResult:
         """The parameters the job defines, read from the job itself."""
-        info = self._call(f"reading job {inp.job!r}", lambda c: c.get_job_info(inp.job))
+        info = self._call(f"reading job {inp.job!r}", lambda c: c.get_job_info(inp.job), read=True)
         return JobParametersResult(job=inp.job, parameters=parameter_definitions(info))
 
     @activity.defn
@@ -377,7 +391,7 @@ class JenkinsActivities:
         """
         job, wanted = inp.job, dict(inp.params)
         what = f"triggering {job!r}"
-        queue = self._call(what, lambda c: c.get_queue_info())
+        queue = self._call(what, lambda c: c.get_queue_info(), read=True)
         info = self._get_json(f"{job_path(job)}api/json?tree={quote(_TRIGGER_TREE)}", what)
 
         defined = [p.name for p in parameter_definitions(info)]
@@ -436,7 +450,7 @@ class JenkinsActivities:
         `trigger_build` later finds beyond them with our parameters is ours (a retry reuses it)."""
         job = inp.job
         what = f"reading the builds of {job!r}"
-        queue = self._call(what, lambda c: c.get_queue_info())
+        queue = self._call(what, lambda c: c.get_queue_info(), read=True)
         info = self._get_json(f"{job_path(job)}api/json?tree={quote('builds[number]{0,1}')}", what)
         ours = url_job_part(f"/{job_path(job)}")
         queued = [

@@ -103,8 +103,12 @@ def read_params(path: str) -> dict[str, str]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise UsageError(f"cannot read params file {path}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"params file {path} is not UTF-8 text") from None
     try:
         raw = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except RecursionError:
+        raise UsageError(f"params file {path} is nested too deeply to be a mapping of parameters") from None
     except (ValueError, yaml.YAMLError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UsageError(

@@ -214,7 +214,12 @@ def _utc_timestamp(value: object) -> datetime:
         raise ValueError(
             f"{moment.isoformat()!r} has no UTC offset: write it in UTC with a trailing Z, like {example}"
         )
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(
+            f"{moment.isoformat()!r} is out of range: write a real date, like {example}"
+        ) from None
 
 
 def _group(value: object) -> GroupSpec:
@@ -317,7 +322,7 @@ class GithubConfig(_Table):
     def _service_placeholder(cls, value: str) -> str:
         try:
             value.format(service="x")
-        except (KeyError, IndexError, ValueError):
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError):
             raise ValueError(
                 f'{value!r} is not a valid path template: use {{service}} as the only placeholder, like "channel-gov/{{service}}.yaml"'
             ) from None
@@ -384,7 +389,7 @@ class ReleaseWindow(_Table):
 
 
 class ReleaseConfig(_Table):
-    lead_time_days: Annotated[StrictInt, Field(ge=0)] = 14
+    lead_time_days: Annotated[StrictInt, Field(ge=0, le=366)] = 14
     windows: tuple[ReleaseWindow, ...] = ()
 
     @field_validator("windows")

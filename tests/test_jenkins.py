@@ -507,7 +507,15 @@ def test_unknown_job_is_non_retryable_not_found(acts: JenkinsActivities) -> None
 
 def test_gateway_errors_on_reads_are_retryable(fake: FakeJenkins, acts: JenkinsActivities) -> None:
     # python-jenkins' get_job_info turns any HTTPError into "does not exist": the status must still count.
+    # A read is tried again in the activity a few times (a flaky Jenkins does not restart long polls)…
     fake.fail_next(status=503, method="GET", path_contains=f"/job/{JOB}/api/json", after_effect=False)
+    assert run(acts.job_parameters, JobParametersInput(job=JOB)).parameters
+    reads = [r for r in fake.requests if r[0] == "GET" and f"/job/{JOB}/api/json" in r[1]]
+    assert len(reads) == 2
+    # …and when it keeps failing, the failure is retryable for Temporal.
+    fake.fail_next(
+        status=503, method="GET", path_contains=f"/job/{JOB}/api/json", times=4, after_effect=False
+    )
     app_error(acts.job_parameters, JobParametersInput(job=JOB), "JenkinsUnavailable", False)
     assert run(acts.job_parameters, JobParametersInput(job=JOB)).parameters
 

@@ -792,7 +792,9 @@ class DeployWorkflow:
             first = err.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "payload"
             raise ApplicationError(
-                f'bad payload: {where}: {first["msg"]} (send {{"actor": ID, "step": STEP, …}})',
+                policy.one_line(
+                    f'bad payload: {where}: {first["msg"]} (send {{"actor": ID, "step": STEP, …}})'
+                ),
                 type="Refused",
                 non_retryable=True,
             ) from None

@@ -73,6 +73,17 @@ def _who(ids: list[str] | tuple[str, ...]) -> str:
 
 def refusal(action: Action, msg: ActionInput, s: Situation) -> str | None:
     """None when `msg` may do `action` now, else the one-line reason it is refused."""
+    reason = _refusal(action, msg, s)
+    return one_line(reason) if reason is not None else None
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """What a person sent is repeated in a reason: keep it on one line and of a readable length."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _refusal(action: Action, msg: ActionInput, s: Situation) -> str | None:
     if s.finished:
         return f"the deploy is already finished; {action.value} changes nothing"
     if msg.step is not s.step:
@@ -170,7 +181,7 @@ def params_as_text(raw: object) -> dict[str, str]:
             out[key] = ""
         else:
             raise ValueError(
-                f"parameter {key} must be a string, number or boolean, not {type(value).__name__}"
+                f"parameter {key!r} must be a string, number or boolean, not {type(value).__name__}"
             )
     return out
 

@@ -890,7 +890,18 @@ class FakeGitHub:
             rsp.headers = {**headers, **rsp.headers}
             return rsp
 
+    def chaos(self, rate: float, seed: int = 0, path_contains: str = "") -> None:
+        """From now on answer a share `rate` of the requests whose path holds `path_contains` with a 5xx,
+        half of them after doing the work (the answer is lost), half before. `rate=0` stops it."""
+        import random
+
+        with self._lock:
+            self._chaos = (rate, random.Random(seed), path_contains)
+
     def _match_fail_rule(self, req: _Request) -> _FailRule | None:
+        chaos = getattr(self, "_chaos", None)
+        if chaos and chaos[0] > 0 and chaos[2] in req.path and chaos[1].random() < chaos[0]:
+            return _FailRule(chaos[1].choice([500, 502, 503]), None, "", 1, chaos[1].random() < 0.5)
         for rule in self._fail_rules:
             if rule.method is not None and rule.method.upper() != req.method:
                 continue

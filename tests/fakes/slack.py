@@ -298,6 +298,13 @@ class FakeSlack:
         with self._lock:
             self._faults.append(_Fault(method, error, status, retry_after, times))
 
+    def chaos(self, rate: float, seed: int = 0) -> None:
+        """From now on answer a share `rate` of the calls with 429 (Retry-After: 1) or 500. 0 stops it."""
+        import random
+
+        with self._lock:
+            self._chaos = (rate, random.Random(seed))
+
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
@@ -889,6 +896,11 @@ def _make_handler(fake: FakeSlack) -> type[BaseHTTPRequestHandler]:
         @staticmethod
         def _take_fault(method: str) -> _Fault | None:
             with fake._lock:
+                chaos = getattr(fake, "_chaos", None)
+                if chaos and chaos[0] > 0 and chaos[1].random() < chaos[0]:
+                    return chaos[1].choice(
+                        [_Fault(None, "ratelimited", 429, 1, 1), _Fault(None, "internal_error", 500, None, 1)]
+                    )
                 for f in fake._faults:
                     if f.method is None or f.method == method:
                         f.remaining -= 1
