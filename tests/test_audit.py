@@ -39,6 +39,7 @@ from tests.conftest import (
 )
 from tests.fakes.github import FakeGitHub
 from tests.fakes.jenkins import FakeJenkins
+from tests.support import act
 from tests.test_cli import deployctl
 from worker import create_worker
 from workflows.models import (
@@ -374,11 +375,6 @@ def test_an_unknown_format_is_refused():
 
 
 # --------------------------------------------------------------------------- helpers for the dev server
-
-
-async def act(client: Client, wid: str, action: Action, actor: str, step: Step, **extra: str) -> None:
-    await wait_for_step(client, wid, step, actor, timeout=30)
-    await send_action(client, wid, action, ActionInput(actor=actor, step=step, channel="test", **extra))
 
 
 async def refuse(client: Client, wid: str, action: Action, actor: str, step: Step, **extra: str) -> None:

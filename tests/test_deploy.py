@@ -24,6 +24,7 @@ from tests.conftest import (
 )
 from tests.fakes.jenkins import FakeJenkins
 from tests.fakes.slack import FakeSlack
+from tests.support import act, refused, status, to_trigger
 from workflows import search_attributes as sa
 from workflows.models import Action, ActionInput, DeployResult, DeployStatus, Outcome, Process, Step
 
@@ -35,27 +36,10 @@ async def start(client: Client, d: Deployment, params: dict[str, str] | None = N
     return wid
 
 
-async def act(client: Client, wid: str, action: Action, actor: str, step: Step, **extra: str) -> None:
-    await wait_for_step(client, wid, step, actor, timeout=30)
-    await send_action(client, wid, action, ActionInput(actor=actor, step=step, channel="test", **extra))
-
-
-async def status(client: Client, wid: str) -> DeployStatus:
-    return await client.get_workflow_handle(wid).query("status", result_type=DeployStatus)
-
-
 async def to_diff_validation(client: Client, wid: str) -> DeployStatus:
-    await act(client, wid, Action.APPROVE, GATE1, Step.PCCR_REVIEW)
-    await act(client, wid, Action.ASSIGN, GATE1, Step.SRE_ASSIGNMENT, sre=SRE1)
-    await act(client, wid, Action.APPROVE, SRE1, Step.CLEARANCE)
+    await to_trigger(client, wid, SRE1)
     await act(client, wid, Action.TRIGGER, OWNER, Step.TRIGGER)
     return await wait_for_step(client, wid, Step.DIFF_VALIDATION, OWNER, timeout=30)
-
-
-async def refused(client: Client, wid: str, action: Action, msg: ActionInput) -> str:
-    with pytest.raises(Refused) as err:
-        await send_action(client, wid, action, msg)
-    return str(err.value)
 
 
 async def test_oow_com_deploy_end_to_end(
@@ -263,9 +247,7 @@ async def test_exactly_one_build_when_jenkins_answers_500_after_queueing(
 ):
     d = deployment
     wid = await start(client, d)
-    await act(client, wid, Action.APPROVE, GATE1, Step.PCCR_REVIEW)
-    await act(client, wid, Action.ASSIGN, GATE1, Step.SRE_ASSIGNMENT, sre=SRE2)
-    await act(client, wid, Action.APPROVE, SRE2, Step.CLEARANCE)
+    await to_trigger(client, wid, SRE2)
     jenkins.fail_next(status=500, method="POST", path_contains=d.job, times=1, after_effect=True)
     await act(client, wid, Action.TRIGGER, OWNER, Step.TRIGGER)
     st = await wait_for_step(client, wid, Step.DIFF_VALIDATION, OWNER)
@@ -305,10 +287,7 @@ async def test_jenkins_refusing_for_good_fails_the_deploy_with_its_reason(
 ):
     d = deployment
     wid = await start(client, d)
-    await act(client, wid, Action.APPROVE, GATE1, Step.PCCR_REVIEW)
-    await act(client, wid, Action.ASSIGN, GATE1, Step.SRE_ASSIGNMENT, sre=SRE1)
-    await act(client, wid, Action.APPROVE, SRE1, Step.CLEARANCE)
-    await wait_for_step(client, wid, Step.TRIGGER, OWNER)
+    await to_trigger(client, wid, SRE1)
     jenkins.fail_next(status=403, method=None, path_contains=d.job, times=50, after_effect=False)
     await send_action(client, wid, Action.TRIGGER, ActionInput(actor=OWNER, step=Step.TRIGGER))
     result = await client.get_workflow_handle(wid, result_type=DeployResult).result()

@@ -24,26 +24,12 @@ from tests.conftest import (
 from tests.fakes.github import FakeGitHub
 from tests.fakes.jenkins import FakeJenkins
 from tests.fakes.slack import FakeSlack
+from tests.support import act, refused, status
 from tests.test_cli import deployctl
 from worker import create_worker
 from workflows.models import Action, ActionInput, DeployResult, DeployStatus, Outcome, Process, Step
 
 SREG1, SREG2 = "U0SREG1", "U0SREG2"  # members of the sre-gov Slack user group S0SREGOV
-
-
-async def status(client: Client, wid: str) -> DeployStatus:
-    return await client.get_workflow_handle(wid).query("status", result_type=DeployStatus)
-
-
-async def act(client: Client, wid: str, action: Action, actor: str, step: Step, **extra: str) -> None:
-    await wait_for_step(client, wid, step, actor, timeout=30)
-    await send_action(client, wid, action, ActionInput(actor=actor, step=step, **extra))
-
-
-async def refused(client: Client, wid: str, action: Action, msg: ActionInput) -> str:
-    with pytest.raises(Refused) as err:
-        await send_action(client, wid, action, msg)
-    return str(err.value)
 
 
 async def start_gov(client: Client, d: Deployment, version: str = "1.4.2") -> str:
@@ -113,7 +99,9 @@ async def test_gov_deploy_through_the_cli(
     assert github.file(CONFIGS_REPO, f"deployctl/{wid}", path) == VERSION_FILE.format(
         service=d.service
     ).replace("version: 1.4.1", "version: 1.4.2")
-    root = [m for m in slack.messages_to("C0TRIAGE") if wid in m["text"] and not m.get("thread_ts")]
+    root = await eventually(
+        lambda: [m for m in slack.messages_to("C0TRIAGE") if wid in m["text"] and not m.get("thread_ts")]
+    )
     assert [m["text"] for m in root] == [
         f"<!subteam^S0SREGOV> requesting review for OOW gov deploy job PR http://127.0.0.1:8233/namespaces/default/workflows/{wid}"
     ]
@@ -224,7 +212,9 @@ async def test_pccr_as_a_github_issue(
         issue = next(i for i in github.issues(PCCR_REPO) if wid in i["body"])
         assert st.pccr.url == issue["html_url"] and st.pccr.backend == "github"
         assert '```yaml\nDRY_RUN: "false"\nIMAGE_TAG: "1.4.2"\nREPLICAS: "3"\n```' in issue["body"]
-        root = [m for m in slack.messages_to("C0TRIAGE") if issue["html_url"] in m["text"]]
+        root = await eventually(
+            lambda: [m for m in slack.messages_to("C0TRIAGE") if issue["html_url"] in m["text"]]
+        )
         assert len(root) == 1 and "requesting review for OOW deploy job PR" in root[0]["text"]
         await act(client, wid, Action.APPROVE, GATE1, Step.PCCR_REVIEW, comment="fine")
         await wait_for_step(client, wid, Step.SRE_ASSIGNMENT, GATE1)

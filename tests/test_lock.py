@@ -6,27 +6,12 @@ from temporalio.client import Client
 
 from starter.cli import send_action, start_deploy
 from starter.devstack import wait_for_step
-from tests.conftest import GATE1, OWNER, PARAMS, SRE1, SRE2, Deployment, eventually
+from tests.conftest import OWNER, PARAMS, SRE1, SRE2, Deployment, eventually
 from tests.fakes.jenkins import FakeJenkins
+from tests.support import act, status, to_trigger
 from worker import create_worker
 from workflows.lock import LockState, lock_id
 from workflows.models import Action, ActionInput, DeployResult, DeployStatus, Outcome, Process, Step
-
-
-async def status(client: Client, wid: str) -> DeployStatus:
-    return await client.get_workflow_handle(wid).query("status", result_type=DeployStatus)
-
-
-async def act(client: Client, wid: str, action: Action, actor: str, step: Step, **extra: str) -> None:
-    await wait_for_step(client, wid, step, actor, timeout=30)
-    await send_action(client, wid, action, ActionInput(actor=actor, step=step, **extra))
-
-
-async def to_trigger(client: Client, wid: str, sre: str) -> None:
-    await act(client, wid, Action.APPROVE, GATE1, Step.PCCR_REVIEW)
-    await act(client, wid, Action.ASSIGN, GATE1, Step.SRE_ASSIGNMENT, sre=sre)
-    await act(client, wid, Action.APPROVE, sre, Step.CLEARANCE)
-    await wait_for_step(client, wid, Step.TRIGGER, OWNER)
 
 
 async def test_second_deploy_waits_for_the_first_across_a_worker_restart(

@@ -12,13 +12,14 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from starter.cli import Refused, render_releases, send_action, start_deploy
+from starter.cli import Refused, render_releases, start_deploy
 from starter.devstack import wait_for_step
 from tests.conftest import BIN, GATE1, OWNER, PARAMS, SRE1, eventually, make_deployment
 from tests.fakes.jenkins import FakeJenkins
 from tests.fakes.slack import FakeSlack
+from tests.support import act, status
 from worker import create_worker
-from workflows.models import Action, ActionInput, DeployResult, DeployStatus, Outcome, Process, Step
+from workflows.models import Action, DeployResult, DeployStatus, Outcome, Process, Step
 
 
 @pytest_asyncio.fixture  # each test its own clock: they jump weeks ahead
@@ -39,15 +40,6 @@ def calendar(now: datetime) -> tuple[str, datetime, datetime]:
 
     text = f"\n[release]\nlead_time_days = 14\nwindows = [{w('R-soon', soon)}, {w('R-planned', planned)}, {w('R-later', later)}]\n"
     return text, planned, later
-
-
-async def status(client: Client, wid: str) -> DeployStatus:
-    return await client.get_workflow_handle(wid).query("status", result_type=DeployStatus)
-
-
-async def act(client: Client, wid: str, action: Action, actor: str, step: Step, **extra: str) -> None:
-    await wait_for_step(client, wid, step, actor, timeout=30)
-    await send_action(client, wid, action, ActionInput(actor=actor, step=step, **extra))
 
 
 async def _planned_deploy(
@@ -96,20 +88,16 @@ async def test_release_deploy_waits_for_its_window_then_runs_the_oow_tail(
         await act(client, wid, Action.ASSIGN, OWNER, Step.SRE_ASSIGNMENT, sre=SRE1)
         await act(client, wid, Action.APPROVE, GATE1, Step.RELEASE_ACCEPTANCE)
         await eventually(lambda: _at(client, wid, Step.RELEASE_WINDOW_WAIT))
-        assert [
-            m
-            for m in slack.messages
-            if m["text"].endswith(f"workflows/{wid}") and "acceptance for release R-planned" in m["text"]
-        ]
-        await skipping.sleep(planned - timedelta(hours=23) - datetime.now(UTC))  # a day before the window
         await eventually(
             lambda: [
                 m
-                for m in slack.messages_to(SRE1)
-                if "opens tomorrow" in m["text"]
-                and wid in m["text"]
-                or "R-planned opens tomorrow" in m["text"]
+                for m in slack.messages
+                if m["text"].endswith(f"workflows/{wid}") and "acceptance for release R-planned" in m["text"]
             ]
+        )
+        await skipping.sleep(planned - timedelta(hours=23) - datetime.now(UTC))  # a day before the window
+        await eventually(
+            lambda: [m for m in slack.messages_to(SRE1) if "R-planned opens tomorrow" in m["text"]]
         )
         assert (await status(client, wid)).step is Step.RELEASE_WINDOW_WAIT
         await skipping.sleep(timedelta(hours=24))

@@ -1,0 +1,39 @@
+"""What the end-to-end tests do over and over: read a deploy's status, act as a person, expect a refusal."""
+
+from __future__ import annotations
+
+import pytest
+from temporalio.client import Client
+
+from starter.cli import Refused, send_action
+from starter.devstack import wait_for_step
+from workflows.models import Action, ActionInput, DeployStatus, Step
+
+GATE1, OWNER = "U0GATE1", "U0OWNER1"
+
+
+async def status(client: Client, wid: str) -> DeployStatus:
+    return await client.get_workflow_handle(wid).query("status", result_type=DeployStatus)
+
+
+async def act(client: Client, wid: str, action: Action, actor: str, step: Step, **extra: str) -> None:
+    """Wait until the deploy waits on `actor` at `step`, then act there (channel "test")."""
+    await wait_for_step(client, wid, step, actor, timeout=30)
+    await send_action(client, wid, action, ActionInput(actor=actor, step=step, channel="test", **extra))
+
+
+async def refused(client: Client, wid: str, action: Action, msg: ActionInput) -> str:
+    """Send an action that must be refused; return the one-line reason."""
+    with pytest.raises(Refused) as err:
+        await send_action(client, wid, action, msg)
+    reason = str(err.value)
+    assert "\n" not in reason
+    return reason
+
+
+async def to_trigger(client: Client, wid: str, sre: str) -> DeployStatus:
+    """A com deploy through review, assignment of `sre` and clearance, up to its trigger."""
+    await act(client, wid, Action.APPROVE, GATE1, Step.PCCR_REVIEW)
+    await act(client, wid, Action.ASSIGN, GATE1, Step.SRE_ASSIGNMENT, sre=sre)
+    await act(client, wid, Action.APPROVE, sre, Step.CLEARANCE)
+    return await wait_for_step(client, wid, Step.TRIGGER, OWNER)
