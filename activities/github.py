@@ -188,16 +188,19 @@ def _is_rate_limited(status: int, headers: dict[str, Any], message: str) -> bool
 
 
 def connection_retry() -> Retry:
-    """urllib3 retries for connections that could not be opened only: a request that reached GitHub is
-    never repeated here (Temporal retries it, after classification), and no status is retried."""
+    """urllib3 retries: connections that could not be opened, and reads (GET) that met a 5xx, a few times
+    with a short backoff, so a flaky GitHub does not send every read back through Temporal's growing
+    backoff. A write that reached GitHub is never repeated here (Temporal retries it, after its checks)."""
     return Retry(
-        total=2,
+        total=3,
         connect=2,
         read=0,
         redirect=0,
-        status=0,
+        status=3,
         other=0,
-        backoff_factor=0.1,
+        allowed_methods=frozenset({"GET", "HEAD"}),
+        status_forcelist=(500, 502, 503, 504),
+        backoff_factor=0.2,
         raise_on_status=False,
         respect_retry_after_header=False,
     )

@@ -43,6 +43,7 @@ def unreliable() -> Iterator[tuple[FakeJenkins, FakeSlack, FakeGitHub]]:
         yield jenkins, slack, github
 
 
+@pytest.mark.timeout(420)
 async def test_deploys_reach_their_outcome_through_flaky_services(
     client: Client, tmp_path: Path, unreliable: tuple[FakeJenkins, FakeSlack, FakeGitHub], secrets: dict
 ):
@@ -60,7 +61,7 @@ async def test_deploys_reach_their_outcome_through_flaky_services(
         )
 
         async def act(wid: str, action: Action, actor: str, step: Step, **extra: str) -> None:
-            await wait_for_step(client, wid, step, actor, timeout=120)
+            await wait_for_step(client, wid, step, actor, timeout=240)
             await send_action(client, wid, action, ActionInput(actor=actor, step=step, **extra))
 
         async def com_deploy() -> None:
@@ -68,7 +69,7 @@ async def test_deploys_reach_their_outcome_through_flaky_services(
             await act(com, Action.ASSIGN, GATE1, Step.SRE_ASSIGNMENT, sre=SRE1)
             await act(com, Action.APPROVE, SRE1, Step.CLEARANCE)
             await act(com, Action.TRIGGER, OWNER, Step.TRIGGER)
-            st = await wait_for_step(client, com, Step.DIFF_VALIDATION, OWNER, timeout=120)
+            st = await wait_for_step(client, com, Step.DIFF_VALIDATION, OWNER, timeout=240)
             await act(
                 com, Action.VALIDATE_DIFF, OWNER, Step.DIFF_VALIDATION, diff_sha256=st.build.diff_sha256
             )
@@ -78,7 +79,7 @@ async def test_deploys_reach_their_outcome_through_flaky_services(
             await act(gov, Action.APPROVE, GATE1, Step.PCCR_REVIEW)
             await act(gov, Action.ASSIGN, GATE1, Step.SRE_ASSIGNMENT, sre="U0SREG1")
             await act(gov, Action.MERGE, "U0SREG1", Step.VERSION_PR_MERGE)
-            await wait_for_step(client, gov, Step.TRIGGER, "U0SREG1", timeout=120)
+            await wait_for_step(client, gov, Step.TRIGGER, "U0SREG1", timeout=240)
             await send_action(client, gov, Action.CANCEL, ActionInput(actor=OWNER, step=Step.TRIGGER))
 
         await asyncio.gather(com_deploy(), gov_deploy())

@@ -472,12 +472,29 @@ def test_missing_repo_is_not_found(acts: GithubActivities) -> None:
     app_error(acts.pr_state, PrRefInput(repo=CONFIGS, number=99), "GithubNotFound", non_retryable=True)
 
 
-def test_server_error_is_retryable_and_not_retried_by_the_client(
+def test_server_errors_on_reads_are_retried_briefly_then_retryable(
     fake: FakeGitHub, acts: GithubActivities
 ) -> None:
-    fake.fail_next(500, "GET", f"/repos/{CONFIGS}", after_effect=False)
+    # One 500 on a read is absorbed by the client's short retry…
+    fake.fail_next(500, "GET", f"/repos/{CONFIGS}", times=1, after_effect=False)
+    with pytest.raises(ApplicationError) as err:  # (PR #1 does not exist: the retry reached GitHub)
+        run(acts.pr_state, PrRefInput(repo=CONFIGS, number=1))
+    assert err.value.type == "GithubNotFound"
+    assert [r[1] for r in fake.requests].count(f"/api/v3/repos/{CONFIGS}") == 2
+    # …a read that keeps failing becomes a retryable failure for Temporal.
+    fake.requests.clear()
+    fake.fail_next(500, "GET", f"/repos/{CONFIGS}", times=10, after_effect=False)
     app_error(acts.pr_state, PrRefInput(repo=CONFIGS, number=1), "GithubUnavailable", non_retryable=False)
-    assert len(fake.requests) == 1  # PyGithub did not retry it behind our back
+    assert [r[1] for r in fake.requests].count(f"/api/v3/repos/{CONFIGS}") == 4  # a try and three retries
+
+
+def test_server_error_on_a_write_is_not_retried_by_the_client(
+    fake: FakeGitHub, acts: GithubActivities
+) -> None:
+    fake.fail_next(500, "POST", f"/repos/{PCCR}/issues", after_effect=False)
+    inp = OpenIssueInput(repo=PCCR, title="t", body="b", labels=[], marker="wf-500")
+    app_error(acts.open_pccr_issue, inp, "GithubUnavailable", non_retryable=False)
+    assert len([r for r in fake.requests if r[0] == "POST"]) == 1  # Temporal retries writes, after its checks
 
 
 def test_rate_limit_is_retryable_with_a_delay(fake: FakeGitHub, acts: GithubActivities) -> None:

@@ -1,0 +1,86 @@
+"""Scripted people: they start a deploy the way the CLI does and act at each step as soon as the deploy
+waits on them (polling the `status` query, as `deployctl status` would), through the same Update path as
+the CLI (`send_action`). The baseline's people do the same against the bare baseline workflow."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from temporalio.client import Client
+
+from bench.stack import ENVIRONMENT, OWNER, PARAMS, BenchStack, job_name, service_name
+from starter.cli import send_action, start_deploy
+from starter.devstack import COM_SCRIPT, DIFF
+from workflows.models import ActionInput, DeployResult, DeployStatus, Outcome, Process, Step
+
+
+@dataclass
+class Counters:
+    queries: int = 0
+    updates: int = 0
+
+
+@dataclass
+class DeployRun:
+    wid: str
+    job: str
+    started: float
+    ended: float = 0.0
+    outcome: str | None = None
+    build: int | None = None
+    approve_sent: float = 0.0  # deploy_approval: the SRE's Update sent
+    approve_accepted: float = 0.0  # … and its answer (accepted) back
+    steps: dict[str, float] = field(default_factory=dict)  # step -> seconds from start until the person acted
+
+
+async def wait_status(
+    client: Client, wid: str, step: Step, actor: str, interval: float, counters: Counters, timeout: float = 300
+) -> DeployStatus:
+    """Poll `status` until the deploy waits on `actor` at `step`."""
+    handle = client.get_workflow_handle(wid)
+    deadline = time.monotonic() + timeout
+    while True:
+        st = await handle.query("status", result_type=DeployStatus)
+        counters.queries += 1
+        if st.outcome is not None:
+            raise RuntimeError(f"{wid} ended {st.outcome.value} at {st.step.value}: {st.outcome_reason}")
+        if st.step is step and actor in st.waiting_on:
+            return st
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{wid} did not reach {step.value} for {actor} (at {st.step.value})")
+        await asyncio.sleep(interval)
+
+
+async def start_product(stack: BenchStack, i: int) -> str:
+    wid, _ = await start_deploy(
+        stack.client, stack.config, Process.OOW, service_name(i), ENVIRONMENT, dict(PARAMS), None, OWNER
+    )
+    return wid
+
+
+async def product_deploy(
+    stack: BenchStack, i: int, interval: float, counters: Counters, script=COM_SCRIPT
+) -> DeployRun:  # type: ignore[no-untyped-def]
+    """One whole OOW com deploy of service i: start, the COM_SCRIPT steps, the result."""
+    client = stack.client
+    t0 = time.monotonic()
+    wid = await start_product(stack, i)
+    run = DeployRun(wid=wid, job=job_name(i), started=t0)
+    for action, actor, step, extra in script:
+        st = await wait_status(client, wid, step, actor, interval, counters)
+        fields = {k: (st.build.diff_sha256 or "" if v == DIFF else v) for k, v in extra.items()}
+        run.steps[step.value] = time.monotonic() - t0
+        sent = time.monotonic()
+        await send_action(client, wid, action, ActionInput(actor=actor, step=step, channel="bench", **fields))
+        counters.updates += 1
+        if step is Step.DEPLOY_APPROVAL:
+            run.approve_sent, run.approve_accepted = sent, time.monotonic()
+            run.build = st.build.number
+    result = await client.get_workflow_handle(wid, result_type=DeployResult).result()
+    run.ended = time.monotonic()
+    run.outcome = result.outcome.value
+    if result.outcome is not Outcome.SUCCEEDED:
+        raise RuntimeError(f"{wid} ended {run.outcome}: {result.reason}")
+    return run
