@@ -33,10 +33,17 @@ class DeployRun:
     approve_sent: float = 0.0  # deploy_approval: the SRE's Update sent
     approve_accepted: float = 0.0  # … and its answer (accepted) back
     steps: dict[str, float] = field(default_factory=dict)  # step -> seconds from start until the person acted
+    calls: dict[str, int] = field(default_factory=dict)  # baseline: what it did (jenkins, slack, activities)
 
 
 async def wait_status(
-    client: Client, wid: str, step: Step, actor: str, interval: float, counters: Counters, timeout: float = 300
+    client: Client,
+    wid: str,
+    step: Step,
+    actor: str,
+    interval: float,
+    counters: Counters,
+    timeout: float = 300,
 ) -> DeployStatus:
     """Poll `status` until the deploy waits on `actor` at `step`."""
     handle = client.get_workflow_handle(wid)
@@ -83,4 +90,37 @@ async def product_deploy(
     run.outcome = result.outcome.value
     if result.outcome is not Outcome.SUCCEEDED:
         raise RuntimeError(f"{wid} ended {run.outcome}: {result.reason}")
+    return run
+
+
+async def baseline_deploy(
+    stack: BenchStack, i: int, plan_args: dict, interval: float, counters: Counters
+) -> DeployRun:  # type: ignore[type-arg]
+    """The same people against the bare baseline workflow: one Update per COM_SCRIPT step, each sent
+    as soon as the `step` query says the workflow waits for it."""
+    import uuid
+
+    from bench.baseline import Act, Plan
+
+    client = stack.client
+    t0 = time.monotonic()
+    wid = f"baseline-{service_name(i)}-{uuid.uuid4().hex[:8]}"
+    handle = await client.start_workflow(
+        "BenchBaseline", Plan(job=job_name(i), **plan_args), id=wid, task_queue=stack.task_queue
+    )
+    run = DeployRun(wid=wid, job=job_name(i), started=t0)
+    for k, (_action, actor, step, _extra) in enumerate(COM_SCRIPT):
+        while True:
+            st = await handle.query("step")
+            counters.queries += 1
+            if st["step"] == k and st["open"]:
+                break
+            await asyncio.sleep(interval)
+        run.steps[step.value] = time.monotonic() - t0
+        await handle.execute_update("act", Act(step=k, actor=actor))
+        counters.updates += 1
+    done = await handle.result()
+    run.ended = time.monotonic()
+    run.outcome = "succeeded"
+    run.calls = dict(done)
     return run

@@ -188,7 +188,9 @@ class BenchStack:
     def start_worker(self, kind: str) -> Worker:
         """`product`: `python worker.py`; `baseline`: the bench's bare workflow and activities."""
         log = self.workdir / f"worker-{kind}-{len(self.workers)}.log"
-        argv = [sys.executable, "worker.py"] if kind == "product" else [sys.executable, "-m", "bench.baseline"]
+        argv = (
+            [sys.executable, "worker.py"] if kind == "product" else [sys.executable, "-m", "bench.baseline"]
+        )
         out = open(log, "wb")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(argv, cwd=ROOT, env=self.worker_env(), stdout=out, stderr=subprocess.STDOUT)
         out.close()
@@ -220,7 +222,9 @@ async def bench_stack(services: int, task_queue: str = "deployctl-bench") -> Asy
     jenkins = TimedJenkins(users={"deploy-bot": JENKINS_TOKEN})
     slack = CountingSlack(token=SLACK_TOKEN)
     for i in range(services):
-        jenkins.add_job(job_name(i), parameters=JOB_PARAMETERS, diff_lines=DIFF_LINES, queue_seconds=QUEUE_SECONDS)
+        jenkins.add_job(
+            job_name(i), parameters=JOB_PARAMETERS, diff_lines=DIFF_LINES, queue_seconds=QUEUE_SECONDS
+        )
     jenkins.start()
     slack.start()
     blocks = "\n".join(

@@ -120,10 +120,20 @@ async def test_oow_com_deploy_end_to_end(
     # Slack: the runbook's triage message, a thread, DMs to whoever acts next with the build link for the SRE.
     root = [m for m in slack.messages_to("C0TRIAGE") if not m.get("thread_ts") and wid in m["text"]]
     assert len(root) == 1
-    assert root[0]["text"] == (
+    posted = root[0]["history"][0] if root[0]["history"] else root[0]  # as first posted
+    triage = (
         f"<@{GATE1}> <@{GATE2}> <@{OWNER}> requesting review for OOW deploy job PR "
         f"http://127.0.0.1:8233/namespaces/default/workflows/{wid}"
     )
+    assert posted["text"] == triage
+    # The root message follows the deploy: the review's buttons while it waits there, the outcome at the end.
+    at_review = next(v for v in root[0]["history"] if "Now at `pccr_review`" in v["text"])
+    assert [e["action_id"] for b in at_review["blocks"] if b["type"] == "actions" for e in b["elements"]] == [
+        "deployctl:approve",
+        "deployctl:reject",
+    ]
+    assert root[0]["text"] == f"{triage}\nEnded *succeeded*: build #{final.build.number} ended SUCCESS"
+    assert not [b for b in root[0]["blocks"] if b["type"] == "actions"]
     replies = slack.thread(root[0]["ts"])
     assert any("ended *succeeded*" in m["text"] for m in replies)
     # The DM that asked the SRE to approve carried the build link and two buttons; after the approval its

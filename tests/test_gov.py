@@ -102,7 +102,7 @@ async def test_gov_deploy_through_the_cli(
     root = await eventually(
         lambda: [m for m in slack.messages_to("C0TRIAGE") if wid in m["text"] and not m.get("thread_ts")]
     )
-    assert [m["text"] for m in root] == [
+    assert [(m["history"][0] if m["history"] else m)["text"] for m in root] == [
         f"<!subteam^S0SREGOV> requesting review for OOW gov deploy job PR http://127.0.0.1:8233/namespaces/default/workflows/{wid}"
     ]
     await act(client, wid, Action.APPROVE, GATE1, Step.PCCR_REVIEW)

@@ -139,6 +139,7 @@ class DeployWorkflow:
         self._version_pr: VersionPr | None = None
         self._merge_verdict: str | None = None  # "" merged; else GitHub's reason for refusing
         self._pccr_ops = 0
+        self._triage_text = ""
         self._dms: list[
             tuple[Step, str, str, str]
         ] = []  # (step, channel, ts, first line) of DMs with buttons
@@ -226,6 +227,7 @@ class DeployWorkflow:
             text = messages.acceptance_text(mention, window.name, self._pccr_link())
         else:
             text = messages.triage_text(self._in.cloud, mention, self._pccr_link())
+        self._triage_text = text
         self._say("root", text)
 
     async def _open_version_pr(self) -> None:
@@ -399,6 +401,7 @@ class DeployWorkflow:
             )
             text = messages.ask_text(self._name, self._wid(), defn, user, self._link(), detail)
             self._outbox.append(_Notice(kind="dm", text=text, step=defn.step, to=user, blocks=blocks))
+        self._update_root(defn)
 
     def _detail(self, defn: StepDef) -> str:
         b = self._build
@@ -722,6 +725,7 @@ class DeployWorkflow:
         self._publish()
         self._say("thread", f"{self._name} ended *{self._outcome.value}*: {self._reason}")
         self._close_dms(f"This deploy ended *{self._outcome.value}*: {self._reason}")
+        self._update_root(None)
         self._pccr_comment(f"Deploy ended **{self._outcome.value}**: {self._reason}")
         if self._pccr is not None and self._pccr.backend == "github":
             self._outbox.append(_Notice(kind="pccr_close", text="", step=self._step))
@@ -997,6 +1001,34 @@ class DeployWorkflow:
             lines.append(f"last action: {last.action} by {last.actor} at {last.step.value}")
         workflow.set_current_details("\n\n".join(lines))
 
+    def _update_root(self, defn: StepDef | None) -> None:
+        """The triage thread's root message shows where the deploy stands, with the step's buttons
+        (anyone may click; the workflow decides who may act, as everywhere)."""
+        if not self._triage_text:
+            return
+        waiting = self._waiting_on()
+        if self._outcome is not None:
+            state = f"Ended *{self._outcome.value}*: {self._reason}"
+        else:
+            state = f"Now at `{self._step.value}`, waiting on " + (
+                " ".join(f"<@{u}>" for u in waiting) or "nobody"
+            )
+        text = f"{self._triage_text}\n{state}"
+        if defn is not None and defn.actions and waiting and self._outcome is None:
+            blocks = slack_blocks.action_blocks(
+                text,
+                self._wid(),
+                defn.step,
+                defn.actions,
+                users=self._groups.get(sre_group(self._in.cloud), ())
+                if defn.step is Step.SRE_ASSIGNMENT
+                else (),
+                diff_sha256=self._build.diff_sha256 if defn.step is Step.DIFF_VALIDATION else None,
+            )
+        else:
+            blocks = slack_blocks.done_blocks(state, self._triage_text)
+        self._outbox.append(_Notice(kind="root_update", text=text, step=self._step, blocks=blocks))
+
     def _close_dms(self, text: str) -> None:
         """The buttons of DMs sent so far go (their step has passed); `text` says who did what, if anyone."""
         self._outbox.append(_Notice(kind="done", text=text, step=self._step))
@@ -1016,6 +1048,9 @@ class DeployWorkflow:
                 continue
             if notice.kind == "done":
                 await self._update_dms(notice.text)
+                continue
+            if notice.kind == "root_update":
+                await self._update_root_message(notice)
                 continue
             channel = notice.to if notice.kind == "dm" else self._in.settings.triage_channel
             thread = self._thread_ts if notice.kind == "thread" else None
@@ -1045,6 +1080,24 @@ class DeployWorkflow:
                         reason=f"Slack {notice.kind} to {channel} not sent: {_cause(err)}",
                     )
                 )
+
+    async def _update_root_message(self, notice: _Notice) -> None:
+        if self._thread_ts is None:
+            return  # the root was never posted (Slack was down): nothing to update
+        try:
+            await workflow.execute_activity_method(
+                SlackActivities.update_message,
+                SlackUpdateInput(
+                    channel=self._in.settings.triage_channel,
+                    ts=self._thread_ts,
+                    text=notice.text,
+                    blocks=notice.blocks,
+                ),
+                summary="slack update the triage message",
+                **SLACK_CALL,
+            )
+        except ActivityError as err:
+            self._note(f"triage message not updated: {_cause(err)}")
 
     async def _update_dms(self, text: str) -> None:
         """Replace the buttons of every open DM by what happened (Slack trouble is noted, never fatal)."""

