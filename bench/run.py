@@ -55,14 +55,17 @@ def ms(x: float) -> str:
 
 
 class CpuMeter:
-    """CPU seconds used by the worker, the Temporal server and this process (driver + fakes)."""
+    """CPU seconds used by the workers, the Temporal server and this process (driver + fakes)."""
 
-    def __init__(self, stack: BenchStack, worker: Worker) -> None:
-        self.pids = {"worker": worker.pid, "server": server_pid(stack), "bench": os.getpid()}
+    def __init__(self, stack: BenchStack, worker: Worker | None = None) -> None:
+        self.workers = [w.pid for w in stack.workers]
+        self.pids = {"server": server_pid(stack), "bench": os.getpid()}
         self.start = self.read()
 
     def read(self) -> dict[str, float]:
-        return {k: proc_cpu_seconds(p) for k, p in self.pids.items() if p}
+        out = {"workers": sum(proc_cpu_seconds(p) for p in self.workers)}
+        out.update({k: proc_cpu_seconds(p) for k, p in self.pids.items() if p})
+        return out
 
     def used(self) -> dict[str, float]:
         now = self.read()
@@ -120,11 +123,16 @@ async def run_phase(
     }
 
 
-async def throughput(n: int, concurrency: int) -> dict[str, Any]:
-    log(f"\n== throughput: {n} OOW com deploys, {concurrency} at once, people poll status every {POLL}s")
+async def throughput(n: int, concurrency: int, workers: int) -> dict[str, Any]:
+    log(
+        f"\n== throughput: {n} OOW com deploys, {concurrency} at once, people poll status every {POLL}s, "
+        f"{workers} worker process(es)"
+    )
     services = n + WARM
     async with bench_stack(services) as stack:
         worker = stack.start_worker("product")
+        for _ in range(workers - 1):
+            stack.start_worker("product")
         c = Counters()
         await bounded(WARM, WARM, lambda i: product_deploy(stack, n + i, POLL, c))
         c = Counters()
@@ -145,6 +153,8 @@ async def throughput(n: int, concurrency: int) -> dict[str, Any]:
     }
     async with bench_stack(services) as stack:
         worker = stack.start_worker("baseline")
+        for _ in range(workers - 1):
+            stack.start_worker("baseline")
         c = Counters()
         await bounded(WARM, WARM, lambda i: baseline_deploy(stack, n + i, plan, POLL, c))
         c = Counters()
@@ -394,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--parked", type=int, default=None, help="capacity: deploys parked (default 1000, quick 200)"
     )
+    p.add_argument("--workers", type=int, default=2, help="throughput, latency: worker processes (default 2, as docker-compose.yml runs)")
     p.add_argument("--json", default=None, help="also write the figures to this file")
     args = p.parse_args(argv)
     n = args.n or (40 if args.quick else 200)
@@ -406,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         out: dict[str, Any] = {"machine": machine()}
         t0 = time.monotonic()
         if args.only in (None, "throughput"):
-            out["throughput"] = await throughput(n, conc)
+            out["throughput"] = await throughput(n, conc, args.workers)
         if args.only in (None, "latency"):
             out["latency"] = await latency(
                 10 if args.quick else 30, 30 if args.quick else 100, 30 if args.quick else 100

@@ -92,7 +92,7 @@ async def test_release_deploy_waits_for_its_window_then_runs_the_oow_tail(
             lambda: [
                 m
                 for m in slack.messages
-                if m["text"].endswith(f"workflows/{wid}") and "acceptance for release R-planned" in m["text"]
+                if f"workflows/{wid}" in m["text"] and "acceptance for release R-planned" in m["text"]
             ]
         )
         await skipping.sleep(planned - timedelta(hours=23) - datetime.now(UTC))  # a day before the window
