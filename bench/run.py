@@ -404,7 +404,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--parked", type=int, default=None, help="capacity: deploys parked (default 1000, quick 200)"
     )
-    p.add_argument("--workers", type=int, default=2, help="throughput, latency: worker processes (default 2, as docker-compose.yml runs)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="throughput, latency: worker processes (default 2, as docker-compose.yml runs)",
+    )
     p.add_argument("--json", default=None, help="also write the figures to this file")
     args = p.parse_args(argv)
     n = args.n or (40 if args.quick else 200)
