@@ -5,8 +5,10 @@ the CLI (`send_action`). The baseline's people do the same against the bare base
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from temporalio.client import Client
 
@@ -20,6 +22,7 @@ from workflows.models import ActionInput, DeployResult, DeployStatus, Outcome, P
 class Counters:
     queries: int = 0
     updates: int = 0
+    in_flight: int = 0  # deploys started and not yet finished, right now
 
 
 @dataclass
@@ -32,6 +35,8 @@ class DeployRun:
     build: int | None = None
     approve_sent: float = 0.0  # deploy_approval: the SRE's Update sent
     approve_accepted: float = 0.0  # … and its answer (accepted) back
+    in_flight_at_approve: int = 0  # deploys in flight when the SRE approved
+    post_index: int = 0  # jenkins.input_posts index when the SRE approved (where to look for the POST)
     steps: dict[str, float] = field(default_factory=dict)  # step -> seconds from start until the person acted
     calls: dict[str, int] = field(default_factory=dict)  # baseline: what it did (jenkins, slack, activities)
 
@@ -60,6 +65,27 @@ async def wait_status(
         await asyncio.sleep(interval)
 
 
+@contextlib.contextmanager
+def job_parameters_read_once():  # type: ignore[no-untyped-def]
+    """Within: `start_deploy` reads each job's parameters through the real InspectJob workflow once,
+    then reuses them (capacity: a thousand starts need not run a thousand InspectJob workflows)."""
+    from starter import cli
+
+    real = cli._inspect_job
+    seen: dict[str, Any] = {}
+
+    async def once(client: Client, config: Any, job: str) -> Any:
+        if job not in seen:
+            seen[job] = await real(client, config, job)
+        return seen[job]
+
+    cli._inspect_job = once
+    try:
+        yield
+    finally:
+        cli._inspect_job = real
+
+
 async def start_product(stack: BenchStack, i: int) -> str:
     wid, _ = await start_deploy(
         stack.client, stack.config, Process.OOW, service_name(i), ENVIRONMENT, dict(PARAMS), None, OWNER
@@ -71,14 +97,25 @@ async def product_deploy(
     stack: BenchStack, i: int, interval: float, counters: Counters, script=COM_SCRIPT
 ) -> DeployRun:  # type: ignore[no-untyped-def]
     """One whole OOW com deploy of service i: start, the COM_SCRIPT steps, the result."""
-    client = stack.client
     t0 = time.monotonic()
+    counters.in_flight += 1
+    try:
+        return await _product_deploy(stack, i, interval, counters, script, t0)
+    finally:
+        counters.in_flight -= 1
+
+
+async def _product_deploy(stack, i, interval, counters, script, t0) -> DeployRun:  # type: ignore[no-untyped-def]
+    client = stack.client
     wid = await start_product(stack, i)
     run = DeployRun(wid=wid, job=job_name(i), started=t0)
     for action, actor, step, extra in script:
         st = await wait_status(client, wid, step, actor, interval, counters)
         fields = {k: (st.build.diff_sha256 or "" if v == DIFF else v) for k, v in extra.items()}
         run.steps[step.value] = time.monotonic() - t0
+        if step is Step.DEPLOY_APPROVAL:
+            run.post_index = len(stack.jenkins.input_posts)
+            run.in_flight_at_approve = counters.in_flight
         sent = time.monotonic()
         await send_action(client, wid, action, ActionInput(actor=actor, step=step, channel="bench", **fields))
         counters.updates += 1

@@ -30,12 +30,20 @@ from typing import Any
 
 from temporalio.api.enums.v1 import EventType
 
-from bench.people import Counters, DeployRun, baseline_deploy, product_deploy, start_product, wait_status
+from bench.people import (
+    Counters,
+    DeployRun,
+    baseline_deploy,
+    job_parameters_read_once,
+    product_deploy,
+    start_product,
+    wait_status,
+)
 from bench.stack import GATE, BenchStack, Worker, bench_stack, proc_cpu_seconds, server_pid, wait_until
 from starter.cli import send_action
 from workflows.models import Action, ActionInput, Step
 
-POLL = 0.25  # how often a scripted person looks at `status` while waiting for their step
+POLL = 0.5  # how often a scripted person looks at `status` while waiting for their step
 WARM = 3  # warm-up deploys before any timing (worker start, first connections, imports)
 
 
@@ -65,11 +73,23 @@ class CpuMeter:
     def read(self) -> dict[str, float]:
         out = {"workers": sum(proc_cpu_seconds(p) for p in self.workers)}
         out.update({k: proc_cpu_seconds(p) for k, p in self.pids.items() if p})
+        out["box"] = box_busy_seconds()
         return out
 
     def used(self) -> dict[str, float]:
+        """CPU seconds since the start, by process group; `others` is whatever else ran on the box."""
         now = self.read()
-        return {k: now[k] - self.start.get(k, 0.0) for k in now}
+        used = {k: now[k] - self.start.get(k, 0.0) for k in now}
+        box = used.pop("box")
+        used["others"] = max(0.0, box - sum(used.values()))
+        return used
+
+
+def box_busy_seconds() -> float:
+    """All CPUs' non-idle time (user, nice, system, irq, softirq, steal) from /proc/stat, in seconds."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = f[3] + f[4]
+    return (sum(f[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 async def bounded(n: int, concurrency: int, one: Callable[[int], Awaitable[DeployRun]]) -> list[DeployRun]:
@@ -102,10 +122,10 @@ async def activities_per_deploy(stack: BenchStack, runs: list[DeployRun], sample
 
 
 async def run_phase(
-    stack: BenchStack, worker: Worker, n: int, concurrency: int, one: Callable[[int], Awaitable[DeployRun]]
+    stack: BenchStack, n: int, concurrency: int, one: Callable[[int], Awaitable[DeployRun]]
 ) -> dict[str, Any]:
     j0, s0 = stack.jenkins.count, stack.slack.count
-    cpu = CpuMeter(stack, worker)
+    cpu = CpuMeter(stack)
     t0 = time.monotonic()
     runs = await bounded(n, concurrency, one)
     wall = time.monotonic() - t0
@@ -123,6 +143,23 @@ async def run_phase(
     }
 
 
+async def product_phase(stack: BenchStack, n: int, concurrency: int, workers: int) -> dict[str, Any]:
+    """N product deploys, `concurrency` at once, after a warm-up; with each approve's latency."""
+    for _ in range(workers):
+        stack.start_worker("product")
+    c = Counters()
+    await bounded(WARM, WARM, lambda i: product_deploy(stack, n + i, POLL, c))
+    c = Counters()
+    prod = await run_phase(stack, n, concurrency, lambda i: product_deploy(stack, i, POLL, c))
+    prod["queries"], prod["updates"] = c.queries / n, c.updates / n
+    prod["activities"] = await activities_per_deploy(stack, prod["runs"])
+    prod["latency"] = [
+        (*await approve_latency(stack, r, r.post_index), r.in_flight_at_approve) for r in prod["runs"]
+    ]
+    prod["rss_mb"] = [w.rss_kb() / 1024 for w in stack.workers]
+    return prod
+
+
 async def throughput(n: int, concurrency: int, workers: int) -> dict[str, Any]:
     log(
         f"\n== throughput: {n} OOW com deploys, {concurrency} at once, people poll status every {POLL}s, "
@@ -130,21 +167,12 @@ async def throughput(n: int, concurrency: int, workers: int) -> dict[str, Any]:
     )
     services = n + WARM
     async with bench_stack(services) as stack:
-        worker = stack.start_worker("product")
-        for _ in range(workers - 1):
-            stack.start_worker("product")
-        c = Counters()
-        await bounded(WARM, WARM, lambda i: product_deploy(stack, n + i, POLL, c))
-        c = Counters()
-        prod = await run_phase(stack, worker, n, concurrency, lambda i: product_deploy(stack, i, POLL, c))
-        prod["queries"], prod["updates"] = c.queries / n, c.updates / n
-        prod["activities"] = await activities_per_deploy(stack, prod["runs"])
-        prod["rss_mb"] = worker.rss_kb() / 1024
+        prod = await product_phase(stack, n, concurrency, workers)
     log(
         f"product : {prod['rate']:.2f} deploys/s ({n} in {prod['wall']:.1f} s); per deploy "
         f"{prod['activities']:.1f} activities, {prod['updates']:.0f} Updates, {prod['jenkins_calls']:.1f} Jenkins "
         f"+ {prod['slack_calls']:.1f} Slack HTTP calls, {prod['queries']:.1f} status queries; deploy time "
-        f"p50 {prod['deploy_p50']:.2f} s p99 {prod['deploy_p99']:.2f} s"
+        f"p50 {prod['deploy_p50']:.1f} s p99 {prod['deploy_p99']:.1f} s"
     )
     plan = {
         "activities": round(prod["activities"]),
@@ -152,23 +180,20 @@ async def throughput(n: int, concurrency: int, workers: int) -> dict[str, Any]:
         "slack_calls": round(prod["slack_calls"]),
     }
     async with bench_stack(services) as stack:
-        worker = stack.start_worker("baseline")
-        for _ in range(workers - 1):
+        for _ in range(workers):
             stack.start_worker("baseline")
         c = Counters()
         await bounded(WARM, WARM, lambda i: baseline_deploy(stack, n + i, plan, POLL, c))
         c = Counters()
-        base = await run_phase(
-            stack, worker, n, concurrency, lambda i: baseline_deploy(stack, i, plan, POLL, c)
-        )
+        base = await run_phase(stack, n, concurrency, lambda i: baseline_deploy(stack, i, plan, POLL, c))
         base["queries"], base["updates"] = c.queries / n, c.updates / n
         base["activities"] = statistics.mean(r.calls["activities"] for r in base["runs"])
-        base["rss_mb"] = worker.rss_kb() / 1024
+        base["rss_mb"] = [w.rss_kb() / 1024 for w in stack.workers]
     log(
         f"baseline: {base['rate']:.2f} deploys/s ({n} in {base['wall']:.1f} s); per deploy "
         f"{base['activities']:.1f} activities, {base['updates']:.0f} Updates, {base['jenkins_calls']:.1f} Jenkins "
         f"+ {base['slack_calls']:.1f} Slack HTTP calls, {base['queries']:.1f} step queries; deploy time "
-        f"p50 {base['deploy_p50']:.2f} s p99 {base['deploy_p99']:.2f} s"
+        f"p50 {base['deploy_p50']:.1f} s p99 {base['deploy_p99']:.1f} s"
     )
     ratio = prod["wall"] / base["wall"]
     log(f"ratio product/baseline (time for the same {n} deploys): {ratio:.2f}  (target <= 1.25)")
@@ -177,11 +202,18 @@ async def throughput(n: int, concurrency: int, workers: int) -> dict[str, Any]:
         log(
             f"  CPU per deploy, {name:<8}: "
             + ", ".join(f"{k} {v / n * 1000:.0f} ms" for k, v in cpu.items())
-            + f"  (box busy {sum(cpu.values()) / r['wall'] / (os.cpu_count() or 1) * 100:.0f}% of {os.cpu_count()} cores)"
+            + f"  (box {sum(cpu.values()) / r['wall'] / (os.cpu_count() or 1) * 100:.0f}% busy)"
         )
     for r in (prod, base):
         r.pop("runs")
-    return {"n": n, "concurrency": concurrency, "product": prod, "baseline": base, "ratio": ratio}
+    return {
+        "n": n,
+        "concurrency": concurrency,
+        "workers": workers,
+        "product": prod,
+        "baseline": base,
+        "ratio": ratio,
+    }
 
 
 # --------------------------------------------------------------------------------------------- latency
@@ -196,70 +228,46 @@ async def approve_latency(stack: BenchStack, run: DeployRun, since: int) -> tupl
     return t - run.approve_accepted, t - run.approve_sent
 
 
-async def latency(unloaded_samples: int, in_flight: int, loaded_samples: int) -> dict[str, Any]:
+async def latency(
+    unloaded_samples: int, in_flight: int, loaded_n: int, workers: int, loaded: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Unloaded: one deploy at a time. Loaded: the approves of a product throughput phase run with
+    `in_flight` deploys at once (reused from the throughput benchmark when it ran with that concurrency)."""
     log(
-        f"\n== latency: accepted deploy_approval Update -> Jenkins input POST; {unloaded_samples} unloaded, "
-        f"then {in_flight} deploys in flight"
+        f"\n== latency: accepted deploy_approval Update -> Jenkins input POST at the fake; {unloaded_samples} "
+        f"unloaded, then with {in_flight} deploys in flight; {workers} worker process(es)"
     )
-    async with bench_stack(max(in_flight, 1) + WARM) as stack:
-        worker = stack.start_worker("product")
+    async with bench_stack(WARM + 1) as stack:
+        for _ in range(workers):
+            stack.start_worker("product")
         c = Counters()
-        await bounded(WARM, 1, lambda i: product_deploy(stack, in_flight + i, POLL, c))
+        await bounded(WARM, 1, lambda i: product_deploy(stack, 1 + i, POLL, c))
         acc, sent = [], []
-        for k in range(unloaded_samples):
-            since = len(stack.jenkins.input_posts)
-            run = await product_deploy(stack, k % in_flight, POLL, c)
-            a, s = await approve_latency(stack, run, since)
+        for _ in range(unloaded_samples):
+            run = await product_deploy(stack, 0, POLL, c)
+            a, s = await approve_latency(stack, run, run.post_index)
             acc.append(a)
             sent.append(s)
-        unloaded = summarize(acc, sent)
-        log(f"unloaded ({len(acc)} samples): {fmt(unloaded)}")
-
-        # Loaded: `in_flight` lanes, each running deploys of its own service back to back. Samples are
-        # kept only while every lane is busy (after the ramp-up, before the first lane stops).
-        state = {"active": 0, "stop": False}
-        lacc: list[float] = []
-        lsent: list[float] = []
-        busy_at: list[int] = []
-
-        async def lane(i: int) -> None:
-            while not state["stop"]:
-                state["active"] += 1
-                try:
-                    since = len(stack.jenkins.input_posts)
-                    run = await product_deploy(stack, i, POLL, c)
-                finally:
-                    state["active"] -= 1
-                if state["stop"]:
-                    return
-                a, s = await approve_latency(stack, run, since)
-                busy = state["active"] + 1
-                if busy >= in_flight * 0.95:
-                    lacc.append(a)
-                    lsent.append(s)
-                    busy_at.append(busy)
-                if len(lacc) >= loaded_samples:
-                    state["stop"] = True
-
-        cpu = CpuMeter(stack, worker)
-        t0 = time.monotonic()
-        lanes = [asyncio.create_task(lane(i)) for i in range(in_flight)]
-        try:
-            await asyncio.wait_for(asyncio.gather(*lanes), timeout=420)
-        except TimeoutError:
-            state["stop"] = True
-            log("  (loaded phase cut at 420 s)")
-        wall = time.monotonic() - t0
-        used = cpu.used()
-        loaded = summarize(lacc, lsent)
-        loaded["in_flight_min"] = min(busy_at) if busy_at else 0
-        loaded["box_busy_pct"] = sum(used.values()) / wall / (os.cpu_count() or 1) * 100
-        log(
-            f"loaded, {in_flight} in flight ({len(lacc)} samples, >= {loaded['in_flight_min']} deploys in flight "
-            f"at each; box {loaded['box_busy_pct']:.0f}% busy): {fmt(loaded)}"
-        )
-        log("  target: p99 < 250 ms unloaded")
-        return {"unloaded": unloaded, "loaded": loaded, "in_flight": in_flight}
+    unloaded = summarize(acc, sent)
+    log(f"unloaded ({len(acc)} samples, one deploy at a time): {fmt(unloaded)}")
+    if loaded is None:
+        async with bench_stack(loaded_n + WARM) as stack:
+            loaded = await product_phase(stack, loaded_n, in_flight, workers)
+        source = f"its own run of {loaded_n} deploys, {in_flight} at once"
+    else:
+        source = "the throughput benchmark's product run"
+    samples = [(a, s) for a, s, busy in loaded["latency"] if busy >= in_flight * 0.95]
+    busy_min = min((busy for _, _, busy in loaded["latency"] if busy >= in_flight * 0.95), default=0)
+    under = summarize([a for a, _ in samples], [s for _, s in samples])
+    under["in_flight_min"] = busy_min
+    log(
+        f"loaded ({len(samples)} samples from {source}, taken while >= {busy_min} deploys were in flight): "
+        f"{fmt(under)}"
+    )
+    everything = summarize([a for a, _, _ in loaded["latency"]], [s for _, s, _ in loaded["latency"]])
+    log(f"  all {everything['samples']} approves of that run, ramp-down included: {fmt(everything)}")
+    log("  target: p99 < 250 ms unloaded")
+    return {"unloaded": unloaded, "loaded": under, "loaded_all": everything, "in_flight": in_flight}
 
 
 def summarize(acc: list[float], sent: list[float]) -> dict[str, Any]:
@@ -327,7 +335,7 @@ async def capacity(parked: int, few: int = 5, samples: int = 10) -> dict[str, An
         rss_few = worker.rss_kb() / 1024
         few_times = await approve_times(stack, first[:samples])
         log(
-            f"{few} parked: worker RSS {rss_few:.1f} MB; approve at pccr_review: p50 {ms(statistics.median(few_times))}, "
+            f"{few + samples} parked: worker RSS {rss_few:.1f} MB; approve at pccr_review: p50 {ms(statistics.median(few_times))}, "
             f"max {ms(max(few_times))} ({samples} samples)"
         )
         t0 = time.monotonic()
@@ -337,7 +345,8 @@ async def capacity(parked: int, few: int = 5, samples: int = 10) -> dict[str, An
             async with sem:
                 return await start_product(stack, 0)
 
-        many = list(await asyncio.gather(*(start_one() for _ in range(parked))))
+        with job_parameters_read_once():
+            many = list(await asyncio.gather(*(start_one() for _ in range(parked))))
         started = time.monotonic() - t0
         await wait_until(lambda: _at_least(stack, parked + few), 600, 1.0, f"{parked} deploys parked")
         await settle(worker)
@@ -400,7 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small N everywhere (about 2 minutes)")
     p.add_argument("--only", choices=["throughput", "latency", "capacity"], default=None)
     p.add_argument("--n", type=int, default=None, help="throughput: deploys (default 200, quick 40)")
-    p.add_argument("--concurrency", type=int, default=None, help="throughput: deploys at once (default 50)")
+    p.add_argument(
+        "--concurrency", type=int, default=None, help="throughput: deploys at once (default 100, quick 30)"
+    )
     p.add_argument(
         "--parked", type=int, default=None, help="capacity: deploys parked (default 1000, quick 200)"
     )
@@ -413,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="also write the figures to this file")
     args = p.parse_args(argv)
     n = args.n or (40 if args.quick else 200)
-    conc = args.concurrency or (20 if args.quick else 50)
+    in_flight = 30 if args.quick else 100  # latency: deploys in flight for the loaded figure
+    conc = args.concurrency or in_flight
     parked = args.parked or (200 if args.quick else 1000)
     log(f"deployctl bench on {machine()}")
     log(f"command: python -m bench.run {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())
@@ -421,12 +433,13 @@ def main(argv: list[str] | None = None) -> int:
     async def go() -> dict[str, Any]:
         out: dict[str, Any] = {"machine": machine()}
         t0 = time.monotonic()
+        reuse = None
         if args.only in (None, "throughput"):
             out["throughput"] = await throughput(n, conc, args.workers)
+            if conc == in_flight:
+                reuse = out["throughput"]["product"]
         if args.only in (None, "latency"):
-            out["latency"] = await latency(
-                10 if args.quick else 30, 30 if args.quick else 100, 30 if args.quick else 100
-            )
+            out["latency"] = await latency(10 if args.quick else 30, in_flight, n, args.workers, reuse)
         if args.only in (None, "capacity"):
             out["capacity"] = await capacity(parked)
         out["seconds"] = time.monotonic() - t0

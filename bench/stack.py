@@ -216,7 +216,12 @@ class BenchStack:
 
 
 @contextlib.asynccontextmanager
-async def bench_stack(services: int, task_queue: str = "deployctl-bench") -> AsyncIterator[BenchStack]:
+async def bench_stack(
+    services: int,
+    task_queue: str = "deployctl-bench",
+    server_args: list[str] | None = None,
+    db_file: bool = False,
+) -> AsyncIterator[BenchStack]:
     """The dev server and the fakes, with `services` services/jobs configured. Workers: start_worker."""
     workdir = Path(tempfile.mkdtemp(prefix="deployctl-bench-"))
     jenkins = TimedJenkins(users={"deploy-bot": JENKINS_TOKEN})
@@ -247,6 +252,8 @@ async def bench_stack(services: int, task_queue: str = "deployctl-bench") -> Asy
             search_attributes=sa.ALL,
             dev_server_existing_path=temporal_cli(),
             dev_server_log_level="error",
+            dev_server_database_filename=str(workdir / "temporal.db") if db_file else None,
+            dev_server_extra_args=list(server_args or []),
         )
         async with env:
             stack = BenchStack(
