@@ -30,6 +30,7 @@ from typing import Any
 
 from temporalio.api.enums.v1 import EventType
 
+from bench import profile as bench_profile
 from bench.people import (
     Counters,
     DeployRun,
@@ -105,20 +106,37 @@ async def bounded(n: int, concurrency: int, one: Callable[[int], Awaitable[Deplo
 # ------------------------------------------------------------------------------------------ throughput
 
 
-async def activities_per_deploy(stack: BenchStack, runs: list[DeployRun], sample: int = 5) -> float:
-    """Activities scheduled per deploy, from the histories of a sample of deploys, plus the InspectJob
-    workflow each `start` runs through the workers."""
-    counts = []
+async def history_per_deploy(stack: BenchStack, runs: list[DeployRun], sample: int = 5) -> dict[str, float]:
+    """Activities scheduled and history events per deploy, from a sample of deploys: the deploy's own
+    workflow, plus (product) the InspectJob workflow its `start` ran and its service's DeployLock."""
+    acts, events, workflows = [], [], []
+
+    async def count(wid: str, run_id: str | None = None) -> tuple[int, int]:
+        hist = await stack.client.get_workflow_handle(wid, run_id=run_id).fetch_history()
+        scheduled = EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        return sum(1 for e in hist.events if e.event_type == scheduled), len(hist.events)
+
+    extra_acts = extra_events = extra_wfs = 0
+    if runs and runs[0].wid.startswith("deploy-"):
+        async for wf in stack.client.list_workflows("WorkflowType = 'InspectJob'", limit=1):
+            a, e = await count(wf.id, wf.run_id)
+            extra_acts, extra_events, extra_wfs = a, e, 1
     for run in runs[:sample]:
-        hist = await stack.client.get_workflow_handle(run.wid).fetch_history()
-        counts.append(
-            sum(1 for e in hist.events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
-        )
-    inspect = 0
-    async for wf in stack.client.list_workflows("WorkflowType = 'InspectJob'", limit=1):
-        hist = await stack.client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()
-        inspect = sum(1 for e in hist.events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
-    return statistics.mean(counts) + inspect
+        a, e = await count(run.wid)
+        n = 1 + extra_wfs
+        if run.wid.startswith("deploy-"):
+            lock = run.wid.rsplit("-", 1)[0].replace("deploy-", "lock-deploy-", 1)
+            async for wf in stack.client.list_workflows(f"WorkflowId = '{lock}'"):
+                la, le = await count(wf.id, wf.run_id)
+                a, e, n = a + la, e + le, n + 1
+        acts.append(a + extra_acts)
+        events.append(e + extra_events)
+        workflows.append(n)
+    return {
+        "activities": statistics.mean(acts),
+        "events": statistics.mean(events),
+        "workflows": statistics.mean(workflows),
+    }
 
 
 async def run_phase(
@@ -143,16 +161,29 @@ async def run_phase(
     }
 
 
-async def product_phase(stack: BenchStack, n: int, concurrency: int, workers: int) -> dict[str, Any]:
-    """N product deploys, `concurrency` at once, after a warm-up; with each approve's latency."""
+async def product_phase(
+    stack: BenchStack, n: int, concurrency: int, workers: int, profile: int = 0
+) -> dict[str, Any]:
+    """N product deploys, `concurrency` at once, after a warm-up; with each approve's latency.
+    `profile`: sample the first worker with py-spy for that many seconds from the start of the phase."""
     for _ in range(workers):
         stack.start_worker("product")
     c = Counters()
     await bounded(WARM, WARM, lambda i: product_deploy(stack, n + i, POLL, c))
     c = Counters()
+    spy = None
+    if profile:
+        out = stack.workdir / "worker-profile.txt"
+        spy = bench_profile.start(stack.workers[0].pid, profile, out)
+        if spy is None:
+            log("  (--profile: py-spy is not installed; `.venv/bin/pip install py-spy`)")
     prod = await run_phase(stack, n, concurrency, lambda i: product_deploy(stack, i, POLL, c))
+    if spy is not None:
+        spy.wait()
+        log(f"  py-spy profile of one product worker over the first {profile} s ({out}):")
+        log("    " + bench_profile.summarize(out).replace("\n", "\n    "))
     prod["queries"], prod["updates"] = c.queries / n, c.updates / n
-    prod["activities"] = await activities_per_deploy(stack, prod["runs"])
+    prod.update(await history_per_deploy(stack, prod["runs"]))
     prod["latency"] = [
         (*await approve_latency(stack, r, r.post_index), r.in_flight_at_approve) for r in prod["runs"]
     ]
@@ -160,16 +191,17 @@ async def product_phase(stack: BenchStack, n: int, concurrency: int, workers: in
     return prod
 
 
-async def throughput(n: int, concurrency: int, workers: int) -> dict[str, Any]:
+async def throughput(n: int, concurrency: int, workers: int, profile: int = 0) -> dict[str, Any]:
     log(
         f"\n== throughput: {n} OOW com deploys, {concurrency} at once, people poll status every {POLL}s, "
         f"{workers} worker process(es)"
     )
     services = n + WARM
     async with bench_stack(services) as stack:
-        prod = await product_phase(stack, n, concurrency, workers)
+        prod = await product_phase(stack, n, concurrency, workers, profile)
     log(
         f"product : {prod['rate']:.2f} deploys/s ({n} in {prod['wall']:.1f} s); per deploy "
+        f"{prod['workflows']:.0f} workflows, {prod['events']:.0f} history events, "
         f"{prod['activities']:.1f} activities, {prod['updates']:.0f} Updates, {prod['jenkins_calls']:.1f} Jenkins "
         f"+ {prod['slack_calls']:.1f} Slack HTTP calls, {prod['queries']:.1f} status queries; deploy time "
         f"p50 {prod['deploy_p50']:.1f} s p99 {prod['deploy_p99']:.1f} s"
@@ -187,10 +219,11 @@ async def throughput(n: int, concurrency: int, workers: int) -> dict[str, Any]:
         c = Counters()
         base = await run_phase(stack, n, concurrency, lambda i: baseline_deploy(stack, i, plan, POLL, c))
         base["queries"], base["updates"] = c.queries / n, c.updates / n
-        base["activities"] = statistics.mean(r.calls["activities"] for r in base["runs"])
+        base.update(await history_per_deploy(stack, base["runs"]))
         base["rss_mb"] = [w.rss_kb() / 1024 for w in stack.workers]
     log(
         f"baseline: {base['rate']:.2f} deploys/s ({n} in {base['wall']:.1f} s); per deploy "
+        f"{base['workflows']:.0f} workflows, {base['events']:.0f} history events, "
         f"{base['activities']:.1f} activities, {base['updates']:.0f} Updates, {base['jenkins_calls']:.1f} Jenkins "
         f"+ {base['slack_calls']:.1f} Slack HTTP calls, {base['queries']:.1f} step queries; deploy time "
         f"p50 {base['deploy_p50']:.1f} s p99 {base['deploy_p99']:.1f} s"
@@ -421,6 +454,13 @@ def main(argv: list[str] | None = None) -> int:
         default=2,
         help="throughput, latency: worker processes (default 2, as docker-compose.yml runs)",
     )
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help="throughput: sample one product worker with py-spy for SECONDS and print where its CPU goes",
+    )
     p.add_argument("--json", default=None, help="also write the figures to this file")
     args = p.parse_args(argv)
     n = args.n or (40 if args.quick else 200)
@@ -435,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         reuse = None
         if args.only in (None, "throughput"):
-            out["throughput"] = await throughput(n, conc, args.workers)
+            out["throughput"] = await throughput(n, conc, args.workers, args.profile)
             if conc == in_flight:
                 reuse = out["throughput"]["product"]
         if args.only in (None, "latency"):

@@ -185,15 +185,16 @@ class BenchStack:
         )
         return env
 
-    def start_worker(self, kind: str) -> Worker:
-        """`product`: `python worker.py`; `baseline`: the bench's bare workflow and activities."""
+    def start_worker(self, kind: str, extra_env: dict[str, str] | None = None) -> Worker:
+        """`product`: `python worker.py`; `baseline`: the bench's bare workflow and activities;
+        `probe`: bench/probe_worker.py (bench.memory's variants)."""
         log = self.workdir / f"worker-{kind}-{len(self.workers)}.log"
-        argv = (
-            [sys.executable, "worker.py"] if kind == "product" else [sys.executable, "-m", "bench.baseline"]
-        )
-        out = open(log, "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(argv, cwd=ROOT, env=self.worker_env(), stdout=out, stderr=subprocess.STDOUT)
-        out.close()
+        module = {"baseline": "bench.baseline", "probe": "bench.probe_worker"}.get(kind)
+        argv = [sys.executable, "worker.py"] if module is None else [sys.executable, "-m", module]
+        env = self.worker_env()
+        env.update(extra_env or {})
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         w = Worker(proc, log)
         self.workers.append(w)
         return w
