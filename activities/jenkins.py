@@ -198,7 +198,6 @@ def _http_response(exc: BaseException) -> requests.Response | None:
     return None
 
 
-_sleep = sleep_unless_cancelled
 # A read meeting one of these is tried again in the activity after these pauses (seconds).
 TRANSIENT = ("JenkinsUnavailable", "JenkinsUnreachable")
 READ_RETRY_PAUSES = (0.2, 0.5, 1.0)
@@ -490,7 +489,7 @@ class JenkinsActivities:
             executable = item.get("executable")
             if executable and executable.get("number") is not None:
                 return BuildRef(job=inp.job, number=executable["number"], url=executable.get("url"))
-            _sleep(self.poll_interval)
+            sleep_unless_cancelled(self.poll_interval)
 
     @activity.defn(no_thread_cancel_exception=True)
     def read_diff(self, inp: ReadDiffInput) -> ReadDiffResult:
@@ -527,7 +526,7 @@ class JenkinsActivities:
                     diff_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
                     console_url=build_url + "console",
                 )
-            _sleep(self.poll_interval)
+            sleep_unless_cancelled(self.poll_interval)
 
     @activity.defn(no_thread_cancel_exception=True)
     def input_action(self, inp: InputActionInput) -> InputActionResult:
@@ -558,13 +557,13 @@ class JenkinsActivities:
                     self._post_input(inp.job, inp.number, iid, verb, what)
                     activity.logger.info("Sent %s to input %s of %s #%s", verb, iid, inp.job, inp.number)
                 else:
-                    _sleep(self.poll_interval / 2)
+                    sleep_unless_cancelled(self.poll_interval / 2)
                 posted_checks += 1
                 continue
             settled = self._input_settlement(inp, iid, what)
             if settled is not None:
                 return settled
-            _sleep(self.poll_interval)
+            sleep_unless_cancelled(self.poll_interval)
 
     def _input_settlement(self, inp: InputActionInput, iid: str, what: str) -> InputActionResult | None:
         """Nothing is pending: who answered? None when the build has not reached the input yet."""
@@ -613,7 +612,7 @@ class JenkinsActivities:
                 if seen_pending or first_answer(self._console(inp.job, inp.number, what)) is not None:
                     return WatchInputResult(pending=False)
             activity.heartbeat({"seen_pending": seen_pending})
-            _sleep(self.watch_interval)
+            sleep_unless_cancelled(self.watch_interval)
 
     @activity.defn(no_thread_cancel_exception=True)
     def wait_build_result(self, inp: BuildResultInput) -> BuildResult:
@@ -624,7 +623,7 @@ class JenkinsActivities:
             info = self._build_info(inp.job, inp.number, what)
             if not info.get("building") and info.get("result"):
                 return BuildResult(number=inp.number, result=info["result"], url=info.get("url"))
-            _sleep(self.poll_interval)
+            sleep_unless_cancelled(self.poll_interval)
 
     @activity.defn
     def abort_build(self, inp: AbortBuildInput) -> None:

@@ -210,11 +210,7 @@ async def start_deploy(
         next_window = policy.window_after(windows, window)
     elif release:
         raise UsageError("--release goes with `start release`")
-    if actor not in spec.code_owners:
-        raise Refused(
-            f"{actor} is not a code owner of {service}; a code owner ({', '.join(spec.code_owners)}) opens its PCCR"
-        )
-    reason = policy.start_refusal(cloud, spec.valkyr, version, service)
+    reason = policy.start_refusal(cloud, spec.valkyr, version, service, actor, spec.code_owners)
     if reason:
         raise Refused(reason)
     defs = await _inspect_job(client, config, spec.jenkins_job)

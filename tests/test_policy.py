@@ -216,10 +216,14 @@ def test_params_become_jenkins_text():
 
 
 def test_version_policies():
-    assert "revert master" in policy.start_refusal(Cloud.COM, True, "1.2.3", "svc")
-    assert "needs --version" in policy.start_refusal(Cloud.GOV, False, None, "svc")
-    assert policy.start_refusal(Cloud.GOV, False, "1.2.3", "svc") is None
-    assert policy.start_refusal(Cloud.COM, False, None, "svc") is None
+    owners = (OWNER,)
+    assert "revert master" in policy.start_refusal(Cloud.COM, True, "1.2.3", "svc", OWNER, owners)
+    assert "needs --version" in policy.start_refusal(Cloud.GOV, False, None, "svc", OWNER, owners)
+    assert policy.start_refusal(Cloud.GOV, False, "1.2.3", "svc", OWNER, owners) is None
+    assert policy.start_refusal(Cloud.COM, False, None, "svc", OWNER, owners) is None
+    assert policy.start_refusal(Cloud.COM, False, None, "svc", GATE, owners) == (
+        f"{GATE} is not a code owner of svc; a code owner ({OWNER}) opens its PCCR"
+    )
 
 
 def test_triage_text_is_the_runbooks():

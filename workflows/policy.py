@@ -186,8 +186,12 @@ def params_as_text(raw: object) -> dict[str, str]:
     return out
 
 
-def start_refusal(cloud: Cloud, valkyr: bool, version: str | None, service: str) -> str | None:
-    """The runbook's two policies on versions, checked before anything is opened."""
+def start_refusal(
+    cloud: Cloud, valkyr: bool, version: str | None, service: str, actor: str, code_owners: tuple[str, ...]
+) -> str | None:
+    """Who opens a PCCR (a code owner of the service) and the runbook's two policies on versions."""
+    if actor not in code_owners:
+        return f"{actor} is not a code owner of {service}; a code owner ({', '.join(code_owners)}) opens its PCCR"
     if valkyr and version:
         return (
             f"{service} is on valkyr CI/CD and may not pin a version; "

@@ -45,9 +45,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+
+from tests.fakes.server import LocalServer
 
 DOCS = "https://docs.github.com/rest"
 EMPTY_LABEL_COLOR = "ededed"
@@ -220,11 +222,11 @@ class _Request:
             raise _HttpError(400, "Problems parsing JSON") from None
 
 
-class FakeGitHub:
+class FakeGitHub(LocalServer):
     """A fake GitHub on `ThreadingHTTPServer` in a daemon thread. See the module docstring."""
 
     def __init__(self, port: int = 0, token: str = "ghp-test", login: str = "deployctl-bot") -> None:
-        self._port = port
+        super().__init__(port)
         self.token = token
         self.login = login
         self.requests: list[tuple[str, str, dict[str, str], str]] = []
@@ -236,8 +238,6 @@ class FakeGitHub:
         self._sha_counter = itertools.count(1)
         self.rate_limit = 5000
         self.rate_remaining = 5000
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -276,34 +276,7 @@ class FakeGitHub:
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self._port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-github", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> FakeGitHub:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("FakeGitHub is not started")
-        return self._server.server_address[1]
+        return self._listen(Handler, "fake-github")
 
     @property
     def web_url(self) -> str:

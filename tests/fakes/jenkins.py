@@ -34,9 +34,11 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+from tests.fakes.server import LocalServer
 
 JENKINS_VERSION = "2.479"
 
@@ -167,7 +169,7 @@ class _Request:
         return {}
 
 
-class FakeJenkins:
+class FakeJenkins(LocalServer):
     """A fake Jenkins on `ThreadingHTTPServer` in a daemon thread. See the module docstring."""
 
     def __init__(
@@ -178,7 +180,7 @@ class FakeJenkins:
     ) -> None:
         if crumbs not in (True, False, "enforce", "token-exempt"):
             raise ValueError(f"crumbs must be True, False, 'enforce' or 'token-exempt', not {crumbs!r}")
-        self._port = port
+        super().__init__(port)
         self.users = dict(users) if users is not None else {"deploy-bot": "token"}
         self.crumbs = crumbs
         self.requests: list[tuple[str, str, dict[str, str], str]] = []
@@ -188,8 +190,6 @@ class FakeJenkins:
         self._next_queue_id = 1
         self._fail_rules: list[_FailRule] = []
         self._crumb_salt = hashlib.sha256(str(time.time_ns()).encode()).hexdigest()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -224,37 +224,7 @@ class FakeJenkins:
 
             do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = _handle
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self._port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="fake-jenkins",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> FakeJenkins:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("FakeJenkins is not started")
-        return self._server.server_address[1]
+        return self._listen(Handler, "fake-jenkins")
 
     @property
     def url(self) -> str:

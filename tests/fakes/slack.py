@@ -37,9 +37,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from tests.fakes.server import LocalServer
 
 DEFAULT_USERGROUPS: dict[str, list[str]] = {"S0SREGOV": ["U0SRE3"]}
 
@@ -119,7 +121,7 @@ def sign_request(body: bytes, signing_secret: str, timestamp: int | None = None)
     }
 
 
-class FakeSlack:
+class FakeSlack(LocalServer):
     """A fake Slack workspace behind a real HTTP server. See the module docstring.
 
     `users`: None accepts any U…/W… id; otherwise only these ids exist (an iterable of ids, or a
@@ -163,47 +165,19 @@ class FakeSlack:
         self._ws_tickets: set[str] = set()
         self._response_url_posts: list[dict[str, Any]] = []
 
-        self._port = port
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__(port)
 
     # ---------------------------------------------------------------------------------------------
     # Lifecycle
 
     def start(self) -> FakeSlack:
-        if self._server is not None:
-            return self
-        self._server = ThreadingHTTPServer(("127.0.0.1", self._port), _make_handler(self))
-        self._server.daemon_threads = True
-        self._port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-slack", daemon=True
-        )
-        self._thread.start()
-        return self
+        return self._listen(_make_handler(self), "fake-slack")
 
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
+    def _before_stop(self) -> None:
         with self._lock:
             conns, self._ws_conns = self._ws_conns, []
         for conn in conns:
             conn.close()
-        server.shutdown()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> FakeSlack:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        return self._port
 
     @property
     def url(self) -> str:
