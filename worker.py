@@ -59,7 +59,10 @@ PURE_MODULES = (
 def build_activities(client: Client, config: Config, env: Mapping[str, str] | None = None) -> list:
     """The activity callables, with their clients built once from the config and the environment."""
     jenkins = JenkinsActivities(
-        url=config.jenkins.url, user=config.jenkins.user, token=secret("JENKINS_TOKEN", env) or ""
+        url=config.jenkins.url,
+        user=config.jenkins.user,
+        token=secret("JENKINS_TOKEN", env) or "",
+        timeout=config.jenkins.timeout,
     )
     slack = SlackActivities(make_web_client(secret("SLACK_BOT_TOKEN", env) or "", config.slack.api_url))
     github = GithubActivities(config.github.api_url, secret("GITHUB_TOKEN", env, required=False) or "")

@@ -293,6 +293,7 @@ class JenkinsConfig(_Table):
     diff_begin: Text = DeploySettings.model_fields["diff_begin"].default
     diff_end: Text = DeploySettings.model_fields["diff_end"].default
     input_id: Text = DeploySettings.model_fields["input_id"].default
+    timeout: float = Field(default=10.0, gt=0, le=300)  # seconds one HTTP request to Jenkins may take
 
     @field_validator("url")
     @classmethod

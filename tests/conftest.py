@@ -52,6 +52,7 @@ ui_url = "http://127.0.0.1:8233"
 [jenkins]
 url = "{jenkins_url}"
 user = "deploy-bot"
+{jenkins_extra}
 
 [github]
 api_url = "{github_url}"
@@ -153,6 +154,7 @@ def make_deployment(
     github: FakeGitHub | None = None,
     pccr_backend: str = "builtin",
     valkyr: bool = False,
+    jenkins_extra: str = "",
     **job: Any,
 ) -> Deployment:
     tag = uuid.uuid4().hex[:8]
@@ -167,6 +169,7 @@ def make_deployment(
     text = CONFIG_TEMPLATE.format(
         task_queue=queue,
         jenkins_url=jenkins.url,
+        jenkins_extra=jenkins_extra,
         slack_url=slack.url,
         service=service,
         job=job_name,

@@ -320,6 +320,7 @@ def test_read_params_returns_text_params_or_one_usage_line(content: bytes, suffi
 VALID_CONFIG = CONFIG_TEMPLATE.format(
     task_queue="deployctl",
     jenkins_url="http://127.0.0.1:8080",
+    jenkins_extra="timeout = 10",
     slack_url="http://127.0.0.1:8081/api/",
     github_url="http://127.0.0.1:8082/api/v3",
     service="payments-api",

@@ -139,6 +139,17 @@ def test_minimal_file_gets_defaults(tmp_path: Path) -> None:
     assert config.timeouts == {str(step): d for step, d in TIMEOUT_DEFAULTS.items()}
 
 
+def test_jenkins_request_timeout(tmp_path: Path) -> None:
+    assert load_text(tmp_path, MINIMAL).jenkins.timeout == 10.0
+    text = MINIMAL.replace('user = "deploy-bot"', 'user = "deploy-bot"\ntimeout = 2.5')
+    assert load_text(tmp_path, text).jenkins.timeout == 2.5
+    for bad in ("0", "-1", '"ten"', "301"):
+        error = config_error(
+            tmp_path, MINIMAL.replace('user = "deploy-bot"', f'user = "deploy-bot"\ntimeout = {bad}')
+        )
+        assert "timeout" in error, error
+
+
 def test_valkyr_and_folder_job(tmp_path: Path) -> None:
     text = MINIMAL + (
         '[services.ledger]\ncode_owners = ["U0A", "W0B"]\njenkins_job = "platform/deploy-ledger"\nvalkyr = true\n'

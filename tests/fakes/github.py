@@ -230,6 +230,7 @@ class FakeGitHub(LocalServer):
         self.token = token
         self.login = login
         self.requests: list[tuple[str, str, dict[str, str], str]] = []
+        self.statuses: list[tuple[str, str, int]] = []  # (method, path, the status answered)
         self._lock = threading.RLock()
         self._repos: dict[str, _Repo] = {}
         self._fail_rules: list[_FailRule] = []
@@ -830,6 +831,12 @@ class FakeGitHub(LocalServer):
         }
 
     def _serve(self, req: _Request) -> _Response:
+        rsp = self._answer(req)
+        with self._lock:
+            self.statuses.append((req.method, req.path, rsp.status))
+        return rsp
+
+    def _answer(self, req: _Request) -> _Response:
         with self._lock:
             self.requests.append((req.method, req.path, dict(req.query), req.body.decode("utf-8", "replace")))
             for hook in list(self._hooks):

@@ -27,6 +27,7 @@ Deliberate choices where Jenkins behaviour is configurable or version dependent:
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -151,6 +152,7 @@ class _Response:
     body: bytes = b""
     content_type: str = "text/html;charset=utf-8"
     headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # seconds to wait before answering
 
 
 class _Request:
@@ -211,6 +213,8 @@ class FakeJenkins(LocalServer):
                 query = dict(parse_qsl(parts.query, keep_blank_values=True))
                 req = _Request(self.command, parts.path, query, body, self.headers)
                 rsp = fake._serve(req)
+                if rsp.delay:  # a slow Jenkins: the work is done, the answer comes too late
+                    time.sleep(rsp.delay)
                 self.send_response(rsp.status)
                 self.send_header("X-Jenkins", JENKINS_VERSION)
                 self.send_header("X-Hudson", "1.395")
@@ -471,21 +475,33 @@ class FakeJenkins(LocalServer):
                 rsp = _Response(
                     500, _html("Oops!", f"A problem occurred while processing the request: {exc!r}")
                 )
+            if rule is not None and rule.status == 0:  # a slow answer (see chaos)
+                self.slow_answers += 1
+                return dataclasses.replace(rsp, delay=self._slow[1])
             if rule is not None:
                 return self._error_response(rule.status)
             return rsp
 
-    def chaos(self, rate: float, seed: int = 0, path_contains: str = "") -> None:
+    def chaos(
+        self, rate: float, seed: int = 0, path_contains: str = "", slow: float = 0.0, delay: float = 3.0
+    ) -> None:
         """From now on answer a share `rate` of the requests whose path holds `path_contains` with a 5xx,
-        half of them after doing the work (the answer is lost), half before. `rate=0` stops it."""
+        half of them after doing the work (the answer is lost), half before. `rate=0` stops it.
+
+        With `slow`, that share of the faulty requests is served correctly but answered `delay` seconds
+        late instead, so a client with a shorter timeout gives up after Jenkins did the work."""
         import random
 
         with self._lock:
             self._chaos = (rate, random.Random(seed), path_contains)
+            self._slow = (slow, delay)
+            self.slow_answers = 0
 
     def _match_fail_rule(self, req: _Request) -> _FailRule | None:
         chaos = getattr(self, "_chaos", None)
         if chaos and chaos[0] > 0 and chaos[2] in req.raw_path and chaos[1].random() < chaos[0]:
+            if chaos[1].random() < self._slow[0]:
+                return _FailRule(0, None, "", 1, True)
             return _FailRule(chaos[1].choice([500, 502, 503]), None, "", 1, chaos[1].random() < 0.5)
         for rule in self._fail_rules:
             if rule.method is not None and rule.method.upper() != req.method:

@@ -273,7 +273,8 @@ class FakeSlack(LocalServer):
             self._faults.append(_Fault(method, error, status, retry_after, times))
 
     def chaos(self, rate: float, seed: int = 0) -> None:
-        """From now on answer a share `rate` of the calls with 429 (Retry-After: 1) or 500. 0 stops it."""
+        """From now on answer a share `rate` of the calls with 429 (Retry-After: 1), a 500, or Slack's
+        transient `ok:false` answers on a 200 (`internal_error`, `fatal_error`). 0 stops it."""
         import random
 
         with self._lock:
@@ -873,7 +874,12 @@ def _make_handler(fake: FakeSlack) -> type[BaseHTTPRequestHandler]:
                 chaos = getattr(fake, "_chaos", None)
                 if chaos and chaos[0] > 0 and chaos[1].random() < chaos[0]:
                     return chaos[1].choice(
-                        [_Fault(None, "ratelimited", 429, 1, 1), _Fault(None, "internal_error", 500, None, 1)]
+                        [
+                            _Fault(None, "ratelimited", 429, 1, 1),
+                            _Fault(None, "internal_error", 500, None, 1),
+                            _Fault(None, "internal_error", 200, None, 1),  # ok:false on a 200
+                            _Fault(None, "fatal_error", 200, None, 1),
+                        ]
                     )
                 for f in fake._faults:
                     if f.method is None or f.method == method:
