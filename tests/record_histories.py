@@ -73,6 +73,8 @@ VARIANTS = (
     "com_cancelled",
     "com_expired",
     "gov_rejected",
+    "gov_cancelled",
+    "release_expired",
     "lock",
 )
 
@@ -109,6 +111,7 @@ def write_config(
     text = CONFIG_TEMPLATE.format(
         task_queue=TASK_QUEUE,
         jenkins_url=fakes.jenkins.url,
+        jenkins_extra="",
         slack_url=fakes.slack.url,
         github_url=fakes.github.url,
         service=service,
@@ -209,6 +212,19 @@ async def gov_rejected(client: Client, config: Config, service: str) -> str:
     return wid
 
 
+async def gov_cancelled(client: Client, config: Config, service: str) -> str:
+    """Cancelled by the owner while the version PR waits for its merge: the PR is closed, its branch
+    deleted, the PCCR closed."""
+    wid = await start(client, config, service, "kprod-gov", version="1.4.2")
+    await act(client, wid, Action.APPROVE, GATE1, Step.PCCR_REVIEW)
+    await act(client, wid, Action.ASSIGN, GATE1, Step.SRE_ASSIGNMENT, sre=SREG1)
+    await wait_for_step(client, wid, Step.VERSION_PR_MERGE, SREG1)
+    cancel = ActionInput(actor=OWNER, step=Step.VERSION_PR_MERGE, channel="recorder")
+    await send_action(client, wid, Action.CANCEL, cancel)
+    await finish(client, wid, Outcome.CANCELLED)
+    return wid
+
+
 async def com_cancelled(client: Client, config: Config, service: str) -> str:
     wid = await start(client, config, service, "kprod")
     await act(client, wid, Action.APPROVE, GATE1, Step.PCCR_REVIEW)
@@ -243,6 +259,7 @@ async def on_dev_server(fakes: Fakes, directory: Path) -> list[Recorded]:
             ("com_cancelled", com_cancelled, {}),
             ("com_expired", com_expired, {"timeouts": {"pccr_review": "4s"}}),
             ("gov_rejected", gov_rejected, {"pccr_backend": "github"}),
+            ("gov_cancelled", gov_cancelled, {"pccr_backend": "github"}),
         ):
             service = "replay-" + variant.replace("_", "-")
             plan.append((variant, fn, write_config(directory, fakes, service, **kw), service))
@@ -295,6 +312,20 @@ async def release_succeeded(env: WorkflowEnvironment, config: Config, service: s
     return wid
 
 
+async def release_expired(env: WorkflowEnvironment, config: Config, service: str, opens: datetime) -> str:
+    """Accepted for the release, but nobody clears it inside the window: the window closes first."""
+    client = env.client
+    wid = await start(client, config, service, "kprod", process=Process.RELEASE)
+    await act(client, wid, Action.ASSIGN, OWNER, Step.SRE_ASSIGNMENT, sre=SRE1)
+    await act(client, wid, Action.APPROVE, GATE1, Step.RELEASE_ACCEPTANCE)
+    await _until(client, wid, lambda st: st.step is Step.RELEASE_WINDOW_WAIT)
+    await env.sleep(opens + timedelta(minutes=1) - datetime.now(UTC))  # the reminder, then the window
+    await wait_for_step(client, wid, Step.CLEARANCE, SRE1)
+    await env.sleep(timedelta(hours=4))  # nobody clears it: the window closes
+    await finish(client, wid, Outcome.EXPIRED)
+    return wid
+
+
 async def lock_on_time_skipping_server(fakes: Fakes, directory: Path) -> list[Recorded]:
     """The lock's idle minute passes in an instant here."""
     config = write_config(directory, fakes, "replay-lock")
@@ -303,7 +334,9 @@ async def lock_on_time_skipping_server(fakes: Fakes, directory: Path) -> list[Re
             return await lock_contended(env, config, "replay-lock")
 
 
-async def release_on_time_skipping_server(fakes: Fakes, directory: Path) -> list[Recorded]:
+async def release_on_time_skipping_server(
+    fakes: Fakes, directory: Path, variant: str = "release_succeeded"
+) -> list[Recorded]:
     """Planned 16 days ahead; the reminder and the window are reached by skipping time.
 
     On a server of its own: when it shared one with the lock's run (which went first), the test server
@@ -322,13 +355,14 @@ async def release_on_time_skipping_server(fakes: Fakes, directory: Path) -> list
         f"\n[release]\nlead_time_days = 14\n"
         f"windows = [{window('R-planned', opens)}, {window('R-later', opens + timedelta(days=14))}]\n"
     )
-    service = "replay-release-succeeded"
+    service = "replay-" + variant.replace("_", "-")
     config = write_config(directory, fakes, service, extra=calendar)
+    run = release_succeeded if variant == "release_succeeded" else release_expired
     async with await time_skipping_server() as env:
         async with create_worker(env.client, config, SECRETS, task_queue=TASK_QUEUE):
-            wid = await release_succeeded(env, config, service, opens)
+            wid = await run(env, config, service, opens)
             history = await env.client.get_workflow_handle(wid).fetch_history()
-            return [Recorded("release_succeeded", wid, history)]
+            return [Recorded(variant, wid, history)]
 
 
 async def _closed(handle: WorkflowHandle, timeout: float = 30) -> None:
@@ -369,6 +403,7 @@ async def record() -> list[Recorded]:
             on_dev_server(fakes, Path(tmp)),
             lock_on_time_skipping_server(fakes, Path(tmp)),
             release_on_time_skipping_server(fakes, Path(tmp)),
+            release_on_time_skipping_server(fakes, Path(tmp), "release_expired"),
         )
     recorded = sorted([r for part in parts for r in part], key=lambda r: VARIANTS.index(r.variant))
     assert [r.variant for r in recorded] == list(VARIANTS)

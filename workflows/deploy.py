@@ -104,6 +104,8 @@ class _Notice:
     step: Step
     to: str | None = None
     blocks: list[dict[str, Any]] | None = None
+    ts: str | None = None  # "dm_done": the DM whose buttons are replaced, and its first line
+    first: str = ""
 
 
 @dataclass
@@ -132,7 +134,7 @@ class DeployWorkflow:
         self._pccr: Pccr | None = None
         self._thread_ts: str | None = None
         self._outbox: deque[_Notice] = deque()
-        self._closing = False
+        self._sending: asyncio.Task[None] | None = None  # the notice being delivered (see _pump)
         self._window_open = False
         self._lock = "none"  # none | requested | granted
         self._blocked_by: str | None = None
@@ -156,7 +158,6 @@ class DeployWorkflow:
     async def run(self, input: DeployInput) -> DeployResult:
         self._pccr = Pccr(id=workflow.info().workflow_id, url=self._link(), params=input.params)
         self._metric("deployctl_deploys_started", "deploys started").add(1)
-        notifier = asyncio.create_task(self._notify_loop())
         body = asyncio.create_task(self._process())
         cancelled = asyncio.create_task(workflow.wait_condition(lambda: self._cancel is not None))
         await workflow.wait([body, cancelled], return_when=asyncio.FIRST_COMPLETED)
@@ -172,8 +173,7 @@ class DeployWorkflow:
         if self._cancel is not None and self._outcome is None:
             self._finish(Outcome.CANCELLED, f"cancelled by {self._cancel.msg.actor}")
         await self._close_out()
-        self._closing = True
-        await notifier
+        await workflow.wait_condition(lambda: not self._outbox and self._sending is None)
         await workflow.wait_condition(workflow.all_handlers_finished)
         assert self._outcome is not None
         self._metric("deployctl_deploys_finished", "deploys finished, by outcome").add(
@@ -400,7 +400,7 @@ class DeployWorkflow:
                 diff_sha256=self._build.diff_sha256 if defn.step is Step.DIFF_VALIDATION else None,
             )
             text = messages.ask_text(self._name, self._wid(), defn, user, self._link(), detail)
-            self._outbox.append(_Notice(kind="dm", text=text, step=defn.step, to=user, blocks=blocks))
+            self._queue(_Notice(kind="dm", text=text, step=defn.step, to=user, blocks=blocks))
         self._update_root(defn)
 
     def _detail(self, defn: StepDef) -> str:
@@ -728,7 +728,7 @@ class DeployWorkflow:
         self._update_root(None)
         self._pccr_comment(f"Deploy ended **{self._outcome.value}**: {self._reason}")
         if self._pccr is not None and self._pccr.backend == "github":
-            self._outbox.append(_Notice(kind="pccr_close", text="", step=self._step))
+            self._queue(_Notice(kind="pccr_close", text="", step=self._step))
 
     # ------------------------------------------------------------------------------------ messages
 
@@ -950,11 +950,11 @@ class DeployWorkflow:
         old = self._pccr.state
         self._pccr = self._pccr.model_copy(update={"state": state})
         if self._pccr.backend == "github":
-            self._outbox.append(_Notice(kind="pccr_labels", text=state, step=self._step, to=old))
+            self._queue(_Notice(kind="pccr_labels", text=state, step=self._step, to=old))
 
     def _pccr_comment(self, text: str) -> None:
         if self._pccr is not None and self._pccr.backend == "github":
-            self._outbox.append(_Notice(kind="pccr_comment", text=text, step=self._step))
+            self._queue(_Notice(kind="pccr_comment", text=text, step=self._step))
 
     def _publish(self) -> None:
         """Keep the Web UI current: search attributes and the details pane (only when they change)."""
@@ -1027,112 +1027,59 @@ class DeployWorkflow:
             )
         else:
             blocks = slack_blocks.done_blocks(state, self._triage_text)
-        self._outbox.append(_Notice(kind="root_update", text=text, step=self._step, blocks=blocks))
+        self._queue(_Notice(kind="root_update", text=text, step=self._step, blocks=blocks))
 
     def _close_dms(self, text: str) -> None:
         """The buttons of DMs sent so far go (their step has passed); `text` says who did what, if anyone."""
-        self._outbox.append(_Notice(kind="done", text=text, step=self._step))
+        self._queue(_Notice(kind="done", text=text, step=self._step))
+
+    def _queue(self, notice: _Notice) -> None:
+        self._outbox.append(notice)
+        self._pump()
 
     def _say(self, kind: str, text: str, to: str | None = None) -> None:
-        self._outbox.append(_Notice(kind=kind, text=text, step=self._step, to=to))
+        self._queue(_Notice(kind=kind, text=text, step=self._step, to=to))
 
-    async def _notify_loop(self) -> None:
-        """Send notices in order, one at a time; Slack trouble is noted, never fatal."""
-        while True:
-            await workflow.wait_condition(lambda: bool(self._outbox) or self._closing)
-            if not self._outbox:
-                return
+    # Notices go out one at a time, in order, through `_pump`. It starts the next notice's activity
+    # synchronously, from the code that queued the notice or that settled the previous one, never after
+    # a wait_condition: a condition wakes its waiter only after every other coroutine woken in the same
+    # activation has run, so the schedule command would land elsewhere whenever the server batches the
+    # events of a workflow task differently (a query served by a fresh worker after a crash does that),
+    # and replay would fail. tests/test_crash.py drives exactly that case.
+
+    def _pump(self) -> None:
+        """Start sending the next notice, unless one is in flight. Slack trouble is noted, never fatal."""
+        while self._sending is None and self._outbox:
             notice = self._outbox.popleft()
-            if notice.kind.startswith("pccr_"):
-                await self._pccr_record(notice)
+            if notice.kind == "done":  # one chat.update per DM whose buttons are still open
+                dms, self._dms = self._dms, []
+                done = [
+                    _Notice("dm_done", notice.text, step, to=channel, ts=ts, first=first)
+                    for step, channel, ts, first in dms
+                ]
+                self._outbox.extendleft(reversed(done))
                 continue
-            if notice.kind == "done":
-                await self._update_dms(notice.text)
-                continue
-            if notice.kind == "root_update":
-                await self._update_root_message(notice)
-                continue
-            channel = notice.to if notice.kind == "dm" else self._in.settings.triage_channel
-            thread = self._thread_ts if notice.kind == "thread" else None
-            try:
-                sent = await workflow.execute_activity_method(
-                    SlackActivities.post_message,
-                    SlackPostInput(
-                        channel=channel or "", text=notice.text, thread_ts=thread, blocks=notice.blocks
-                    ),
-                    summary=f"slack {notice.kind} {channel}",
-                    **SLACK_CALL,
-                )
-                if notice.kind == "root":
-                    self._thread_ts = sent.ts
-                    self._publish()
-                elif notice.blocks:
-                    self._dms.append((notice.step, sent.channel, sent.ts, notice.text.split("\n")[0]))
-            except ActivityError as err:
-                self._record(
-                    AuditEntry(
-                        time=workflow.now(),
-                        step=notice.step,
-                        action="notify_failed",
-                        actor=SYSTEM,
-                        channel="slack",
-                        accepted=False,
-                        reason=f"Slack {notice.kind} to {channel} not sent: {_cause(err)}",
-                    )
-                )
+            handle = self._start_notice(notice)
+            if handle is not None:
+                self._sending = asyncio.create_task(self._settle(notice, handle))
 
-    async def _update_root_message(self, notice: _Notice) -> None:
-        if self._thread_ts is None:
-            return  # the root was never posted (Slack was down): nothing to update
-        try:
-            await workflow.execute_activity_method(
-                SlackActivities.update_message,
-                SlackUpdateInput(
-                    channel=self._in.settings.triage_channel,
-                    ts=self._thread_ts,
-                    text=notice.text,
-                    blocks=notice.blocks,
-                ),
-                summary="slack update the triage message",
-                **SLACK_CALL,
-            )
-        except ActivityError as err:
-            self._note(f"triage message not updated: {_cause(err)}")
-
-    async def _update_dms(self, text: str) -> None:
-        """Replace the buttons of every open DM by what happened (Slack trouble is noted, never fatal)."""
-        dms, self._dms = self._dms, []
-        for step, channel, ts, first in dms:
-            done = text or f"`{step.value}` is over."
-            try:
-                await workflow.execute_activity_method(
-                    SlackActivities.update_message,
-                    SlackUpdateInput(
-                        channel=channel, ts=ts, text=done, blocks=slack_blocks.done_blocks(done, first)
-                    ),
-                    summary=f"slack close the {step.value} buttons",
-                    **SLACK_CALL,
-                )
-            except ActivityError as err:
-                self._note(f"Slack message {ts} not updated: {_cause(err)}")
-
-    async def _pccr_record(self, notice: _Notice) -> None:
-        """Keep the GitHub PCCR issue in step: a comment per accepted action, labels for its state."""
-        assert self._pccr is not None and self._pccr.number is not None
-        repo, number = self._in.settings.pccr_repo or "", self._pccr.number
-        self._pccr_ops += 1
-        try:
+    def _start_notice(self, notice: _Notice) -> Any:
+        """Schedule the activity that delivers `notice` (now, synchronously); None if nothing to send."""
+        s = self._in.settings
+        if notice.kind.startswith("pccr_"):
+            assert self._pccr is not None and self._pccr.number is not None
+            repo, number = s.pccr_repo or "", self._pccr.number
+            self._pccr_ops += 1
             if notice.kind == "pccr_comment":
-                await workflow.execute_activity_method(
+                marker = f"{self._wid()}/{self._pccr_ops}"
+                return workflow.start_activity_method(
                     GithubActivities.comment_pccr,
-                    CommentInput(
-                        repo=repo, number=number, body=notice.text, marker=f"{self._wid()}/{self._pccr_ops}"
-                    ),
+                    CommentInput(repo=repo, number=number, body=notice.text, marker=marker),
                     summary="comment on the PCCR",
                     **SLACK_CALL,
                 )
-            elif notice.kind == "pccr_labels":
-                await workflow.execute_activity_method(
+            if notice.kind == "pccr_labels":
+                return workflow.start_activity_method(
                     GithubActivities.set_pccr_labels,
                     LabelsInput(
                         repo=repo,
@@ -1143,15 +1090,81 @@ class DeployWorkflow:
                     summary=f"label the PCCR {notice.text}",
                     **SLACK_CALL,
                 )
-            else:
-                await workflow.execute_activity_method(
-                    GithubActivities.close_pccr,
-                    PrRefInput(repo=repo, number=number),
-                    summary="close the PCCR",
-                    **SLACK_CALL,
-                )
+            return workflow.start_activity_method(
+                GithubActivities.close_pccr,
+                PrRefInput(repo=repo, number=number),
+                summary="close the PCCR",
+                **SLACK_CALL,
+            )
+        if notice.kind == "dm_done":
+            done = notice.text or f"`{notice.step.value}` is over."
+            return workflow.start_activity_method(
+                SlackActivities.update_message,
+                SlackUpdateInput(
+                    channel=notice.to or "",
+                    ts=notice.ts or "",
+                    text=done,
+                    blocks=slack_blocks.done_blocks(done, notice.first),
+                ),
+                summary=f"slack close the {notice.step.value} buttons",
+                **SLACK_CALL,
+            )
+        if notice.kind == "root_update":
+            if self._thread_ts is None:
+                return None  # the root was never posted (Slack was down): nothing to update
+            return workflow.start_activity_method(
+                SlackActivities.update_message,
+                SlackUpdateInput(
+                    channel=s.triage_channel, ts=self._thread_ts, text=notice.text, blocks=notice.blocks
+                ),
+                summary="slack update the triage message",
+                **SLACK_CALL,
+            )
+        channel = notice.to if notice.kind == "dm" else s.triage_channel
+        thread = self._thread_ts if notice.kind == "thread" else None
+        return workflow.start_activity_method(
+            SlackActivities.post_message,
+            SlackPostInput(channel=channel or "", text=notice.text, thread_ts=thread, blocks=notice.blocks),
+            summary=f"slack {notice.kind} {channel}",
+            **SLACK_CALL,
+        )
+
+    async def _settle(self, notice: _Notice, handle: Any) -> None:
+        """Wait for a notice's activity, keep what it returned, then start the next notice."""
+        try:
+            sent = await handle
+            if notice.kind == "root":
+                self._thread_ts = sent.ts
+                self._publish()
+            elif notice.kind == "dm" and notice.blocks:
+                self._dms.append((notice.step, sent.channel, sent.ts, notice.text.split("\n")[0]))
         except ActivityError as err:
-            self._note(f"PCCR issue #{number} not updated ({notice.kind}): {_cause(err)}")
+            self._notice_failed(notice, _cause(err))
+        finally:
+            self._sending = None
+            self._pump()
+
+    def _notice_failed(self, notice: _Notice, why: str) -> None:
+        if notice.kind.startswith("pccr_"):
+            number = self._pccr.number if self._pccr else None
+            self._note(f"PCCR issue #{number} not updated ({notice.kind}): {why}")
+        elif notice.kind == "dm_done":
+            self._note(f"Slack message {notice.ts} not updated: {why}")
+        elif notice.kind == "root_update":
+            self._note(f"triage message not updated: {why}")
+        else:
+            channel = notice.to if notice.kind == "dm" else self._in.settings.triage_channel
+            self._record(
+                AuditEntry(
+                    time=workflow.now(),
+                    step=notice.step,
+                    action="notify_failed",
+                    actor=SYSTEM,
+                    channel="slack",
+                    accepted=False,
+                    reason=f"Slack {notice.kind} to {channel} not sent: {why}",
+                )
+            )
 
     def _wid(self) -> str:
         return workflow.info().workflow_id
