@@ -297,13 +297,20 @@ async def lock_contended(env: WorkflowEnvironment, config: Config, service: str)
     return [Recorded("lock", lock.id, await lock.fetch_history())]
 
 
-async def release_succeeded(env: WorkflowEnvironment, config: Config, service: str, opens: datetime) -> str:
+async def into_the_window(env: WorkflowEnvironment, config: Config, service: str, opens: datetime) -> str:
+    """A release deploy planned, accepted, reminded a day before, and inside its window."""
     client = env.client
     wid = await start(client, config, service, "kprod", process=Process.RELEASE)
     await act(client, wid, Action.ASSIGN, OWNER, Step.SRE_ASSIGNMENT, sre=SRE1)
     await act(client, wid, Action.APPROVE, GATE1, Step.RELEASE_ACCEPTANCE)
     await _until(client, wid, lambda st: st.step is Step.RELEASE_WINDOW_WAIT)
     await env.sleep(opens + timedelta(minutes=1) - datetime.now(UTC))  # the reminder, then the window
+    return wid
+
+
+async def release_succeeded(env: WorkflowEnvironment, config: Config, service: str, opens: datetime) -> str:
+    client = env.client
+    wid = await into_the_window(env, config, service, opens)
     await act(client, wid, Action.APPROVE, SRE1, Step.CLEARANCE)
     await act(client, wid, Action.TRIGGER, OWNER, Step.TRIGGER)
     await act(client, wid, Action.VALIDATE_DIFF, OWNER, Step.DIFF_VALIDATION)
@@ -315,11 +322,7 @@ async def release_succeeded(env: WorkflowEnvironment, config: Config, service: s
 async def release_expired(env: WorkflowEnvironment, config: Config, service: str, opens: datetime) -> str:
     """Accepted for the release, but nobody clears it inside the window: the window closes first."""
     client = env.client
-    wid = await start(client, config, service, "kprod", process=Process.RELEASE)
-    await act(client, wid, Action.ASSIGN, OWNER, Step.SRE_ASSIGNMENT, sre=SRE1)
-    await act(client, wid, Action.APPROVE, GATE1, Step.RELEASE_ACCEPTANCE)
-    await _until(client, wid, lambda st: st.step is Step.RELEASE_WINDOW_WAIT)
-    await env.sleep(opens + timedelta(minutes=1) - datetime.now(UTC))  # the reminder, then the window
+    wid = await into_the_window(env, config, service, opens)
     await wait_for_step(client, wid, Step.CLEARANCE, SRE1)
     await env.sleep(timedelta(hours=4))  # nobody clears it: the window closes
     await finish(client, wid, Outcome.EXPIRED)

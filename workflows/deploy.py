@@ -869,15 +869,16 @@ class DeployWorkflow:
     def _record(self, entry: AuditEntry) -> None:
         self._audit.append(entry)
 
-    def _note(self, text: str) -> None:
+    def _note(self, text: str, action: str = "note", channel: str = SYSTEM, step: Step | None = None) -> None:
+        """An entry by deployctl itself in the audit trail; `notify_failed` ones count as not accepted."""
         self._record(
             AuditEntry(
                 time=workflow.now(),
-                step=self._step,
-                action="note",
+                step=step or self._step,
+                action=action,
                 actor=SYSTEM,
-                channel=SYSTEM,
-                accepted=True,
+                channel=channel,
+                accepted=action != "notify_failed",
                 reason=text,
             )
         )
@@ -1154,16 +1155,8 @@ class DeployWorkflow:
             self._note(f"triage message not updated: {why}")
         else:
             channel = notice.to if notice.kind == "dm" else self._in.settings.triage_channel
-            self._record(
-                AuditEntry(
-                    time=workflow.now(),
-                    step=notice.step,
-                    action="notify_failed",
-                    actor=SYSTEM,
-                    channel="slack",
-                    accepted=False,
-                    reason=f"Slack {notice.kind} to {channel} not sent: {why}",
-                )
+            self._note(
+                f"Slack {notice.kind} to {channel} not sent: {why}", "notify_failed", "slack", notice.step
             )
 
     def _wid(self) -> str:
