@@ -1131,19 +1131,22 @@ class DeployWorkflow:
         )
 
     async def _settle(self, notice: _Notice, handle: Any) -> None:
-        """Wait for a notice's activity, keep what it returned, then start the next notice."""
+        """Wait for a notice's activity, keep what it returned, then start the next notice.
+
+        No `finally`: when the worker evicts the run, the coroutine is closed at its `await`, and
+        nothing may be started then."""
         try:
             sent = await handle
+        except ActivityError as err:
+            self._notice_failed(notice, _cause(err))
+        else:
             if notice.kind == "root":
                 self._thread_ts = sent.ts
                 self._publish()
             elif notice.kind == "dm" and notice.blocks:
                 self._dms.append((notice.step, sent.channel, sent.ts, notice.text.split("\n")[0]))
-        except ActivityError as err:
-            self._notice_failed(notice, _cause(err))
-        finally:
-            self._sending = None
-            self._pump()
+        self._sending = None
+        self._pump()
 
     def _notice_failed(self, notice: _Notice, why: str) -> None:
         if notice.kind.startswith("pccr_"):
