@@ -24,7 +24,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from starter.config import Config, load_config
-from starter.devstack import free_port, temporal_cli
+from starter.devstack import config_text, free_port, temporal_cli
 from tests.fakes.jenkins import FakeJenkins
 from tests.fakes.slack import FakeSlack
 from workflows import search_attributes as sa
@@ -43,38 +43,6 @@ JOB_PARAMETERS = [
 PARAMS = {"IMAGE_TAG": "1.4.2", "REPLICAS": "3", "DRY_RUN": "false"}
 DIFF_LINES = ["~ deployment/app image: app:1.4.1 -> app:1.4.2", "~ deployment/app replicas: 2 -> 3"]
 QUEUE_SECONDS = 0.05  # short fake timings: Jenkins leaves the queue after 50 ms, plans and applies at once
-
-CONFIG = """\
-task_queue = "{task_queue}"
-ui_url = "http://127.0.0.1:8233"
-
-[jenkins]
-url = "{jenkins_url}"
-user = "deploy-bot"
-
-[github]
-api_url = "http://127.0.0.1:9/api/v3"
-configs_repo = "acme/product-configs"
-version_file = "channel-gov/{{service}}.yaml"
-
-[slack]
-api_url = "{slack_url}"
-triage_channel = "C0TRIAGE"
-
-[change_requests]
-backend = "builtin"
-
-[groups]
-pccr-gatekeeper = ["U0GATE1", "U0GATE2"]
-sre = ["U0SRE1", "U0SRE2"]
-sre-gov = ["U0SREG1"]
-vp = ["U0VP1"]
-
-[environments]
-kprod = {{ cloud = "com" }}
-
-{services}
-"""
 
 
 def service_name(i: int) -> str:
@@ -239,9 +207,15 @@ async def bench_stack(
     )
     config_path = workdir / "deployctl.toml"
     config_path.write_text(
-        CONFIG.format(task_queue=task_queue, jenkins_url=jenkins.url, slack_url=slack.url, services=blocks)
+        config_text(
+            jenkins.url, slack.url, "http://127.0.0.1:9/api/v3", task_queue=task_queue, services=blocks
+        )
     )
-    os.environ.update({"JENKINS_TOKEN": JENKINS_TOKEN, "SLACK_BOT_TOKEN": SLACK_TOKEN})
+    # The embedded config has a gov environment, so a worker asks for a GitHub token; the bench never
+    # calls GitHub.
+    os.environ.update(
+        {"JENKINS_TOKEN": JENKINS_TOKEN, "SLACK_BOT_TOKEN": SLACK_TOKEN, "GITHUB_TOKEN": "ghp-bench-unused"}
+    )
     config = load_config(str(config_path))
     port = free_port()
     stack: BenchStack | None = None

@@ -40,7 +40,7 @@ SIM_VERSION_FILE = "# payments-api in gov-cloud\nname: payments-api\nversion: 20
 
 # The embedded default: one com service and one gov environment, people as Slack ids.
 DEFAULT_CONFIG = """\
-task_queue = "deployctl"
+task_queue = "{task_queue}"
 ui_url = "{ui_url}"
 
 [jenkins]
@@ -72,15 +72,39 @@ kprod = {{ cloud = "com" }}
 kprod-eu = {{ cloud = "com" }}
 kprod-gov = {{ cloud = "gov" }}
 
-[services.payments-api]
-code_owners = ["U0OWNER1"]
-jenkins_job = "deploy-payments-api"
-valkyr = false
+{services}
 
 [timeouts]
 pccr_review = "3d"
 deploy_approval = "4h"
 """
+
+PAYMENTS_API = """\
+[services.payments-api]
+code_owners = ["U0OWNER1"]
+jenkins_job = "deploy-payments-api"
+valkyr = false
+"""
+
+
+def config_text(
+    jenkins_url: str,
+    slack_url: str,
+    github_url: str,
+    ui_url: str = "http://127.0.0.1:8233",
+    task_queue: str = "deployctl",
+    services: str = PAYMENTS_API,
+) -> str:
+    """The embedded default config (the benchmarks use it too, with services of their own)."""
+    return DEFAULT_CONFIG.format(
+        task_queue=task_queue,
+        ui_url=ui_url,
+        jenkins_url=jenkins_url,
+        slack_url=slack_url,
+        github_url=github_url,
+        services=services,
+    )
+
 
 DEMO_PARAMS = {"IMAGE_TAG": "2026.11.27-1", "REPLICAS": "3", "DRY_RUN": "false"}
 DEMO_JOB_PARAMETERS = [
@@ -180,10 +204,7 @@ async def embedded_stack(
     ui_url = f"http://127.0.0.1:{ui_port}"
     config_path = STATE_DIR / "deployctl.toml"
     config_path.write_text(
-        DEFAULT_CONFIG.format(
-            ui_url=ui_url, jenkins_url=jenkins.url, slack_url=slack.url, github_url=github.url
-        )
-        + release_calendar(release_in)
+        config_text(jenkins.url, slack.url, github.url, ui_url=ui_url) + release_calendar(release_in)
     )
     os.environ.update(
         {
