@@ -1046,7 +1046,7 @@ class DeployWorkflow:
     # a wait_condition: a condition wakes its waiter only after every other coroutine woken in the same
     # activation has run, so the schedule command would land elsewhere whenever the server batches the
     # events of a workflow task differently (a query served by a fresh worker after a crash does that),
-    # and replay would fail. tests/test_crash.py drives exactly that case.
+    # and replay would fail (docs/replay.md; `DEPLOYCTL_CRASH_QUERIES=1` in tests/test_crash.py drives it).
 
     def _pump(self) -> None:
         """Start sending the next notice, unless one is in flight. Slack trouble is noted, never fatal."""
