@@ -869,8 +869,15 @@ class DeployWorkflow:
     def _record(self, entry: AuditEntry) -> None:
         self._audit.append(entry)
 
-    def _note(self, text: str, action: str = "note", channel: str = SYSTEM, step: Step | None = None) -> None:
-        """An entry by deployctl itself in the audit trail; `notify_failed` ones count as not accepted."""
+    def _note(
+        self,
+        text: str,
+        action: str = "note",
+        channel: str = SYSTEM,
+        step: Step | None = None,
+        accepted: bool = True,
+    ) -> None:
+        """An entry by deployctl itself in the audit trail."""
         self._record(
             AuditEntry(
                 time=workflow.now(),
@@ -878,7 +885,7 @@ class DeployWorkflow:
                 action=action,
                 actor=SYSTEM,
                 channel=channel,
-                accepted=action != "notify_failed",
+                accepted=accepted,
                 reason=text,
             )
         )
@@ -1159,7 +1166,11 @@ class DeployWorkflow:
         else:
             channel = notice.to if notice.kind == "dm" else self._in.settings.triage_channel
             self._note(
-                f"Slack {notice.kind} to {channel} not sent: {why}", "notify_failed", "slack", notice.step
+                f"Slack {notice.kind} to {channel} not sent: {why}",
+                "notify_failed",
+                "slack",
+                notice.step,
+                accepted=False,
             )
 
     def _wid(self) -> str:

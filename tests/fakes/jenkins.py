@@ -144,6 +144,7 @@ class _FailRule:
     path_contains: str
     times: int
     after_effect: bool
+    delay: float = 0.0  # > 0: not an error, the right answer this many seconds late
 
 
 @dataclass
@@ -475,9 +476,9 @@ class FakeJenkins(LocalServer):
                 rsp = _Response(
                     500, _html("Oops!", f"A problem occurred while processing the request: {exc!r}")
                 )
-            if rule is not None and rule.status == 0:  # a slow answer (see chaos)
+            if rule is not None and rule.delay:
                 self.slow_answers += 1
-                return dataclasses.replace(rsp, delay=self._slow[1])
+                return dataclasses.replace(rsp, delay=rule.delay)
             if rule is not None:
                 return self._error_response(rule.status)
             return rsp
@@ -501,7 +502,7 @@ class FakeJenkins(LocalServer):
         chaos = getattr(self, "_chaos", None)
         if chaos and chaos[0] > 0 and chaos[2] in req.raw_path and chaos[1].random() < chaos[0]:
             if chaos[1].random() < self._slow[0]:
-                return _FailRule(0, None, "", 1, True)
+                return _FailRule(200, None, "", 1, True, delay=self._slow[1])
             return _FailRule(chaos[1].choice([500, 502, 503]), None, "", 1, chaos[1].random() < 0.5)
         for rule in self._fail_rules:
             if rule.method is not None and rule.method.upper() != req.method:
