@@ -2,9 +2,11 @@
 
 `load_config()` reads the file named by `--config`, `DEPLOYCTL_CONFIG` or `./deployctl.toml`, validates
 all of it with pydantic and turns every problem into a `ConfigError` whose text is one line naming the
-file, the key and what to do. The CLI prints that line and exits 2.
+file, the key and what to do. The CLI and the worker print that line and exit 2. A file that is valid
+key by key but cannot work is refused too: a group that a configured environment's or service's deploys
+wait on must be configured, and must have someone in it who may act (not only the service's code owners).
 
-Secrets are never part of `Config`: `Secrets` reads them from the environment when they are needed,
+Secrets are never part of `Config`: `secret()` reads them from the environment when they are needed,
 so they cannot reach a workflow input, a history, a repr or a log through the configuration.
 """
 
@@ -16,7 +18,7 @@ import tomllib
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -34,7 +36,8 @@ from pydantic import (
     model_validator,
 )
 
-from workflows.models import Cloud, DeploySettings, GroupSpec, ServiceSpec, Step
+from workflows.models import Cloud, DeploySettings, GroupSpec, Process, ServiceSpec, Step
+from workflows.steps import sre_group, steps_for, triage_group
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -51,13 +54,11 @@ __all__ = [
     "JenkinsConfig",
     "ReleaseConfig",
     "ReleaseWindow",
-    "Secrets",
     "ServiceConfig",
     "SlackConfig",
-    "UpcomingWindow",
     "load_config",
     "parse_duration",
-    "upcoming_windows",
+    "secret",
 ]
 
 DEFAULT_CONFIG_PATH = "deployctl.toml"
@@ -71,7 +72,8 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "SLACK_API_URL": ("slack", "api_url"),
 }
 
-#: The groups a `[groups]` table may name; the first two must be there.
+#: The groups a `[groups]` table may name; the first two must be there, the others when a deploy needs
+#: them (`sre-gov` for a gov-cloud environment, `vp` for a valkyr service: see `groups_needed`).
 GROUP_NAMES = ("pccr-gatekeeper", "sre", "sre-gov", "vp")
 REQUIRED_GROUPS = ("pccr-gatekeeper", "sre")
 
@@ -97,6 +99,14 @@ _SECRET_HINTS = {
     "SLACK_SIGNING_SECRET": "the Slack app's signing secret, from its Basic Information page",
     "SLACK_APP_TOKEN": "an app-level token, xapp-…, with connections:write for Socket Mode",
 }
+
+
+def groups_needed(cloud: Cloud, valkyr: bool) -> frozenset[str]:
+    """The groups a deploy to `cloud` of a (valkyr) service waits on, by the step table: the groups that
+    act at one of its steps, the one its SRE is assigned from and the one its triage message mentions."""
+    actors = {d.actor for process in Process for d in steps_for(process, cloud, valkyr) if d.actor}
+    acting = {role.value for role in actors if role.value in GROUP_NAMES}
+    return frozenset(acting | {sre_group(cloud), triage_group(cloud)})
 
 
 class ConfigError(Exception):
@@ -186,9 +196,21 @@ def _repo(value: str) -> str:
     return value
 
 
-def _non_empty_ids(value: tuple[str, ...]) -> tuple[str, ...]:
+def _some_code_owners(value: tuple[str, ...]) -> tuple[str, ...]:
     if not value:
-        raise ValueError('the list is empty: name at least one Slack user id, like ["U0123ABCD"]')
+        raise ValueError(
+            "no code owners: nobody could open, validate or trigger this service's deploys; "
+            'name at least one Slack user id, like code_owners = ["U0123ABCD"]'
+        )
+    return value
+
+
+def _input_id(value: str) -> str:
+    if not value.strip():
+        raise ValueError(
+            "must not be empty: give the id of the job's `input` step, or leave input_id out to answer "
+            "the build's one pending input"
+        )
     return value
 
 
@@ -258,6 +280,7 @@ SlackUserId = Annotated[StrictStr, AfterValidator(_user_id)]
 Name = Annotated[StrictStr, AfterValidator(_name)]
 Url = Annotated[StrictStr, AfterValidator(_url)]
 Text = Annotated[StrictStr, AfterValidator(_not_blank)]
+InputId = Annotated[StrictStr, AfterValidator(_input_id)]
 Repo = Annotated[StrictStr, AfterValidator(_repo)]
 UtcTimestamp = Annotated[datetime, BeforeValidator(_utc_timestamp)]
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
@@ -292,7 +315,8 @@ class JenkinsConfig(_Table):
     user: Text
     diff_begin: Text = DeploySettings.model_fields["diff_begin"].default
     diff_end: Text = DeploySettings.model_fields["diff_end"].default
-    input_id: Text = DeploySettings.model_fields["input_id"].default
+    #: The `input` step every job's build waits at; None: the build's one pending input, whatever its id.
+    input_id: InputId | None = None
     timeout: float = Field(default=10.0, gt=0, le=300)  # seconds one HTTP request to Jenkins may take
 
     @field_validator("url")
@@ -360,9 +384,10 @@ class EnvironmentConfig(_Table):
 
 
 class ServiceConfig(_Table):
-    code_owners: Annotated[tuple[SlackUserId, ...], AfterValidator(_non_empty_ids)]
+    code_owners: Annotated[tuple[SlackUserId, ...], AfterValidator(_some_code_owners)]
     jenkins_job: Text
     valkyr: StrictBool = False
+    input_id: InputId | None = None  # this job's `input` step; None: `[jenkins] input_id`
 
     @field_validator("jenkins_job")
     @classmethod
@@ -459,6 +484,67 @@ class Config(_Table):
     def _default_timeouts(cls, timeouts: dict[str, timedelta]) -> dict[str, timedelta]:
         return {str(step): timeouts.get(step, default) for step, default in TIMEOUT_DEFAULTS.items()}
 
+    @model_validator(mode="after")
+    def _deploys_can_finish(self) -> Config:
+        """Refuse a file under which a deploy could only wait until it expires: a group one of its steps
+        waits on is not configured, or lists nobody but the service's code owners (who never act in
+        another role on their own deploy). A Slack user group's members are known only when a step
+        starts, so only listed members are checked."""
+        problems = [*self._missing_groups(), *self._owner_only_groups()]
+        if problems:
+            shown = "; ".join(problems[:_MAX_PROBLEMS])
+            more = len(problems) - _MAX_PROBLEMS
+            raise ValueError(
+                shown + (f" (and {more} more problem{'s' if more > 1 else ''})" if more > 0 else "")
+            )
+        return self
+
+    def _missing_groups(self) -> list[str]:
+        problems = []
+        clouds = sorted({env.cloud for env in self.environments.values()})
+        valkyr = sorted(name for name, spec in self.services.items() if spec.valkyr)
+        unset = "which is not configured"
+        for group in GROUP_NAMES:
+            if group in self.groups:
+                continue
+            add = (
+                f'add {group} = ["U0123ABCD", …] or {group} = {{ slack_usergroup = "S0123ABCD" }} '
+                "under [groups]"
+            )
+            for cloud in clouds:
+                if group in groups_needed(cloud, valkyr=False):
+                    envs = sorted(name for name, env in self.environments.items() if env.cloud is cloud)
+                    where = ", ".join(_format_loc(("environments", name)) for name in envs)
+                    problems.append(f"{where}: a {cloud}-cloud deploy needs group {group!r}, {unset}: {add}")
+                    break
+            else:
+                if valkyr and any(
+                    group in groups_needed(cloud, valkyr=True) - groups_needed(cloud, valkyr=False)
+                    for cloud in Cloud
+                ):
+                    where = ", ".join(_format_loc(("services", name)) for name in valkyr)
+                    problems.append(
+                        f"{where}: a valkyr service's deploy needs group {group!r}, {unset}: {add}"
+                    )
+        return problems
+
+    def _owner_only_groups(self) -> list[str]:
+        problems = []
+        clouds = {env.cloud for env in self.environments.values()}
+        for name, service in sorted(self.services.items()):
+            needed = set().union(*(groups_needed(cloud, service.valkyr) for cloud in clouds))
+            for group in GROUP_NAMES:
+                spec = self.groups.get(group)
+                if group not in needed or spec is None or spec.slack_usergroup is not None:
+                    continue
+                if set(spec.members) <= set(service.code_owners):
+                    problems.append(
+                        f"{_format_loc(('services', name))}: every member of group {group!r} "
+                        f"({', '.join(spec.members)}) is a code owner of {name}, and a code owner never acts "
+                        f"in another role on their own deploy: add someone else to {group} under [groups]"
+                    )
+        return problems
+
     # -- lookups ---------------------------------------------------------------------------------------
 
     @property
@@ -475,7 +561,11 @@ class Config(_Table):
                 f"[services] ({known}), or add a [services.{name}] table"
             )
         return ServiceSpec(
-            name=name, code_owners=spec.code_owners, jenkins_job=spec.jenkins_job, valkyr=spec.valkyr
+            name=name,
+            code_owners=spec.code_owners,
+            jenkins_job=spec.jenkins_job,
+            valkyr=spec.valkyr,
+            input_id=spec.input_id if spec.input_id is not None else self.jenkins.input_id,
         )
 
     def cloud(self, env_name: str) -> Cloud:
@@ -487,17 +577,6 @@ class Config(_Table):
                 f'under [environments] ({known}), or add {env_name} = {{ cloud = "com" }} there'
             )
         return environment.cloud
-
-    def group(self, name: str) -> GroupSpec:
-        spec = self.groups.get(name)
-        if spec is None:
-            if name not in GROUP_NAMES:
-                raise ConfigError(f"unknown group {name!r}: the groups are {', '.join(GROUP_NAMES)}")
-            raise ConfigError(
-                f"{self._source}: group {name!r} is not configured and this deploy needs it: add "
-                f'{name} = ["U0123ABCD", …] or {name} = {{ slack_usergroup = "S0123ABCD" }} under [groups]'
-            )
-        return spec
 
     def timeout(self, step: str) -> timedelta:
         return self.timeouts.get(step) or TIMEOUT_DEFAULTS[Step(step)]
@@ -651,61 +730,15 @@ def _show(value: object, limit: int = 60) -> str:
 # Secrets
 
 
-class Secrets:
-    """The secrets, read from the environment when asked for; never stored in `Config` or shown in a repr."""
-
-    def __init__(self, env: Mapping[str, str] | None = None) -> None:
-        self._env = env
-
-    def secret(self, name: str, env: Mapping[str, str] | None = None, required: bool = True) -> str | None:
-        """The value of secret `name` (one of `SECRET_NAMES`); an unset or blank one is `None`, or a
-        `ConfigError` when `required`."""
-        if name not in SECRET_NAMES:
-            raise ValueError(
-                f"{name!r} is not a secret deployctl reads: use one of {', '.join(SECRET_NAMES)}"
-            )
-        source = env if env is not None else self._env if self._env is not None else os.environ
-        value = (source.get(name) or "").strip()
-        if value:
-            return value
-        if required:
-            raise ConfigError(
-                f"{name} is not set: export it in this process's environment ({_SECRET_HINTS[name]})"
-            )
-        return None
-
-    def __repr__(self) -> str:
-        source = self._env if self._env is not None else os.environ
-        shown = ", ".join(
-            f"{name}={'set' if (source.get(name) or '').strip() else 'unset'}" for name in SECRET_NAMES
-        )
-        return f"Secrets({shown})"
-
-
-# ---------------------------------------------------------------------------------------------------
-# Release calendar
-
-
-class UpcomingWindow(NamedTuple):
-    name: str
-    start: datetime
-    end: datetime
-    last_planning_day: date
-
-
-def upcoming_windows(config: Config, now: datetime) -> list[UpcomingWindow]:
-    """Release windows not over yet at `now` (a naive `now` is UTC), by start, each with its last
-    planning day: the window's start date (UTC) minus `lead_time_days`."""
-    if now.utcoffset() is None:
-        now = now.replace(tzinfo=UTC)
-    lead = timedelta(days=config.release.lead_time_days)
-    return [
-        UpcomingWindow(window.name, window.start, window.end, window.start.date() - lead)
-        for window in sorted(config.release.windows, key=lambda w: (w.start, w.name))
-        if window.end > now
-    ]
-
-
 def secret(name: str, env: Mapping[str, str] | None = None, required: bool = True) -> str | None:
-    """A secret from the environment (never the config file); a missing required one is a ConfigError."""
-    return Secrets(env).secret(name, required=required)
+    """The value of secret `name` (one of `SECRET_NAMES`) from `env` (default: `os.environ`), never from
+    the config file. An unset or blank one is `None`, or a one-line `ConfigError` when `required`."""
+    if name not in SECRET_NAMES:
+        raise ValueError(f"{name!r} is not a secret deployctl reads: use one of {', '.join(SECRET_NAMES)}")
+    value = ((os.environ if env is None else env).get(name) or "").strip()
+    if value:
+        return value
+    if required:
+        hint = _SECRET_HINTS[name]
+        raise ConfigError(f"{name} is not set: export it in this process's environment ({hint})")
+    return None

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import os
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from starter.cli import render_releases
 from starter.config import (
     TIMEOUT_DEFAULTS,
     Config,
     ConfigError,
-    Secrets,
+    groups_needed,
     load_config,
     parse_duration,
-    upcoming_windows,
+    secret,
 )
 from workflows.models import Cloud, DeploySettings, GroupSpec, ServiceSpec, Step
 
@@ -81,7 +82,7 @@ def test_example_loads() -> None:
     assert config.ui_url == "http://127.0.0.1:8233"
     assert config.jenkins.url == "http://127.0.0.1:8080"
     assert config.jenkins.user == "deploy-bot"
-    assert config.jenkins.input_id == "Approve-deploy"
+    assert config.jenkins.input_id is None  # the example leaves it unset: the build's one pending input
     assert config.github.configs_repo == "mulesoft/kilonova-product-configs"
     assert config.github.version_file.format(service="payments-api") == "channel-gov/payments-api.yaml"
     assert config.slack.api_url == "https://slack.com/api/"
@@ -96,13 +97,17 @@ def test_example_loads() -> None:
 def test_example_lookups() -> None:
     config = load_config(EXAMPLE, env={})
     assert config.service("payments-api") == ServiceSpec(
-        name="payments-api", code_owners=("U0OWNER1",), jenkins_job="deploy-payments-api", valkyr=False
+        name="payments-api",
+        code_owners=("U0OWNER1",),
+        jenkins_job="deploy-payments-api",
+        valkyr=False,
+        input_id=None,
     )
     assert config.cloud("kprod") is Cloud.COM
     assert config.cloud("kprod-gov") is Cloud.GOV
-    assert config.group("sre") == GroupSpec(members=("U0SRE1", "U0SRE2"))
-    assert config.group("sre-gov") == GroupSpec(slack_usergroup="S0SREGOV")
-    assert config.group("sre-gov").mention() == "<!subteam^S0SREGOV>"
+    assert config.groups["sre"] == GroupSpec(members=("U0SRE1", "U0SRE2"))
+    assert config.groups["sre-gov"] == GroupSpec(slack_usergroup="S0SREGOV")
+    assert config.groups["sre-gov"].mention() == "<!subteam^S0SREGOV>"
 
 
 def test_settings_snapshot() -> None:
@@ -114,7 +119,7 @@ def test_settings_snapshot() -> None:
     assert settings.triage_channel == "C0TRIAGE"
     assert settings.diff_begin == "=== DEPLOY DIFF BEGIN ==="
     assert settings.diff_end == "=== DEPLOY DIFF END ==="
-    assert settings.input_id == "Approve-deploy"
+    assert settings.input_id is None
     assert set(settings.groups) == {"pccr-gatekeeper", "sre", "sre-gov", "vp"}
     assert settings.groups["vp"] == GroupSpec(members=("U0VP1",))
     assert set(settings.timeouts) == {str(step) for step in TIMEOUT_DEFAULTS}
@@ -129,7 +134,7 @@ def test_minimal_file_gets_defaults(tmp_path: Path) -> None:
     assert config.ui_url == "http://127.0.0.1:8233"
     assert config.jenkins.url == "http://jenkins.example:8080"  # trailing slash dropped
     assert config.jenkins.diff_begin == "=== DEPLOY DIFF BEGIN ==="
-    assert config.jenkins.input_id == "Approve-deploy"
+    assert config.jenkins.input_id is None
     assert config.github.api_url == "https://api.github.com"
     assert config.github.base_branch == "master"
     assert config.change_requests.backend == "builtin"
@@ -151,13 +156,65 @@ def test_jenkins_request_timeout(tmp_path: Path) -> None:
 
 
 def test_valkyr_and_folder_job(tmp_path: Path) -> None:
-    text = MINIMAL + (
-        '[services.ledger]\ncode_owners = ["U0A", "W0B"]\njenkins_job = "platform/deploy-ledger"\nvalkyr = true\n'
+    text = (
+        MINIMAL
+        + 'vp = ["U0VP1"]\n'
+        + (
+            '[services.ledger]\ncode_owners = ["U0A", "W0B"]\njenkins_job = "platform/deploy-ledger"\nvalkyr = true\n'
+        )
     )
     spec = load_text(tmp_path, text).service("ledger")
     assert spec.valkyr is True
     assert spec.jenkins_job == "platform/deploy-ledger"
     assert spec.code_owners == ("U0A", "W0B")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The Jenkins input id
+
+SERVICES = """
+[services.a]
+code_owners = ["U0A"]
+jenkins_job = "deploy-a"
+
+[services.b]
+code_owners = ["U0B"]
+jenkins_job = "deploy-b"
+input_id = "Ship-it"
+"""
+
+
+def test_input_id_defaults_to_none(tmp_path: Path) -> None:
+    """No input id anywhere: answer the build's one pending input, whatever its id."""
+    config = load_text(tmp_path, MINIMAL + SERVICES)
+    assert config.jenkins.input_id is None
+    assert config.settings().input_id is None
+    assert config.service("a").input_id is None
+    assert config.service("b").input_id == "Ship-it"  # a service's own id, with nothing to fall back on
+
+
+def test_service_input_id_overrides_jenkins_input_id(tmp_path: Path) -> None:
+    text = MINIMAL.replace('user = "deploy-bot"', 'user = "deploy-bot"\ninput_id = "Approve-deploy"')
+    config = load_text(tmp_path, text + SERVICES)
+    assert config.jenkins.input_id == "Approve-deploy"
+    assert config.settings().input_id == "Approve-deploy"
+    assert config.service("a").input_id == "Approve-deploy"  # falls back on [jenkins] input_id
+    assert config.service("b").input_id == "Ship-it"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ('user = "deploy-bot"', 'user = "deploy-bot"\ninput_id = ""', "jenkins.input_id: must not be empty"),
+        ('user = "deploy-bot"', 'user = "deploy-bot"\ninput_id = "  "', "leave input_id out"),
+        ('user = "deploy-bot"', 'user = "deploy-bot"\ninput_id = 1', "jenkins.input_id: must be a string"),
+        ('input_id = "Ship-it"', 'input_id = ""', "services.b.input_id: must not be empty"),
+        ('input_id = "Ship-it"', "input_id = false", "services.b.input_id: must be a string"),
+    ],
+)
+def test_bad_input_id(tmp_path: Path, old: str, new: str, expected: str) -> None:
+    message = config_error(tmp_path, (MINIMAL + SERVICES).replace(old, new, 1))
+    assert expected in message, message
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -361,7 +418,12 @@ def test_not_utf8(tmp_path: Path) -> None:
             '["u0owner1"]',
             "services.payments-api.code_owners[0]: 'u0owner1' is not a Slack user id",
         ),
-        ('["U0OWNER1"]', "[]", "services.payments-api.code_owners: the list is empty"),
+        (
+            '["U0OWNER1"]',
+            "[]",
+            "services.payments-api.code_owners: no code owners: nobody could open, validate or trigger this "
+            'service\'s deploys; name at least one Slack user id, like code_owners = ["U0123ABCD"]',
+        ),
         ('["U0OWNER1"]', '"U0OWNER1"', "services.payments-api.code_owners: must be a list"),
         ('jenkins_job = "deploy-payments-api"', 'jenkins_job = "a//b"', "services.payments-api.jenkins_job"),
         (
@@ -524,24 +586,133 @@ def test_lookups_with_nothing_configured(tmp_path: Path) -> None:
         config.cloud("x")
 
 
-def test_optional_groups_only_when_needed(tmp_path: Path) -> None:
-    config = load_text(tmp_path, MINIMAL)
-    assert set(config.settings().groups) == {"pccr-gatekeeper", "sre"}
-    for name in ("vp", "sre-gov"):
-        with pytest.raises(ConfigError) as info:
-            config.group(name)
-        message = one_line(info.value)
-        assert f"group '{name}' is not configured" in message and "[groups]" in message
-    with pytest.raises(ConfigError, match="unknown group 'admins'"):
-        config.group("admins")
-
-
 def test_usergroup_groups(tmp_path: Path) -> None:
     text = MINIMAL.replace('sre = ["U0SRE1"]', 'sre = { slack_usergroup = "S0SRE" }')
     config = load_text(tmp_path, text + 'vp = { slack_usergroup = "S0VP" }\n')
-    assert config.group("sre") == GroupSpec(slack_usergroup="S0SRE")
-    assert config.group("vp").mention() == "<!subteam^S0VP>"
+    assert config.groups["sre"] == GroupSpec(slack_usergroup="S0SRE")
+    assert config.groups["vp"].mention() == "<!subteam^S0VP>"
     assert config.settings().groups["sre"].members == ()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Config that cannot work is refused at load: a group a deploy waits on is missing, or holds only the
+# service's code owners (who never act in another role on their own deploy)
+
+ADD_SRE_GOV = 'add sre-gov = ["U0123ABCD", …] or sre-gov = { slack_usergroup = "S0123ABCD" } under [groups]'
+ADD_VP = 'add vp = ["U0123ABCD", …] or vp = { slack_usergroup = "S0123ABCD" } under [groups]'
+
+
+def test_groups_each_deploy_needs() -> None:
+    """By the step table: gatekeepers review every deploy; the SRE comes from sre (com) or sre-gov (gov)."""
+    assert groups_needed(Cloud.COM, valkyr=False) == {"pccr-gatekeeper", "sre"}
+    assert groups_needed(Cloud.GOV, valkyr=False) == {"pccr-gatekeeper", "sre-gov"}
+    assert groups_needed(Cloud.COM, valkyr=True) == {"pccr-gatekeeper", "sre", "vp"}
+    assert groups_needed(Cloud.GOV, valkyr=True) == {"pccr-gatekeeper", "sre-gov", "vp"}
+
+
+def test_optional_groups_only_when_needed(tmp_path: Path) -> None:
+    """No gov environment and no valkyr service: neither sre-gov nor vp is needed."""
+    text = MINIMAL + '[environments]\nkprod = { cloud = "com" }\n' + SERVICES
+    config = load_text(tmp_path, text)
+    assert set(config.settings().groups) == {"pccr-gatekeeper", "sre"}
+
+
+def test_gov_environment_needs_sre_gov(tmp_path: Path) -> None:
+    text = edited('sre-gov = { slack_usergroup = "S0SREGOV" }\n', "")
+    assert config_error(tmp_path, text) == (
+        f"{tmp_path / 'deployctl.toml'}: environments.kprod-gov: a gov-cloud deploy needs group 'sre-gov', "
+        f"which is not configured: {ADD_SRE_GOV}"
+    )
+    two = text.replace(
+        'kprod-gov = { cloud = "gov" }', 'kprod-gov = { cloud = "gov" }\nkgov2 = { cloud = "gov" }'
+    )
+    assert "environments.kgov2, environments.kprod-gov: a gov-cloud deploy" in config_error(tmp_path, two)
+    without_gov = text.replace('kprod-gov = { cloud = "gov" }\n', "")
+    assert set(load_text(tmp_path, without_gov).groups) == {"pccr-gatekeeper", "sre", "vp"}
+
+
+def test_valkyr_service_needs_vp(tmp_path: Path) -> None:
+    text = edited('vp = ["U0VP1"]\n', "").replace("valkyr = false ", "valkyr = true ")
+    assert config_error(tmp_path, text) == (
+        f"{tmp_path / 'deployctl.toml'}: services.payments-api: a valkyr service's deploy needs group 'vp', "
+        f"which is not configured: {ADD_VP}"
+    )
+    # Even with no environment configured yet: every process of a valkyr service starts with VP approval.
+    assert "services.ledger: a valkyr service's deploy needs group 'vp'" in config_error(
+        tmp_path, MINIMAL + '[services.ledger]\ncode_owners = ["U0A"]\njenkins_job = "j"\nvalkyr = true\n'
+    )
+    assert set(load_text(tmp_path, edited('vp = ["U0VP1"]\n', "")).groups) == {
+        "pccr-gatekeeper",
+        "sre",
+        "sre-gov",
+    }
+
+
+def test_missing_groups_on_one_line(tmp_path: Path) -> None:
+    text = (
+        edited('vp = ["U0VP1"]\n', "")
+        .replace('sre-gov = { slack_usergroup = "S0SREGOV" }\n', "")
+        .replace("valkyr = false ", "valkyr = true ")
+    )
+    message = config_error(tmp_path, text)
+    assert message.count("; ") == 1, message
+    assert "environments.kprod-gov: a gov-cloud deploy needs group 'sre-gov'" in message
+    assert "; services.payments-api: a valkyr service's deploy needs group 'vp'" in message
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "group"),
+    [
+        ('pccr-gatekeeper = ["U0GATE1", "U0GATE2"]', 'pccr-gatekeeper = ["U0OWNER1"]', "pccr-gatekeeper"),
+        ('sre = ["U0SRE1", "U0SRE2"]', 'sre = ["U0OWNER1"]', "sre"),
+        ('sre-gov = { slack_usergroup = "S0SREGOV" }', 'sre-gov = ["U0OWNER1"]', "sre-gov"),
+    ],
+)
+def test_a_group_of_only_code_owners_cannot_act(tmp_path: Path, old: str, new: str, group: str) -> None:
+    message = config_error(tmp_path, edited(old, new))
+    assert message == (
+        f"{tmp_path / 'deployctl.toml'}: services.payments-api: every member of group {group!r} (U0OWNER1) "
+        "is a code owner of payments-api, and a code owner never acts in another role on their own deploy: "
+        f"add someone else to {group} under [groups]"
+    )
+    # One other member is enough.
+    assert load_text(tmp_path, edited(old, new.replace('["U0OWNER1"]', '["U0OWNER1", "U0OTHER"]')))
+
+
+def test_a_group_of_only_code_owners_where_it_is_not_needed(tmp_path: Path) -> None:
+    # vp acts only on valkyr services, sre-gov only in gov environments; a user group is resolved later.
+    assert load_text(tmp_path, edited('vp = ["U0VP1"]', 'vp = ["U0OWNER1"]'))
+    text = edited('sre-gov = { slack_usergroup = "S0SREGOV" }', 'sre-gov = ["U0OWNER1"]')
+    assert load_text(tmp_path, text.replace('kprod-gov = { cloud = "gov" }\n', ""))
+    assert "every member of group 'vp'" in config_error(
+        tmp_path, edited('vp = ["U0VP1"]', 'vp = ["U0OWNER1"]').replace("valkyr = false ", "valkyr = true ")
+    )
+    sre_usergroup = edited('sre = ["U0SRE1", "U0SRE2"]', 'sre = { slack_usergroup = "S0SRE" }')
+    assert load_text(tmp_path, sre_usergroup.replace('["U0OWNER1"]', '["U0OWNER1", "U0SRE1"]'))
+
+
+def test_test_configs_can_work(tmp_path: Path) -> None:
+    """The configs the dev stack, the benchmarks and the tests write all pass the load-time checks."""
+    from starter.devstack import config_text, release_calendar
+    from tests.conftest import CONFIG_TEMPLATE
+
+    load_text(tmp_path, config_text("http://j", "http://s", "http://g") + release_calendar(None))
+    for valkyr in ("false", "true"):
+        load_text(
+            tmp_path,
+            CONFIG_TEMPLATE.format(
+                task_queue="q",
+                jenkins_url="http://j",
+                jenkins_extra="",
+                slack_url="http://s",
+                github_url="http://g",
+                service="svc",
+                job="deploy-svc",
+                pccr_backend="builtin",
+                valkyr=valkyr,
+                timeouts="",
+            ),
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -549,9 +720,8 @@ def test_usergroup_groups(tmp_path: Path) -> None:
 
 
 def test_secret_present() -> None:
-    secrets = Secrets({"JENKINS_TOKEN": "tok-123\n"})
-    assert secrets.secret("JENKINS_TOKEN") == "tok-123"
-    assert secrets.secret("GITHUB_TOKEN", env={"GITHUB_TOKEN": "ghp"}) == "ghp"
+    assert secret("JENKINS_TOKEN", {"JENKINS_TOKEN": "tok-123\n"}) == "tok-123"
+    assert secret("GITHUB_TOKEN", env={"GITHUB_TOKEN": "ghp"}) == "ghp"
 
 
 @pytest.mark.parametrize(
@@ -559,28 +729,25 @@ def test_secret_present() -> None:
 )
 def test_secret_missing(name: str) -> None:
     with pytest.raises(ConfigError) as info:
-        Secrets({}).secret(name)
+        secret(name, {})
     assert one_line(info.value).startswith(f"{name} is not set: export it")
     with pytest.raises(ConfigError):
-        Secrets({name: "   "}).secret(name)
-    assert Secrets({}).secret(name, required=False) is None
+        secret(name, {name: "   "})
+    assert secret(name, {}, required=False) is None
 
 
 def test_secret_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-from-env")
-    assert Secrets().secret("SLACK_BOT_TOKEN") == "xoxb-from-env"
+    assert secret("SLACK_BOT_TOKEN") == "xoxb-from-env"
 
 
 def test_unknown_secret_name() -> None:
     with pytest.raises(ValueError, match="not a secret"):
-        Secrets({"PATH": "/bin"}).secret("PATH")
+        secret("PATH", {"PATH": "/bin"})
 
 
 def test_secrets_never_shown() -> None:
     env = {"JENKINS_TOKEN": "s3cr3t-jenkins", "SLACK_BOT_TOKEN": "xoxb-s3cr3t"}
-    secrets = Secrets(env)
-    assert "s3cr3t" not in repr(secrets) and "s3cr3t" not in str(secrets)
-    assert "JENKINS_TOKEN=set" in repr(secrets) and "GITHUB_TOKEN=unset" in repr(secrets)
     config = load_config(EXAMPLE, env=env)
     for text in (repr(config), config.model_dump_json(), config.settings().model_dump_json()):
         assert "s3cr3t" not in text
@@ -588,10 +755,16 @@ def test_secrets_never_shown() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Release calendar
+# Release calendar (`deployctl releases`)
 
 
-def test_upcoming_windows(tmp_path: Path) -> None:
+def releases_table(config: Config, now: datetime) -> dict[str, list[str]]:
+    lines = render_releases(config, now).splitlines()
+    assert lines[0].split() == ["window", "opens", "(UTC)", "closes", "(UTC)", "plan", "by", "status"]
+    return {row.split()[0]: row.split()[1:] for row in lines[1:]}
+
+
+def test_release_windows(tmp_path: Path) -> None:
     text = MINIMAL + (
         "[release]\nlead_time_days = 10\nwindows = [\n"
         '  { name = "late", start = "2027-02-01T00:30:00Z", end = "2027-02-01T04:00:00Z" },\n'
@@ -601,27 +774,31 @@ def test_upcoming_windows(tmp_path: Path) -> None:
         "]\n"
     )
     config = load_text(tmp_path, text)
-    now = datetime(2026, 6, 1, 12, tzinfo=UTC)
-    windows = upcoming_windows(config, now)
-    assert [w.name for w in windows] == ["open", "next", "late"]
-    name, start, end, last_day = windows[1]
-    assert (name, start, end) == (
-        "next",
-        datetime(2026, 7, 1, 16, tzinfo=UTC),
-        datetime(2026, 7, 1, 20, tzinfo=UTC),
-    )
-    assert last_day == date(2026, 6, 21)
-    assert windows[2].last_planning_day == date(2027, 1, 22)
-    assert windows[2].last_planning_day.isoformat() == "2027-01-22"
-    # A naive `now` is UTC.
-    assert upcoming_windows(config, now.replace(tzinfo=None)) == windows
-    assert upcoming_windows(config, datetime(2030, 1, 1, tzinfo=UTC)) == []
+    table = releases_table(config, datetime(2026, 6, 1, 12, tzinfo=UTC))
+    assert list(table) == ["open", "next", "late"]  # by start; the window that is over is left out
+    assert table["open"][4:] == ["2026-05-22", "in", "progress"]
+    assert table["next"] == [
+        "2026-07-01",
+        "16:00",
+        "2026-07-01",
+        "20:00",
+        "2026-06-21",
+        "open",
+        "for",
+        "planning",
+    ]
+    assert table["late"][4] == "2027-01-22"
+    assert render_releases(config, datetime(2030, 1, 1, tzinfo=UTC)).startswith("no coming release windows")
 
 
-def test_upcoming_windows_example() -> None:
+def test_release_windows_example() -> None:
     config = load_config(EXAMPLE, env={})
-    [window] = upcoming_windows(config, datetime(2026, 11, 1, tzinfo=UTC))
-    assert window.last_planning_day == date(2026, 12, 1)
+    assert releases_table(config, datetime(2026, 11, 1, tzinfo=UTC))["2026.12"][4:] == [
+        "2026-12-01",
+        "open",
+        "for",
+        "planning",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------
