@@ -1,22 +1,129 @@
-"""What every polling activity shares."""
+"""What every polling activity shares: heartbeats that outlive a wait, and a sleep that heartbeats.
+
+The long activities run under a short heartbeat timeout (10 s, `workflows.deploy.JENKINS_WAIT`): an
+attempt that goes that long without a heartbeat is timed out and retried, however well it is doing. So
+nothing here stays silent longer than `HEARTBEAT_EVERY` (or a quarter of the heartbeat timeout, if that
+is shorter):
+- `sleep_unless_cancelled` heartbeats while it sleeps;
+- `heartbeating()` heartbeats from a helper thread while a blocking call (an HTTP request and its
+  client's own retries) runs, for a bounded time, so a call that hangs still times the attempt out.
+
+A heartbeat replaces the details the server keeps for the activity (what its next attempt reads in
+`activity.info().heartbeat_details`). These heartbeats repeat the last details sent through
+`heartbeat()` in this attempt, or, before any, the details this attempt started with: they never wipe or
+change them. Activities whose details matter should therefore heartbeat through `heartbeat()`, not
+`temporalio.activity.heartbeat`.
+
+Outside an activity (a plain call in a script or a test) the sleep just sleeps and the rest does nothing.
+"""
 
 from __future__ import annotations
 
+import contextvars
+import threading
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError
 
+#: The longest a sleep or a blocking call goes without a heartbeat (seconds).
+HEARTBEAT_EVERY = 2.0
+#: How long `heartbeating()` keeps an attempt alive around one blocking call, at most (seconds).
+KEEP_ALIVE_LIMIT = 60.0
+
+
+class _Beats:
+    """The details of one attempt's last heartbeat (one attempt runs in one worker thread)."""
+
+    def __init__(self, info: activity.Info) -> None:
+        self.info = info
+        self.details: tuple[Any, ...] = tuple(info.heartbeat_details)
+
+
+_local = threading.local()
+
+
+def _beats() -> _Beats:
+    info = activity.info()
+    beats: _Beats | None = getattr(_local, "beats", None)
+    if beats is None or beats.info is not info:  # a new attempt (each has its own Info) in this thread
+        beats = _Beats(info)
+        _local.beats = beats
+    return beats
+
+
+def heartbeat_every() -> float:
+    """Seconds between heartbeats: `HEARTBEAT_EVERY`, or a quarter of the heartbeat timeout if shorter."""
+    timeout = activity.info().heartbeat_timeout
+    if timeout is None:
+        return HEARTBEAT_EVERY
+    return max(0.05, min(HEARTBEAT_EVERY, timeout.total_seconds() / 4))
+
+
+def heartbeat(*details: Any) -> None:
+    """`temporalio.activity.heartbeat`, its details remembered for the sleeps and keep-alives that follow."""
+    _beats().details = details
+    activity.heartbeat(*details)
+
+
+def last_heartbeat_details() -> Sequence[Any]:
+    """What the last heartbeat of this attempt carried (through `heartbeat()`), else what it started with."""
+    return _beats().details
+
 
 def sleep_unless_cancelled(seconds: float) -> None:
-    """Sleep, returning early on cancellation (raised as CancelledError) or worker shutdown (retryable)."""
-    deadline = time.monotonic() + seconds
+    """Sleep, heartbeating (the last details) every `heartbeat_every()` seconds; return early on
+    cancellation (raised as CancelledError) or worker shutdown (retryable)."""
+    if not activity.in_activity():
+        time.sleep(max(0.0, seconds))
+        return
+    beats, every = _beats(), heartbeat_every()
+    now = time.monotonic()
+    deadline, next_beat = now + seconds, now + every
     while True:
-        remaining = deadline - time.monotonic()
+        now = time.monotonic()
+        remaining = deadline - now
         if remaining <= 0:
             return
-        activity.wait_for_cancelled_sync(min(remaining, 0.1))
+        if now >= next_beat:
+            activity.heartbeat(*beats.details)  # also how a cancellation request reaches this attempt
+            next_beat = now + every
+        activity.wait_for_cancelled_sync(max(0.0, min(remaining, next_beat - now, 0.1)))
         if activity.is_cancelled():
             raise CancelledError("activity cancelled")
         if activity.is_worker_shutdown():
             raise ApplicationError("worker shutting down; another worker takes over", type="WorkerShutdown")
+
+
+@contextmanager
+def heartbeating(limit: float = KEEP_ALIVE_LIMIT) -> Iterator[None]:
+    """Heartbeat (the last details) every `heartbeat_every()` seconds from a helper thread while the block
+    runs, for at most `limit` seconds: a blocking call that takes longer than the heartbeat timeout (a slow
+    answer, a client's own retries) does not time the attempt out, but one that hangs past `limit` does.
+    Cancellation is not noticed inside the block; check for it after it."""
+    if not activity.in_activity():
+        yield
+        return
+    beats, every = _beats(), heartbeat_every()
+    done = threading.Event()
+
+    def beat() -> None:
+        deadline = time.monotonic() + limit
+        while not done.wait(every) and time.monotonic() < deadline:
+            try:
+                activity.heartbeat(*beats.details)
+            except Exception:  # the attempt is over (or the worker is going): nothing left to keep alive
+                return
+
+    helper = threading.Thread(
+        target=contextvars.copy_context().run, args=(beat,), name="deployctl-heartbeat", daemon=True
+    )
+    helper.start()
+    try:
+        yield
+    finally:
+        done.set()
+        helper.join()

@@ -43,7 +43,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError
 from urllib3.util.retry import Retry
 
-from activities.common import sleep_unless_cancelled
+from activities.common import heartbeat, heartbeating, sleep_unless_cancelled
 from workflows.models import (
     CommentInput,
     IssueRef,
@@ -472,13 +472,16 @@ class GithubActivities:
     def watch_pr(self, inp: PrRefInput) -> VersionPr:
         """Return once the PR is no longer open (merged or closed directly on GitHub).
 
-        Polls every `watch_interval` seconds with a heartbeat; the workflow cancels it when the SRE merges
-        through deployctl."""
+        Polls every `watch_interval` seconds; the workflow cancels it when the SRE merges through
+        deployctl, and the cancellation is noticed between polls. It runs under a heartbeat timeout shorter
+        than the interval, so it heartbeats throughout: while it sleeps (`sleep_unless_cancelled`) and
+        while a read of the PR waits for GitHub (`heartbeating`)."""
         while True:
-            state = self.pr_state(inp)
+            with heartbeating():
+                state = self.pr_state(inp)
             if state.merged or state.state != "open":
                 return state
-            activity.heartbeat({"number": inp.number})
+            heartbeat({"number": inp.number})
             sleep_unless_cancelled(self.watch_interval)
 
     @activity.defn

@@ -3,14 +3,16 @@ real HTTP server speaking GitHub's REST API). No Temporal server needed."""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import ActivityEnvironment
 
 from activities.github import LABEL_COLORS, GithubActivities, NoVersionLine, set_version
@@ -353,6 +355,46 @@ def test_close_a_merged_pr_is_a_noop_and_foreign_branches_stay(
     assert (closed.state, closed.merged, closed.merged_by) == ("closed", True, "alice")
     assert "alice/tweak" in fake.branches(CONFIGS)
     assert not writes(fake)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Watching the PR: heartbeats well inside the heartbeat timeout, cancellation between polls
+
+
+def watching_env(heartbeat_timeout: float) -> tuple[ActivityEnvironment, list[tuple[float, tuple[Any, ...]]]]:
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, heartbeat_timeout=timedelta(seconds=heartbeat_timeout))
+    beats: list[tuple[float, tuple[Any, ...]]] = []
+    env.on_heartbeat = lambda *d: beats.append((time.monotonic(), d))
+    return env, beats
+
+
+def test_watch_pr_heartbeats_through_slow_reads_and_sleeps(fake: FakeGitHub, opened: Any) -> None:
+    """Under a 1 s heartbeat timeout, with a 1.5 s poll and a read of the PR that takes 1.5 s, no two
+    heartbeats are more than a quarter of the timeout apart; the PR merged on GitHub ends the watch."""
+    acts = GithubActivities(fake.url, TOKEN, timeout=5, watch_interval=1.5)
+    env, beats = watching_env(heartbeat_timeout=1.0)
+    fake.before_next("GET", f"/pulls/{opened.number}", lambda: time.sleep(1.5))
+    threading.Timer(2.5, lambda: fake.merge_directly(CONFIGS, opened.number, by="alice")).start()
+    start = time.monotonic()
+    state = env.run(acts.watch_pr, PrRefInput(repo=CONFIGS, number=opened.number))
+    end = time.monotonic()
+    assert (state.merged, state.merged_by) == (True, "alice")
+    times = [start, *(t for t, _ in beats), end]
+    assert max(b - a for a, b in zip(times, times[1:], strict=False)) <= 0.5, beats
+    polled = [d for _, d in beats if d]
+    assert polled and all(d == ({"number": opened.number},) for d in polled)
+
+
+def test_watch_pr_is_cancelled_between_polls(fake: FakeGitHub, opened: Any) -> None:
+    acts = GithubActivities(fake.url, TOKEN, timeout=5, watch_interval=30)
+    env, beats = watching_env(heartbeat_timeout=10.0)
+    threading.Timer(0.5, env.cancel).start()
+    start = time.monotonic()
+    with pytest.raises(CancelledError):
+        env.run(acts.watch_pr, PrRefInput(repo=CONFIGS, number=opened.number))
+    assert time.monotonic() - start < 2.0
+    assert [d for _, d in beats] == [({"number": opened.number},)]  # the one poll's heartbeat
 
 
 # ---------------------------------------------------------------------------------------------------
