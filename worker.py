@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -55,6 +55,17 @@ PURE_MODULES = (
     "yaml",
 )
 
+# The SDK's workflow cache (temporalio's default: 1,000 runs, and a sticky task queue per worker) is off
+# unless DEPLOYCTL_MAX_CACHED_WORKFLOWS says otherwise. With it on, a `status` query that a fresh worker
+# answers while a workflow task waits on a killed worker's sticky queue leaves the fresh worker's cached
+# run ahead of its history; the commands it sends next are in an order replay rejects, and the deploy is
+# stuck (a Temporal SDK defect in temporalio 1.35.0: docs/replay.md, tests/test_wedge.py). With 0 there is
+# no sticky queue and no run outlives its task or query: every workflow task replays the whole history,
+# as Replayer does. Its cost is in bench/RESULTS.md. Once the SDK is fixed,
+# DEPLOYCTL_MAX_CACHED_WORKFLOWS=1000 (or `max_cached_workflows=`) turns the cache back on.
+MAX_CACHED_WORKFLOWS = 0
+CACHE_ENV = "DEPLOYCTL_MAX_CACHED_WORKFLOWS"
+
 
 def build_activities(client: Client, config: Config, env: Mapping[str, str] | None = None) -> list:
     """The activity callables, with their clients built once from the config and the environment."""
@@ -92,6 +103,20 @@ def build_activities(client: Client, config: Config, env: Mapping[str, str] | No
     ]
 
 
+def workflow_cache_size(environ: Mapping[str, str] | None = None) -> int:
+    """How many workflow runs a worker caches: $DEPLOYCTL_MAX_CACHED_WORKFLOWS, else MAX_CACHED_WORKFLOWS."""
+    raw = (os.environ if environ is None else environ).get(CACHE_ENV, "").strip()
+    if not raw:
+        return MAX_CACHED_WORKFLOWS
+    try:
+        size = int(raw)
+    except ValueError:
+        size = -1
+    if size < 0:
+        raise ConfigError(f"{CACHE_ENV} must be a whole number >= 0 (0: no workflow cache), not {raw!r}")
+    return size
+
+
 def create_worker(
     client: Client,
     config: Config,
@@ -99,9 +124,19 @@ def create_worker(
     *,
     task_queue: str | None = None,
     executor: ThreadPoolExecutor | None = None,
+    max_cached_workflows: int | None = None,
+    activities: Sequence[Callable] | None = None,
 ) -> Worker:
-    """One worker of the pool. Activities are blocking client calls, run in a thread pool."""
-    pool = executor or ThreadPoolExecutor(max_workers=64, thread_name_prefix="deployctl-activity")
+    """One worker of the pool. Activities are blocking client calls, run in a thread pool.
+
+    `max_cached_workflows`: None reads `workflow_cache_size()` (0 unless the environment says otherwise).
+    `activities`: None registers every activity; `[]` makes a workflow-only worker."""
+    acts = build_activities(client, config, env) if activities is None else list(activities)
+    pool = (
+        (executor or ThreadPoolExecutor(max_workers=64, thread_name_prefix="deployctl-activity"))
+        if acts
+        else None
+    )
     return Worker(
         client,
         task_queue=task_queue or config.task_queue,
@@ -109,9 +144,10 @@ def create_worker(
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules(*PURE_MODULES)
         ),
-        activities=build_activities(client, config, env),
+        activities=acts,
         activity_executor=pool,
         max_concurrent_activities=64,
+        max_cached_workflows=workflow_cache_size() if max_cached_workflows is None else max_cached_workflows,
         graceful_shutdown_timeout=timedelta(seconds=20),
     )
 
@@ -155,9 +191,14 @@ async def serve(config: Config, metrics_port: int | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     with ThreadPoolExecutor(max_workers=64, thread_name_prefix="deployctl-activity") as pool:
-        worker = create_worker(client, config, executor=pool)
+        cache = workflow_cache_size()
+        worker = create_worker(client, config, executor=pool, max_cached_workflows=cache)
         async with worker:
-            log.info("worker polling task queue %s", config.task_queue)
+            log.info(
+                "worker polling task queue %s (workflow cache: %s)",
+                config.task_queue,
+                f"{cache} runs, sticky queues on" if cache else "off, every task replays its history",
+            )
             await stop.wait()
             log.info("shutting down: finishing running tasks")
 
@@ -178,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         config = load_config(args.config)
+        workflow_cache_size()
         secret("JENKINS_TOKEN")
         secret("SLACK_BOT_TOKEN")
         if needs_github(config):
