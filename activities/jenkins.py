@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, timedelta
 from typing import Any, TypeVar
@@ -87,6 +88,32 @@ def job_path(job: str) -> str:
 def input_url_id(input_id: str) -> str:
     """The input step's id as it appears in URLs: Jenkins upper-cases the first letter."""
     return input_id[:1].upper() + input_id[1:]
+
+
+def choose_input(
+    pending: list[dict[str, Any]], configured: str | None, number: int
+) -> tuple[str | None, str | None]:
+    """Which of a build's pending inputs deployctl answers.
+
+    `(id, None)`: that one. `(None, None)`: none is pending. `(None, why)`: it is unclear, and `why` says so
+    in one line: several are pending and none is configured, or the configured one is not among them.
+    Jenkins names an input without `id:` itself (the capitalised MD5 of its message), so the id is read
+    from the build, never assumed."""
+    ids = [str(p["id"]) for p in pending if p.get("id")]
+    if not ids:
+        return None, None
+    shown = ", ".join(f"`{i}`" for i in ids)
+    if configured:
+        want = input_url_id(configured)
+        if want in ids:
+            return want, None
+        return None, f"build #{number} waits at input {shown}, not the configured `{want}`"
+    if len(ids) == 1:
+        return ids[0], None
+    return None, (
+        f"build #{number} waits at {len(ids)} inputs ({shown}) and no input_id is configured: "
+        "set input_id for the service to the one deployctl answers"
+    )
 
 
 def extract_diff(console: str, begin: str, end: str) -> list[str] | None:
@@ -532,35 +559,43 @@ class JenkinsActivities:
     def input_action(self, inp: InputActionInput) -> InputActionResult:
         """Answer the build's input step (proceed or abort), once.
 
-        If the input is pending it POSTs `input/ID/proceedEmpty` or `input/ID/abort` and confirms by
-        re-reading `pendingInputActions`. If it is not pending, the console tells who answered: our own
-        answer (an earlier attempt whose reply was lost) gives `done=True`; anyone else's, or a build that
-        ended unanswered, gives `done=False, answered_elsewhere=True`. While the build runs and has not
-        reached the input yet, it waits (heartbeating).
+        The input is the configured one, or with none configured the build's one pending input, whatever
+        Jenkins named it (`choose_input`); when that is unclear it answers nothing and returns `refused`
+        with the reason at once. Else it POSTs `input/ID/proceedEmpty` or `input/ID/abort` and confirms
+        by re-reading `pendingInputActions`. If nothing is pending, the console tells who answered: our
+        own answer (an earlier attempt whose reply was lost) gives `done=True`; anyone else's, or a build
+        that ended unanswered, gives `done=False, answered_elsewhere=True`. While the build runs and has
+        not reached the input yet, it waits (heartbeating).
         """
-        iid = input_url_id(inp.input_id)
-        what = f"answering input {iid} of {inp.job} #{inp.number}"
-        posted_checks = 0
+        what = f"answering the input of {inp.job} #{inp.number}"
+        posted: str | None = None  # the input this attempt answered
+        rechecks = 0
         while True:
-            activity.heartbeat({"number": inp.number, "posted": posted_checks > 0})
+            activity.heartbeat({"number": inp.number, "posted": posted is not None})
             pending = self._pending_inputs(inp.job, inp.number, what)
-            if any(p.get("id") == iid for p in pending):
-                if posted_checks >= 3:
+            if posted is None:
+                target, unclear = choose_input(pending, inp.input_id, inp.number)
+                if unclear is not None:
+                    return InputActionResult(done=False, refused=unclear)
+                if target is not None:
+                    verb = "proceedEmpty" if inp.decision == "proceed" else "abort"
+                    self._post_input(inp.job, inp.number, target, verb, what)
+                    activity.logger.info("Sent %s to input %s of %s #%s", verb, target, inp.job, inp.number)
+                    posted = target
+                    continue
+            elif any(p.get("id") == posted for p in pending):
+                rechecks += 1
+                if rechecks >= 3:
                     raise ApplicationError(
-                        f"{what}: Jenkins at {self.url} took the answer but the input is still pending; user "
-                        f"{self.user!r} may not be allowed to answer it (submitter list, Job/Build, Job/Cancel)",
+                        f"{what}: Jenkins at {self.url} took the answer but input {posted} is still pending; "
+                        f"user {self.user!r} may not be allowed to answer it (submitter list, Job/Build, "
+                        "Job/Cancel)",
                         type="JenkinsInputRejected",
                         non_retryable=True,
                     )
-                if posted_checks == 0:
-                    verb = "proceedEmpty" if inp.decision == "proceed" else "abort"
-                    self._post_input(inp.job, inp.number, iid, verb, what)
-                    activity.logger.info("Sent %s to input %s of %s #%s", verb, iid, inp.job, inp.number)
-                else:
-                    sleep_unless_cancelled(self.poll_interval / 2)
-                posted_checks += 1
+                sleep_unless_cancelled(self.poll_interval / 2)
                 continue
-            settled = self._input_settlement(inp, iid, what)
+            settled = self._input_settlement(inp, posted or inp.input_id or "", what)
             if settled is not None:
                 return settled
             sleep_unless_cancelled(self.poll_interval)
@@ -590,28 +625,59 @@ class JenkinsActivities:
 
     @activity.defn(no_thread_cancel_exception=True)
     def watch_input(self, inp: WatchInputInput) -> WatchInputResult:
-        """Return once the input is no longer pending (answered in Jenkins, or the build ended).
+        """Watch the build at `deploy_approval`; return as soon as what Jenkins shows differs from what the
+        workflow knows (`inp.known`), so the deploy always says what it waits for:
 
-        Heartbeats about every `watch_interval`; honours cancellation (the workflow cancels it when the SRE
-        answers through deployctl). Before the build reaches the input nothing is pending either: that
-        counts as "answered" only once the input was seen pending (remembered in the heartbeat details
-        across attempts) or the console shows an answer line.
+        - `answered`: our input is no longer pending and was seen pending (remembered in the heartbeat
+          details across attempts), or the console shows an answer: someone answered in Jenkins;
+        - `ended`: the build is over (`build_result`);
+        - `unclear`: inputs are pending but which one is ours is not (`detail` says why, `choose_input`);
+        - `pending`: our input waits;
+        - `not_reached`: the build runs and has not reached its input yet; reported only once that has
+          lasted `settle_seconds`, so a build on its way to the input costs no extra round trip.
+
+        Heartbeats on every poll; honours cancellation (the workflow cancels it when the SRE answers
+        through deployctl).
         """
-        iid = input_url_id(inp.input_id)
-        what = f"watching input {iid} of {inp.job} #{inp.number}"
+        what = f"watching the input of {inp.job} #{inp.number}"
         details = activity.info().heartbeat_details
-        seen_pending = bool(details and isinstance(details[0], dict) and details[0].get("seen_pending"))
+        last = details[0] if details and isinstance(details[0], dict) else {}
+        seen_pending = bool(last.get("seen_pending"))
+        not_reached_since = last.get("not_reached_since")
         while True:
             pending = self._pending_inputs(inp.job, inp.number, what)
-            if any(p.get("id") == iid for p in pending):
-                seen_pending = True
+            target, unclear = choose_input(pending, inp.input_id, inp.number)
+            state: str
+            detail = ""
+            if target is not None:
+                state, seen_pending = "pending", True
+            elif unclear is not None:
+                state, detail = "unclear", unclear
             else:
                 info = self._build_info(inp.job, inp.number, what)
                 if not info.get("building"):
-                    return WatchInputResult(pending=False, build_result=info.get("result"))
+                    result = info.get("result")
+                    return WatchInputResult(
+                        pending=False,
+                        build_result=result,
+                        state="ended",
+                        detail=f"build #{inp.number} ended {result}",
+                    )
                 if seen_pending or first_answer(self._console(inp.job, inp.number, what)) is not None:
-                    return WatchInputResult(pending=False)
-            activity.heartbeat({"seen_pending": seen_pending})
+                    return WatchInputResult(
+                        pending=False, state="answered", detail=f"build #{inp.number}'s input was answered"
+                    )
+                state, detail = "not_reached", f"Jenkins build #{inp.number} has not reached its input yet"
+            if state == "not_reached":
+                not_reached_since = not_reached_since or time.time()
+            else:
+                not_reached_since = None
+            changed = state != inp.known or (state == "unclear" and detail != inp.known_detail)
+            if changed and (
+                state != "not_reached" or time.time() - not_reached_since >= inp.settle_seconds  # type: ignore[operator]
+            ):
+                return WatchInputResult(pending=True, state=state, detail=detail)  # type: ignore[arg-type]
+            activity.heartbeat({"seen_pending": seen_pending, "not_reached_since": not_reached_since})
             sleep_unless_cancelled(self.watch_interval)
 
     @activity.defn(no_thread_cancel_exception=True)
@@ -653,11 +719,10 @@ class JenkinsActivities:
             return
         build = number
         pending = self._pending_inputs(inp.job, build, what)
-        if pending:
-            iid = input_url_id(inp.input_id)
-            target = next((p for p in pending if p.get("id") == iid), pending[0])
-            self._post_input(inp.job, build, str(target.get("id")), "abort", what)
-            activity.logger.info("Aborted input %s of %s #%s", target.get("id"), inp.job, build)
+        if pending:  # every pending input: with parallel branches, one aborted input may leave others waiting
+            for target in pending:
+                self._post_input(inp.job, build, str(target.get("id")), "abort", what)
+                activity.logger.info("Aborted input %s of %s #%s", target.get("id"), inp.job, build)
             return
         info = self._build_info(inp.job, build, what)
         if info.get("building"):

@@ -29,7 +29,7 @@ from starter.audit import audit_export
 from starter.audit import render_audit as render_audit  # re-exported: `from starter.cli import render_audit`
 from starter.config import Config, ConfigError, load_config
 from starter.temporal import connect
-from workflows import policy
+from workflows import messages, policy
 from workflows import search_attributes as sa
 from workflows.models import (
     Action,
@@ -383,6 +383,7 @@ def status(ctx: click.Context, workflow_id: str, as_json: bool) -> None:
     async def go() -> None:
         client = await connect()
         st = await client.get_workflow_handle(workflow_id).query("status", result_type=DeployStatus)
+        st.waiting_for = messages.waiting_line(st.waiting_for, st.waiting_since, datetime.now(UTC))
         if as_json:
             click.echo(st.model_dump_json(indent=2))
             return
@@ -395,8 +396,8 @@ def status(ctx: click.Context, workflow_id: str, as_json: bool) -> None:
         )
         click.echo(f"waiting on:  {', '.join(st.waiting_on) or '-'}")
         click.echo(f"may act:     {', '.join(a.value for a in st.allowed_actions) or '-'}")
-        if st.blocked_by:
-            click.echo(f"waits for:   deploy {st.blocked_by} of the same service and environment to end")
+        if st.waiting_for:
+            click.echo(f"waits for:   {st.waiting_for}")
         if st.sre:
             click.echo(f"SRE:         {st.sre}")
         if st.build.url:

@@ -43,6 +43,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.slack import make_web_client
 from starter.cli import Refused, send_action
 from starter.config import Config, ConfigError, secret
+from workflows import messages
 from workflows.models import ActionInput, DeployStatus
 from workflows.slack_blocks import ACTION_PREFIX, Click, done_blocks, done_text, parse_click
 
@@ -285,6 +286,9 @@ def status_summary(st: DeployStatus) -> str:
         acts = ", ".join(a.value for a in st.allowed_actions)
         if acts:
             lines.append(f"actions now: {acts}")
+        waits = messages.waiting_line(st.waiting_for, st.waiting_since, datetime.now(UTC))
+        if waits:
+            lines.append(f"waits for: {waits}")
     if st.sre:
         lines.append(f"SRE: <@{st.sre}>")
     links = []

@@ -16,8 +16,8 @@ import requests
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import ActivityEnvironment
 
-from activities.jenkins import JenkinsActivities
-from tests.fakes.jenkins import FakeJenkins
+from activities.jenkins import JenkinsActivities, choose_input
+from tests.fakes.jenkins import FROM_MESSAGE, FakeJenkins, jenkins_input_id
 from workflows.models import (
     AbortBuildInput,
     BuildResultInput,
@@ -446,7 +446,7 @@ def test_watch_input_honours_cancellation(fake: FakeJenkins, acts: JenkinsActivi
             run(acts.watch_input, WatchInputInput(job=JOB, number=number, input_id=INPUT_ID), env)
     finally:
         timer.join()
-    assert heartbeats and heartbeats[-1] == {"seen_pending": True}
+    assert heartbeats and heartbeats[-1]["seen_pending"] is True
     assert fake.builds(JOB)[0]["state"] == "paused"
 
 
@@ -608,3 +608,130 @@ def test_fake_speaks_jenkins_to_python_jenkins(fake: FakeJenkins) -> None:
     with pytest.raises(requests.HTTPError) as settled:  # answering a settled input
         client.jenkins_request(requests.Request("POST", f"{fake.url}/job/slow/1/input/{INPUT_ID}/abort"))
     assert settled.value.response.status_code == 400
+
+
+# ---------------------------------------------------------------------------------------------------
+# The input as Jenkins names it (issue "Never stuck, never silent" §1)
+
+MESSAGE = "Deploy to prod?"
+_MD5 = hashlib.md5(MESSAGE.encode()).hexdigest()
+MESSAGE_ID = _MD5[:1].upper() + _MD5[1:]  # Jenkins: capitalize(Util.getDigestOf(message))
+
+
+def test_choose_input_reads_the_id_from_the_build() -> None:
+    one = [{"id": MESSAGE_ID}]
+    two = [{"id": MESSAGE_ID}, {"id": "Approve-db"}]
+    assert choose_input([], None, 12) == (None, None)
+    assert choose_input(one, None, 12) == (MESSAGE_ID, None)
+    assert choose_input(two, "approve-db", 12) == ("Approve-db", None)  # Jenkins capitalises ids
+    assert choose_input(one, "Approve-deploy", 12) == (
+        None,
+        f"build #12 waits at input `{MESSAGE_ID}`, not the configured `Approve-deploy`",
+    )
+    target, why = choose_input(two, None, 12)
+    assert target is None and why is not None
+    assert why.startswith(f"build #12 waits at 2 inputs (`{MESSAGE_ID}`, `Approve-db`)") and "\n" not in why
+
+
+def test_an_input_without_id_is_answered_when_none_is_configured(
+    fake: FakeJenkins, acts: JenkinsActivities
+) -> None:
+    assert MESSAGE_ID == "E00852fe0d8ceae8acd28998fd008071" == jenkins_input_id(MESSAGE)
+    # The documented example (pipeline-input-step docs): "Is the build okay?" → Ef95dd500ae6ed3b27b89fb852296d12
+    assert jenkins_input_id("Is the build okay?") == "Ef95dd500ae6ed3b27b89fb852296d12"
+    fake.add_job(
+        "noid",
+        parameters=PARAMS,
+        diff_lines=DIFF,
+        queue_seconds=0.05,
+        input_id=FROM_MESSAGE,
+        input_message=MESSAGE,
+    )
+    number = start(acts, "noid")
+    wait_paused(fake, "noid", number)
+    watched = run(
+        acts.watch_input, WatchInputInput(job="noid", number=number, known="not_reached", settle_seconds=0)
+    )
+    assert (watched.state, watched.pending) == ("pending", True)
+    done = run(acts.input_action, InputActionInput(job="noid", number=number, decision="proceed"))
+    assert done.done and done.refused is None
+    assert [r[1] for r in posts(fake, "/input/")] == [f"/job/noid/{number}/input/{MESSAGE_ID}/proceedEmpty"]
+    assert fake.builds("noid")[0]["result"] == "SUCCESS"
+
+
+def test_a_configured_input_that_is_not_pending_is_said_at_once(
+    fake: FakeJenkins, acts: JenkinsActivities
+) -> None:
+    """The bug: the SRE's approve was accepted, then the worker polled for `Approve-deploy` for good."""
+    fake.add_job(
+        "noid",
+        parameters=PARAMS,
+        diff_lines=DIFF,
+        queue_seconds=0.05,
+        input_id=FROM_MESSAGE,
+        input_message=MESSAGE,
+    )
+    number = start(acts, "noid")
+    wait_paused(fake, "noid", number)
+    why = f"build #{number} waits at input `{MESSAGE_ID}`, not the configured `Approve-deploy`"
+    started = time.monotonic()
+    result = run(
+        acts.input_action, InputActionInput(job="noid", number=number, input_id=INPUT_ID, decision="proceed")
+    )
+    assert (result.done, result.refused) == (False, why)
+    watched = run(acts.watch_input, WatchInputInput(job="noid", number=number, input_id=INPUT_ID))
+    assert (watched.state, watched.detail) == ("unclear", why)
+    assert time.monotonic() - started < 3  # at once, not after a poll loop
+    assert posts(fake, "/input/") == []  # nothing answered
+    assert fake.builds("noid")[0]["state"] == "paused"
+
+
+def test_several_pending_inputs_and_none_configured(fake: FakeJenkins, acts: JenkinsActivities) -> None:
+    fake.add_job(
+        "parallel",
+        parameters=PARAMS,
+        diff_lines=DIFF,
+        queue_seconds=0.05,
+        input_id=FROM_MESSAGE,
+        input_message=MESSAGE,
+        parallel_inputs=("Deploy the database too?",),
+    )
+    number = start(acts, "parallel")
+    wait_paused(fake, "parallel", number)
+    result = run(acts.input_action, InputActionInput(job="parallel", number=number, decision="proceed"))
+    assert not result.done and result.refused and "waits at 2 inputs" in result.refused
+    assert posts(fake, "/input/") == []
+    # Configured, it answers that one; the other branch still waits (it is not ours to answer).
+    other = jenkins_input_id("Deploy the database too?")
+    ours = run(
+        acts.input_action,
+        InputActionInput(job="parallel", number=number, input_id=MESSAGE_ID, decision="proceed"),
+    )
+    assert ours.done and ours.refused is None
+    assert [r[1] for r in posts(fake, "/input/")] == [
+        f"/job/parallel/{number}/input/{MESSAGE_ID}/proceedEmpty"
+    ]
+    watched = run(acts.watch_input, WatchInputInput(job="parallel", number=number, input_id=MESSAGE_ID))
+    assert watched.state == "answered" or watched.detail.endswith(
+        f"`{other}`, not the configured `{MESSAGE_ID}`"
+    )
+    # Aborting the build aborts every input it waits at.
+    run(acts.abort_build, AbortBuildInput(job="parallel", number=number))
+    assert fake.builds("parallel")[0]["result"] == "ABORTED"
+
+
+def test_watch_input_reports_a_build_that_has_not_reached_its_input(
+    fake: FakeJenkins, acts: JenkinsActivities
+) -> None:
+    fake.add_job("slowplan", parameters=PARAMS, diff_lines=DIFF, queue_seconds=0.05, plan_seconds=3.0)
+    number = start(acts, "slowplan")
+    started = time.monotonic()
+    watched = run(acts.watch_input, WatchInputInput(job="slowplan", number=number, settle_seconds=0.3))
+    assert time.monotonic() - started >= 0.3
+    assert (watched.state, watched.detail) == (
+        "not_reached",
+        f"Jenkins build #{number} has not reached its input yet",
+    )
+    # Told it is not reached yet, the watcher returns once the input waits.
+    watched = run(acts.watch_input, WatchInputInput(job="slowplan", number=number, known="not_reached"))
+    assert watched.state == "pending"

@@ -8,15 +8,16 @@ is the builtin change request: its history is the PCCR's record.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections import deque
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeUpdate
-from temporalio.exceptions import ActivityError, ApplicationError, FailureError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError, RetryState
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
@@ -67,26 +68,31 @@ with workflow.unsafe.imports_passed_through():
 
 DEFAULT_TIMEOUT = timedelta(days=1)
 
-# A short call to Jenkins: retried with backoff for up to 30 minutes, then the deploy fails.
-JENKINS_CALL: dict[str, Any] = {
+# The activity option sets, named by what they are (not by the system they talk to).
+# A short call (Jenkins, GitHub, the deploy lock): retried with backoff for up to 30 minutes, then the
+# deploy fails with the system's reason.
+SHORT_CALL: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=60),
     "schedule_to_close_timeout": timedelta(minutes=30),
     "retry_policy": RetryPolicy(
         initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
     ),
 }
-# A long wait on Jenkins (queue, console, input, result): polls inside, heartbeats, resumes after a crash.
-JENKINS_WAIT: dict[str, Any] = {
+# A long poll (a queue, a console, an input, a result, a PR): polls inside and heartbeats on every poll
+# (well inside the heartbeat timeout), so a dead worker's attempt is retried within seconds, not hours.
+LONG_POLL: dict[str, Any] = {
     "start_to_close_timeout": timedelta(hours=12),
     "heartbeat_timeout": timedelta(seconds=10),
     "retry_policy": RetryPolicy(
         initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
     ),
 }
-# A call to GitHub: like Jenkins, retried with backoff, then the deploy fails with GitHub's reason.
-GITHUB_CALL = JENKINS_CALL
-# Slack never blocks a deploy: a few tries, then a note in the audit trail.
-SLACK_CALL: dict[str, Any] = {
+# After this many failed tries of a short call or a long poll, the deploy says in its thread, once, what
+# it waits for and why (status `waiting_for` says it all along); the activity goes on retrying.
+QUIET_TRIES = 4
+# A best-effort notice (Slack, the PCCR issue's comments and labels): never blocks a deploy; a few tries,
+# then a note in the audit trail.
+NOTICE: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=20),
     "schedule_to_close_timeout": timedelta(minutes=3),
     "retry_policy": RetryPolicy(
@@ -146,6 +152,13 @@ class DeployWorkflow:
             tuple[Step, str, str, str]
         ] = []  # (step, channel, ts, first line) of DMs with buttons
         self._step_started: Any = None
+        self._deadline: tuple[datetime, str] | None = None  # the open step's expiry and its reason, set once
+        self._marks = 0  # how many of the step's reminder, escalation and expiry have passed
+        # What the deploy waits for on the outside world (status `waiting_for`): the activity running now,
+        # then what Jenkins or GitHub show that holds the step up; each with the time it began.
+        self._activity_wait: tuple[str, datetime] | None = None
+        self._outside: tuple[str, datetime] | None = None
+        self._input_seen: tuple[str, str] = ("pending", "")  # deploy_approval: the input as last reported
         self._published: tuple[Any, ...] = ()
         self._name = messages.deploy_name(input.service.name, input.environment, input.process)
         for action in Action:
@@ -156,7 +169,8 @@ class DeployWorkflow:
 
     @workflow.run
     async def run(self, input: DeployInput) -> DeployResult:
-        self._pccr = Pccr(id=workflow.info().workflow_id, url=self._link(), params=input.params)
+        if input.settings.pccr_backend != "github":  # a GitHub PCCR is linked once its issue exists
+            self._pccr = Pccr(id=workflow.info().workflow_id, url=self._link(), params=input.params)
         self._metric("deployctl_deploys_started", "deploys started").add(1)
         body = asyncio.create_task(self._process())
         cancelled = asyncio.create_task(workflow.wait_condition(lambda: self._cancel is not None))
@@ -233,7 +247,7 @@ class DeployWorkflow:
     async def _open_version_pr(self) -> None:
         s, svc = self._in.settings, self._in.service.name
         assert self._in.version is not None
-        self._version_pr = await workflow.execute_activity_method(
+        self._version_pr = await self._call(
             GithubActivities.open_version_pr,
             OpenVersionPrInput(
                 repo=s.configs_repo,
@@ -244,15 +258,16 @@ class DeployWorkflow:
                 title=f"{svc}: deploy version {self._in.version} to {self._in.environment}",
                 body=f"Version PR of deploy {self._wid()}: {self._link()}",
             ),
+            what=f"GitHub: opening the version PR in {s.configs_repo}",
             summary=f"open the version PR for {svc} {self._in.version}",
-            **GITHUB_CALL,
+            options=SHORT_CALL,
         )
         self._say("thread", f"Version PR: {self._version_pr.url}")
         self._publish()
 
     async def _open_pccr_issue(self) -> None:
         s = self._in.settings
-        assert s.pccr_repo and self._pccr is not None
+        assert s.pccr_repo
         params = "\n".join(f"{k}: {json.dumps(v)}" for k, v in sorted(self._in.params.items()))
         body = "\n".join(
             [
@@ -265,7 +280,7 @@ class DeployWorkflow:
                 f"Deploy: {self._link()}",
             ]
         )
-        issue = await workflow.execute_activity_method(
+        issue = await self._call(
             GithubActivities.open_pccr_issue,
             OpenIssueInput(
                 repo=s.pccr_repo,
@@ -274,23 +289,28 @@ class DeployWorkflow:
                 labels=["pending-review"],
                 marker=self._wid(),
             ),
+            what=f"GitHub: opening the PCCR issue in {s.pccr_repo}",
             summary="open the PCCR issue",
-            **GITHUB_CALL,
+            options=SHORT_CALL,
         )
-        self._pccr = self._pccr.model_copy(
-            update={
-                "id": f"{s.pccr_repo}#{issue.number}",
-                "url": issue.url,
-                "backend": "github",
-                "number": issue.number,
-            }
+        self._pccr = Pccr(
+            id=f"{s.pccr_repo}#{issue.number}",
+            url=issue.url,
+            params=self._in.params,
+            backend="github",
+            number=issue.number,
         )
+        self._publish()
 
     async def _check_params(self) -> bool:
         """The PCCR must hold a value for every parameter the job defines (read from the job)."""
         job = self._in.service.jenkins_job
-        defs = await workflow.execute_activity_method(
-            JenkinsActivities.job_parameters, JobParametersInput(job=job), **JENKINS_CALL
+        defs = await self._call(
+            JenkinsActivities.job_parameters,
+            JobParametersInput(job=job),
+            what=f"Jenkins: reading the parameters of job {job}",
+            summary=None,
+            options=SHORT_CALL,
         )
         reason = policy.params_refusal(defs.parameters, self._in.params, job)
         if reason:
@@ -307,16 +327,7 @@ class DeployWorkflow:
             await self._deploying()
             return False
         while True:
-            watcher = self._watcher(defn)
-            try:
-                accepted = await self._await_action(defn, watcher)
-            finally:
-                if watcher is not None and not watcher.done():
-                    watcher.cancel()
-                    try:
-                        await watcher
-                    except (asyncio.CancelledError, ActivityError):
-                        pass
+            accepted = await self._await_action(defn)
             if accepted is None:
                 return self._outcome is None  # expired, or done directly in Jenkins or on GitHub
             if accepted.action is Action.REJECT:
@@ -324,25 +335,31 @@ class DeployWorkflow:
                 return False
             if await self._effect(defn, accepted):
                 return self._outcome is None
-            self._busy, self._inbox = False, None  # the effect was refused: the step waits again
+            self._busy, self._inbox = (
+                False,
+                None,
+            )  # the outside world refused the effect: the step waits again
             self._publish()
 
     def _watcher(self, defn: StepDef) -> asyncio.Task[bool] | None:
-        """What may finish a step outside deployctl: the input answered in Jenkins, the PR merged on GitHub."""
+        """What may finish a step outside deployctl: the input answered in Jenkins, the PR merged on GitHub.
+        The task ends True when it did."""
         if defn.step is Step.DEPLOY_APPROVAL:
-            return self._watch_input()
+            return asyncio.create_task(self._watch_input())
         if defn.step is Step.VERSION_PR_MERGE and self._version_pr is not None:
             return asyncio.create_task(self._watch_pr())
         return None
 
     async def _watch_pr(self) -> bool:
         assert self._version_pr is not None
-        pr = await workflow.execute_activity_method(
+        pr = await self._call(
             GithubActivities.watch_pr,
             PrRefInput(repo=self._in.settings.configs_repo, number=self._version_pr.number),
+            what=f"GitHub: watching version PR #{self._version_pr.number}",
             summary="watch the version PR on GitHub",
+            options=LONG_POLL,
+            shown=False,
             cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
-            **JENKINS_WAIT,
         )
         self._version_pr = pr
         merged = pr.merged
@@ -370,11 +387,13 @@ class DeployWorkflow:
         """A step starts: capture who may act, show it, and ask those people."""
         self._step, self._busy, self._inbox = defn.step, True, None
         self._step_started = workflow.now()
+        self._outside, self._marks = None, 0
         if defn.actor is not None and defn.actor.value in self._in.settings.groups:
             await self._resolve_group(defn.actor.value)
         if defn.step is Step.SRE_ASSIGNMENT:
             await self._resolve_group(sre_group(self._in.cloud))
         self._busy = not defn.waits_on_people
+        self._deadline = self._expiry(defn)  # once, when the step opens: a refused effect does not reset it
         waiting = self._waiting_on()
         self._rosters.append(
             Roster(
@@ -428,8 +447,8 @@ class DeployWorkflow:
         self._window_open = True
         self._say("thread", f"Release window {window.name} is open until {window.end:%Y-%m-%d %H:%M} UTC.")
 
-    def _deadline(self, defn: StepDef) -> tuple[timedelta, str]:
-        """How long a step may wait, and what is said when it runs out: its timeout, or a closing window."""
+    def _expiry(self, defn: StepDef) -> tuple[datetime, str]:
+        """When a step that opens now runs out, and what is said then: its timeout, or a closing window."""
         total = self._in.settings.timeouts.get(defn.step.value, DEFAULT_TIMEOUT)
         why = f"nobody acted at {defn.step.value} within {messages.human_duration(total.total_seconds())}"
         window = self._in.window
@@ -441,95 +460,138 @@ class DeployWorkflow:
                 if nxt
                 else "no later window is configured"
             )
-        return total, why
+        return workflow.now() + total, why
 
-    async def _await_action(self, defn: StepDef, watcher: asyncio.Task[bool] | None) -> _Accepted | None:
-        """Wait for the step's action, reminding at half the timeout and escalating at three quarters."""
-        total, expiry = self._deadline(defn)
-        marks = ((0.5, "reminder"), (0.75, "escalation"), (1.0, "expire"))
-        waited = timedelta(0)
-        for fraction, kind in marks:
-            try:
-                await workflow.wait_condition(
-                    lambda: self._inbox is not None or (watcher is not None and watcher.done()),
-                    timeout=total * fraction - waited,
-                    timeout_summary=f"{defn.step.value} {kind}",
-                )
-                break
-            except TimeoutError:
-                waited = total * fraction
-                left = messages.human_duration((total - waited).total_seconds())
-                if kind == "reminder":
-                    for user in self._waiting_on():
-                        self._say("dm", messages.reminder_text(self._name, defn.step, [user], left), to=user)
-                elif kind == "escalation":
-                    self._say(
-                        "thread", messages.escalation_text(self._name, defn.step, self._waiting_on(), left)
-                    )
-                else:
-                    self._finish(Outcome.EXPIRED, expiry)
-                    if self._in.window is not None:
-                        for user in self._in.service.code_owners:
-                            self._say("dm", f"<@{user}> {self._name}: {expiry}.", to=user)
-                    return None
+    async def _await_action(self, defn: StepDef) -> _Accepted | None:
+        """Wait for the step's action, reminding at half the step's time and escalating at three quarters.
+
+        The marks are fixed when the step opens (`_enter`): waiting again after a refused effect keeps
+        them. None when the step ended otherwise: expired, or done directly in Jenkins or on GitHub.
+        No `finally` here: when the worker evicts the run, the coroutine is closed at its await, and
+        nothing may be awaited then (docs/replay.md); each way out stops the watcher itself."""
+        watcher = self._watcher(defn)
+        try:
+            if not await self._wait_marks(defn, watcher):
+                await self._stop(watcher)
+                return None  # expired
+        except asyncio.CancelledError:  # the deploy was cancelled: so is its watcher (no await here)
+            if watcher is not None:
+                watcher.cancel()
+            raise
         if self._inbox is not None:
+            await self._stop(watcher)
             return self._inbox
         assert watcher is not None
-        done_elsewhere = await watcher
-        if defn.step is Step.DEPLOY_APPROVAL:
-            await self._answered_in_jenkins(done_elsewhere)
+        if await watcher and defn.step is Step.DEPLOY_APPROVAL:
+            await self._answered_in_jenkins()
         return None
 
+    async def _wait_marks(self, defn: StepDef, watcher: asyncio.Task[bool] | None) -> bool:
+        """Until an action arrives or the watcher ends (True), saying the marks as they pass; False when
+        the step expired."""
+        assert self._deadline is not None and self._step_started is not None
+        deadline, expiry = self._deadline
+        total = deadline - self._step_started
+        marks = ((0.5, "reminder"), (0.75, "escalation"), (1.0, "expire"))
+        while self._marks < len(marks):
+            fraction, kind = marks[self._marks]
+            if self._inbox is not None or (watcher is not None and watcher.done()):
+                return True
+            due = self._step_started + total * fraction - workflow.now()
+            if due > timedelta(0):  # (a mark that passed while a refused effect ran fires at once)
+                try:
+                    await workflow.wait_condition(
+                        lambda: self._inbox is not None or (watcher is not None and watcher.done()),
+                        timeout=due,
+                        timeout_summary=f"{defn.step.value} {kind}",
+                    )
+                    return True
+                except TimeoutError:
+                    pass
+            self._marks += 1
+            left = messages.human_duration(round((deadline - workflow.now()).total_seconds()))
+            if kind == "reminder":
+                for user in self._waiting_on():
+                    self._say("dm", messages.reminder_text(self._name, defn.step, [user], left), to=user)
+            elif kind == "escalation":
+                self._say("thread", messages.escalation_text(self._name, defn.step, self._waiting_on(), left))
+            else:
+                self._finish(Outcome.EXPIRED, expiry)
+                if self._in.window is not None:
+                    for user in self._in.service.code_owners:
+                        self._say("dm", f"<@{user}> {self._name}: {expiry}.", to=user)
+        return False
+
+    @staticmethod
+    async def _stop(watcher: asyncio.Task[bool] | None) -> None:
+        """The step is over here: its watcher (an activity polling Jenkins or GitHub) is cancelled."""
+        if watcher is not None and not watcher.done():
+            watcher.cancel()
+            try:
+                await watcher
+            except (asyncio.CancelledError, ActivityError):
+                pass
+
     async def _effect(self, defn: StepDef, accepted: _Accepted) -> bool:
-        """Carry out an accepted action. False when the outside world refused it (the step waits again)."""
+        """Carry out an accepted action. False when the outside world refused it (the step waits again).
+        The step's DMs are closed only once the effect is done."""
         msg = accepted.msg
-        self._close_dms(
-            slack_blocks.done_text(msg.actor, defn.step, accepted.action, workflow.now(), sre=msg.sre)
-        )
         if defn.step is Step.VERSION_PR_MERGE:
-            return await self._merge(msg)
-        self._say(
-            "thread",
-            f"`{defn.step.value}`: <@{msg.actor}> {accepted.action.value.replace('_', ' ')}"
-            + (f" <@{msg.sre}>" if msg.sre else "")
-            + (f" — {msg.comment}" if msg.comment else ""),
-        )
-        if defn.step is Step.VP_APPROVAL and self._pccr is not None:
-            self._pccr = self._pccr.model_copy(update={"vp_approved_by": msg.actor})
-        elif defn.step is Step.PCCR_REVIEW:
-            self._set_pccr_state("approved")
-        elif defn.step is Step.RELEASE_ACCEPTANCE:
-            self._set_pccr_state("accepted-for-release")
-        elif defn.step is Step.SRE_ASSIGNMENT:
-            self._sre = msg.sre
-        elif defn.step is Step.TRIGGER:
-            await self._trigger()
-        elif defn.step is Step.DEPLOY_APPROVAL:
-            await self._answer_input("proceed", msg.actor)
-        return True
+            done = await self._merge(msg)
+        else:
+            self._say(
+                "thread",
+                f"`{defn.step.value}`: <@{msg.actor}> {accepted.action.value.replace('_', ' ')}"
+                + (f" <@{msg.sre}>" if msg.sre else "")
+                + (f" — {msg.comment}" if msg.comment else ""),
+            )
+            done = True
+            if defn.step is Step.VP_APPROVAL and self._pccr is not None:
+                self._pccr = self._pccr.model_copy(update={"vp_approved_by": msg.actor})
+            elif defn.step is Step.PCCR_REVIEW:
+                self._set_pccr_state("approved")
+            elif defn.step is Step.RELEASE_ACCEPTANCE:
+                self._set_pccr_state("accepted-for-release")
+            elif defn.step is Step.SRE_ASSIGNMENT:
+                self._sre = msg.sre
+            elif defn.step is Step.TRIGGER:
+                await self._trigger()
+            elif defn.step is Step.DEPLOY_APPROVAL:
+                done = await self._answer_input("proceed", msg.actor)
+        if done:
+            self._close_dms(
+                slack_blocks.done_text(msg.actor, defn.step, accepted.action, workflow.now(), sre=msg.sre)
+            )
+        return done
+
+    def _refused_effect(self, action: Action, reason: str) -> None:
+        """The outside world refused what was accepted: the audit says so next to the request, the thread
+        hears it, and status waits on it until someone acts again."""
+        asked = next(e for e in reversed(self._audit) if e.action == action.value and e.accepted)
+        self._record(asked.model_copy(update={"time": workflow.now(), "accepted": False, "reason": reason}))
+        self._say("thread", f"`{self._step.value}`: {reason}")
+        self._outside = (reason, workflow.now())
 
     async def _merge(self, msg: ActionInput) -> bool:
         """The SRE's merge: through GitHub's API; GitHub's refusal is the SRE's refusal, and the step waits."""
         assert self._version_pr is not None
-        result = await workflow.execute_activity_method(
+        result = await self._call(
             GithubActivities.merge_pr,
             MergePrInput(
                 repo=self._in.settings.configs_repo,
                 number=self._version_pr.number,
                 title=f"{self._in.service.name}: version {self._in.version} ({self._wid()})",
             ),
+            what=f"GitHub: merging version PR #{self._version_pr.number} for {msg.actor}",
             summary=f"merge version PR #{self._version_pr.number} for {msg.actor}",
-            **GITHUB_CALL,
+            options=SHORT_CALL,
         )
         if not result.merged:
             reason = f"GitHub refused the merge: {result.refused_reason}"
-            asked = next(e for e in reversed(self._audit) if e.action == Action.MERGE.value and e.accepted)
-            self._record(
-                asked.model_copy(update={"time": workflow.now(), "accepted": False, "reason": reason})
-            )
-            self._say("thread", f"`version_pr_merge`: {reason}")
+            self._refused_effect(Action.MERGE, reason)
             self._merge_verdict = reason
             return False
+        self._outside = None
         self._version_pr = self._version_pr.model_copy(update={"merged": True, "state": "closed"})
         if result.already_merged:
             self._note(f"the version PR was already merged on GitHub by {result.merged_by or 'someone'}")
@@ -547,11 +609,12 @@ class DeployWorkflow:
     async def _take_lock(self) -> None:
         """Past `trigger`, one deploy at a time per service and environment: wait for our turn."""
         self._lock = "requested"
-        await workflow.execute_activity_method(
+        await self._call(
             LockActivities.request_lock,
             LockCall(service=self._in.service.name, environment=self._in.environment, deploy_id=self._wid()),
+            what=f"Temporal: asking for the {self._in.service.name}/{self._in.environment} deploy lock",
             summary=f"ask for the {self._in.service.name}/{self._in.environment} deploy lock",
-            **JENKINS_CALL,
+            options=SHORT_CALL,
         )
         await workflow.wait_condition(lambda: self._lock == "granted")
 
@@ -582,33 +645,36 @@ class DeployWorkflow:
         """Start the job with exactly the PCCR's parameters, once; then read its diff."""
         job = self._in.service.jenkins_job
         await self._take_lock()
-        baseline = await workflow.execute_activity_method(
+        baseline = await self._call(
             JenkinsActivities.trigger_baseline,
             JobParametersInput(job=job),
+            what=f"Jenkins: reading the builds of {job} before triggering it",
             summary=f"note the builds of {job} before triggering",
-            **JENKINS_CALL,
+            options=SHORT_CALL,
         )
-        started = await workflow.execute_activity_method(
+        started = await self._call(
             JenkinsActivities.trigger_build,
             TriggerBuildInput(job=job, params=self._in.params, not_before=workflow.now(), baseline=baseline),
+            what=f"Jenkins: triggering {job}",
             summary=f"trigger {job}",
-            **JENKINS_CALL,
+            options=SHORT_CALL,
         )
         self._build.queue_id = started.queue_id
         if started.number is None:
             assert started.queue_id is not None
-            ref = await workflow.execute_activity_method(
+            ref = await self._call(
                 JenkinsActivities.wait_build_started,
                 WaitBuildStartedInput(job=job, queue_id=started.queue_id),
+                what=f"Jenkins: {job} is queued (item {started.queue_id}), waiting for an executor",
                 summary=f"wait for {job} to leave the queue",
-                **JENKINS_WAIT,
+                options=LONG_POLL,
             )
             self._build.number, self._build.url = ref.number, ref.url
         else:
             self._build.number, self._build.url = started.number, started.url
         self._publish()
         self._say("thread", f"Deploy job started: {self._build.url}")
-        diff = await workflow.execute_activity_method(
+        diff = await self._call(
             JenkinsActivities.read_diff,
             ReadDiffInput(
                 job=job,
@@ -616,31 +682,54 @@ class DeployWorkflow:
                 diff_begin=self._in.settings.diff_begin,
                 diff_end=self._in.settings.diff_end,
             ),
+            what=f"Jenkins: build #{self._build.number} has not printed its diff yet",
             summary=f"read the diff of {job} #{self._build.number}",
-            **JENKINS_WAIT,
+            options=LONG_POLL,
         )
         self._build.diff, self._build.diff_sha256 = diff.diff, diff.diff_sha256
 
-    def _watch_input(self) -> asyncio.Task[bool]:
-        """At deploy_approval, notice an input answered directly in Jenkins (True when it was)."""
+    def _input_id(self) -> str | None:
+        """The input to answer: the service's own, else [jenkins] input_id; None: the one pending."""
+        return self._in.service.input_id or self._in.settings.input_id
 
-        async def watch() -> bool:
-            result = await workflow.execute_activity_method(
+    async def _watch_input(self) -> bool:
+        """At deploy_approval, follow the build's input in Jenkins until it is answered there (True).
+
+        Each time what Jenkins shows changes (the build has not reached its input for a while, which
+        input to answer is unclear, the input waits), status and the Web UI say so, and an unclear input
+        is said once in the thread and the audit trail; the watcher then goes on from what it reported."""
+        while True:
+            known, known_detail = self._input_seen
+            result = await self._call(
                 JenkinsActivities.watch_input,
-                WatchInputInput(job=self._job(), number=self._number(), input_id=self._in.settings.input_id),
+                WatchInputInput(
+                    job=self._job(),
+                    number=self._number(),
+                    input_id=self._input_id(),
+                    known=known,  # type: ignore[arg-type]
+                    known_detail=known_detail,
+                ),
+                what=f"Jenkins: watching the input of build #{self._number()}",
                 summary="watch the input in Jenkins",
+                options=LONG_POLL,
+                shown=False,
                 cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
-                **JENKINS_WAIT,
             )
             if result.build_result:
                 self._build.result = result.build_result
-            return not result.pending
+            if result.state in ("answered", "ended"):
+                return True
+            self._input_seen = (result.state, result.detail)
+            if result.state == "pending":
+                self._outside = None
+            else:
+                self._outside = (result.detail, workflow.now())
+            if result.state == "unclear":
+                self._note(result.detail, "input_unclear")
+                self._say("thread", f"`deploy_approval`: {result.detail}")
+            self._publish()
 
-        return asyncio.create_task(watch())
-
-    async def _answered_in_jenkins(self, answered: bool) -> None:
-        if not answered:
-            return
+    async def _answered_in_jenkins(self) -> None:
         self._record(
             AuditEntry(
                 time=workflow.now(),
@@ -657,24 +746,37 @@ class DeployWorkflow:
         await self._enter(step_def(self._steps, Step.DEPLOYING))  # type: ignore[arg-type]
         await self._deploying()
 
-    async def _answer_input(self, decision: str, actor: str) -> None:
-        result = await workflow.execute_activity_method(
+    async def _answer_input(self, decision: str, actor: str) -> bool:
+        """Proceed or abort the build's input for `actor`. False when Jenkins leaves it unclear which
+        input to answer: nothing was answered, and the step waits again with the reason."""
+        result = await self._call(
             JenkinsActivities.input_action,
             InputActionInput(
-                job=self._job(), number=self._number(), input_id=self._in.settings.input_id, decision=decision
+                job=self._job(), number=self._number(), input_id=self._input_id(), decision=decision
             ),
+            what=f"Jenkins: answering the input of build #{self._number()} ({decision}) for {actor}"
+            + (" — the build has not reached its input yet" if self._input_seen[0] == "not_reached" else ""),
             summary=f"{decision} the job's input for {actor}",
-            **JENKINS_CALL,
+            options=LONG_POLL,
         )
+        if result.refused:
+            self._input_seen = ("unclear", result.refused)  # the watcher need not say it again
+            if decision == "proceed":
+                self._refused_effect(Action.APPROVE, f"Jenkins input not answered: {result.refused}")
+            else:
+                self._note(f"Jenkins input not answered: {result.refused}")
+            return False
         if result.answered_elsewhere:
             self._note(f"the input was already answered in Jenkins: {result.detail}")
+        return True
 
     async def _deploying(self) -> None:
-        done = await workflow.execute_activity_method(
+        done = await self._call(
             JenkinsActivities.wait_build_result,
             BuildResultInput(job=self._job(), number=self._number()),
+            what=f"Jenkins: build #{self._number()} is applying",
             summary=f"wait for {self._job()} #{self._number()} to finish",
-            **JENKINS_WAIT,
+            options=LONG_POLL,
         )
         self._build.result = done.result
         if done.result == "SUCCESS":
@@ -694,16 +796,14 @@ class DeployWorkflow:
         b = self._build
         if b.result is None and (b.queue_id is not None or b.number is not None):
             try:
-                await workflow.execute_activity_method(
+                await self._call(
                     JenkinsActivities.abort_build,
                     AbortBuildInput(
-                        job=self._job(),
-                        number=b.number,
-                        queue_id=b.queue_id,
-                        input_id=self._in.settings.input_id,
+                        job=self._job(), number=b.number, queue_id=b.queue_id, input_id=self._input_id()
                     ),
+                    what=f"Jenkins: aborting the unfinished build of {self._job()}",
                     summary="abort the unfinished build",
-                    **JENKINS_CALL,
+                    options=SHORT_CALL,
                 )
                 b.result = "ABORTED"
             except ActivityError as err:
@@ -711,11 +811,12 @@ class DeployWorkflow:
         pr = self._version_pr
         if pr is not None and not pr.merged and pr.state == "open":
             try:
-                self._version_pr = await workflow.execute_activity_method(
+                self._version_pr = await self._call(
                     GithubActivities.close_pr,
                     PrRefInput(repo=self._in.settings.configs_repo, number=pr.number),
+                    what=f"GitHub: closing version PR #{pr.number}",
                     summary=f"close version PR #{pr.number}",
-                    **GITHUB_CALL,
+                    options=SHORT_CALL,
                 )
             except ActivityError as err:
                 self._note(f"could not close the version PR: {_cause(err)}")
@@ -890,11 +991,78 @@ class DeployWorkflow:
             )
         )
 
+    async def _call(
+        self,
+        method: Any,
+        arg: Any,
+        *,
+        what: str,
+        summary: str | None,
+        options: dict[str, Any],
+        shown: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run one activity on the outside world and return its result.
+
+        While it runs, status `waiting_for` says `what` (unless `shown` is False: a watcher in the
+        background). After QUIET_TRIES failed tries the deploy says once, in its thread and audit trail,
+        what keeps failing and why, and status says so too; the activity then goes on under `options`'
+        own retry policy, so a deploy never waits in silence on a system that keeps refusing."""
+        before = self._activity_wait
+        if shown:
+            self._activity_wait = (what, workflow.now())
+            self._publish()
+        quiet = dict(
+            options, retry_policy=dataclasses.replace(options["retry_policy"], maximum_attempts=QUIET_TRIES)
+        )
+        try:
+            result = await workflow.execute_activity_method(method, arg, summary=summary, **quiet, **extra)
+        except ActivityError as err:
+            if err.retry_state is not RetryState.MAXIMUM_ATTEMPTS_REACHED:
+                raise
+            line = f"{what}: failing after {QUIET_TRIES} tries ({_cause(err)}); deployctl keeps trying"
+            self._note(line, "waiting")
+            self._say("thread", f"{self._name} waits. {line}.")
+            if shown:
+                self._activity_wait = (line, workflow.now())
+                self._publish()
+            result = await workflow.execute_activity_method(method, arg, summary=summary, **options, **extra)
+        if shown:
+            self._activity_wait = before
+            self._publish()
+        return result
+
+    def _waiting_for(self) -> tuple[str, datetime] | None:
+        """One line: what the deploy waits for now, and since when. The outside world first (an activity
+        running, then what Jenkins or GitHub show that holds the step up), then the deploy lock, then
+        people; None once the deploy has ended."""
+        if self._outcome is not None:
+            return None
+        if self._activity_wait is not None:
+            return self._activity_wait
+        if self._outside is not None:
+            return self._outside
+        since = self._step_started or workflow.now()
+        if self._blocked_by:
+            return (
+                f"deploy {self._blocked_by} of {self._in.service.name} to {self._in.environment} to end",
+                since,
+            )
+        waiting = self._waiting_on()
+        defn = step_def(self._steps, self._step)
+        if waiting and defn is not None:
+            actions = " or ".join(a.value.replace("_", " ") for a in defn.actions)
+            return f"{', '.join(waiting)} to {actions} at {self._step.value}", since
+        if self._step is Step.RELEASE_WINDOW_WAIT and self._in.window is not None:
+            return f"release window {self._in.window.name} to open", since
+        return None
+
     # --------------------------------------------------------------------------------------- query
 
     @workflow.query(name="status")
     def status(self) -> DeployStatus:
         defn = step_def(self._steps, self._step)
+        waiting_for = self._waiting_for()
         return DeployStatus(
             workflow_id=self._wid(),
             process=self._in.process,
@@ -915,6 +1083,8 @@ class DeployWorkflow:
             outcome_reason=self._reason,
             slack_thread=self._thread_ts,
             ui_url=self._link(),
+            waiting_for=waiting_for[0] if waiting_for else None,
+            waiting_since=waiting_for[1] if waiting_for else None,
             rosters=self._rosters,
             audit=self._audit,
         )
@@ -945,7 +1115,7 @@ class DeployWorkflow:
                 SlackActivities.usergroup_members,
                 UsergroupInput(usergroup=spec.slack_usergroup),
                 summary=f"members of {name}",
-                **SLACK_CALL,
+                **NOTICE,
             )
             self._groups[name] = tuple(found.users)
         except ActivityError as err:
@@ -977,23 +1147,25 @@ class DeployWorkflow:
             self._sre,
             self._blocked_by,
         )
-        if now == self._published:
-            return
-        self._published = now
-        updates: list[SearchAttributeUpdate[Any]] = [
-            sa.STEP.value_set(self._step.value),
-            sa.WAITING_ON.value_set(waiting),
-        ]
-        if outcome:
-            updates.append(sa.OUTCOME.value_set(outcome))
-        if self._in.settings.search_attributes:
-            workflow.upsert_search_attributes(updates)
+        if now != self._published:  # an upsert is a command: only when these change (docs/replay.md)
+            self._published = now
+            updates: list[SearchAttributeUpdate[Any]] = [
+                sa.STEP.value_set(self._step.value),
+                sa.WAITING_ON.value_set(waiting),
+            ]
+            if outcome:
+                updates.append(sa.OUTCOME.value_set(outcome))
+            if self._in.settings.search_attributes:
+                workflow.upsert_search_attributes(updates)
+        waiting_for = self._waiting_for()
         lines = [
             f"**{self._name}**",
             f"step: `{self._step.value}`" + (f" — outcome **{outcome}**: {self._reason}" if outcome else ""),
             "waiting on: " + (", ".join(waiting) or "nobody"),
-            f"PCCR: {self._pccr_link()}",
         ]
+        if waiting_for:
+            lines.append(f"waiting for: {waiting_for[0]} (since {waiting_for[1]:%Y-%m-%d %H:%M:%S} UTC)")
+        lines.append(f"PCCR: {self._pccr_link()}")
         if self._sre:
             lines.append(f"SRE: {self._sre}")
         if self._blocked_by:
@@ -1084,7 +1256,7 @@ class DeployWorkflow:
                     GithubActivities.comment_pccr,
                     CommentInput(repo=repo, number=number, body=notice.text, marker=marker),
                     summary="comment on the PCCR",
-                    **SLACK_CALL,
+                    **NOTICE,
                 )
             if notice.kind == "pccr_labels":
                 return workflow.start_activity_method(
@@ -1096,13 +1268,13 @@ class DeployWorkflow:
                         remove=[notice.to] if notice.to else [],
                     ),
                     summary=f"label the PCCR {notice.text}",
-                    **SLACK_CALL,
+                    **NOTICE,
                 )
             return workflow.start_activity_method(
                 GithubActivities.close_pccr,
                 PrRefInput(repo=repo, number=number),
                 summary="close the PCCR",
-                **SLACK_CALL,
+                **NOTICE,
             )
         if notice.kind == "dm_done":
             done = notice.text or f"`{notice.step.value}` is over."
@@ -1115,7 +1287,7 @@ class DeployWorkflow:
                     blocks=slack_blocks.done_blocks(done, notice.first),
                 ),
                 summary=f"slack close the {notice.step.value} buttons",
-                **SLACK_CALL,
+                **NOTICE,
             )
         if notice.kind == "root_update":
             if self._thread_ts is None:
@@ -1126,7 +1298,7 @@ class DeployWorkflow:
                     channel=s.triage_channel, ts=self._thread_ts, text=notice.text, blocks=notice.blocks
                 ),
                 summary="slack update the triage message",
-                **SLACK_CALL,
+                **NOTICE,
             )
         channel = notice.to if notice.kind == "dm" else s.triage_channel
         thread = self._thread_ts if notice.kind == "thread" else None
@@ -1134,7 +1306,7 @@ class DeployWorkflow:
             SlackActivities.post_message,
             SlackPostInput(channel=channel or "", text=notice.text, thread_ts=thread, blocks=notice.blocks),
             summary=f"slack {notice.kind} {channel}",
-            **SLACK_CALL,
+            **NOTICE,
         )
 
     async def _settle(self, notice: _Notice, handle: Any) -> None:

@@ -62,3 +62,12 @@ def human_duration(seconds: float) -> str:
         if s >= size:
             return f"{s // size}{unit}" if s % size == 0 else f"{s / size:.1f}{unit}"
     return f"{s}s"
+
+
+def waiting_line(waiting_for: str | None, since: datetime | None, now: datetime) -> str | None:
+    """Status `waiting_for` as people read it: the line and how long it has lasted, "… (4m)"."""
+    if not waiting_for:
+        return None
+    if since is None:
+        return waiting_for
+    return f"{waiting_for} ({human_duration(max((now - since).total_seconds(), 0))})"

@@ -93,6 +93,7 @@ class ServiceSpec(BaseModel):
     code_owners: tuple[str, ...]
     jenkins_job: str
     valkyr: bool = False
+    input_id: str | None = None  # the job's `input` to answer; None: the build's one pending input
 
 
 class DeploySettings(BaseModel):
@@ -104,7 +105,7 @@ class DeploySettings(BaseModel):
     triage_channel: str = "C0TRIAGE"
     diff_begin: str = "=== DEPLOY DIFF BEGIN ==="
     diff_end: str = "=== DEPLOY DIFF END ==="
-    input_id: str = "Approve-deploy"
+    input_id: str | None = None  # [jenkins] input_id; a service's own input_id wins (ServiceSpec)
     search_attributes: bool = True  # False where the namespace lacks them (the time-skipping test server)
     configs_repo: str = ""  # gov-cloud: the repo holding the version files
     base_branch: str = "master"
@@ -220,6 +221,8 @@ class DeployStatus(BaseModel):
     outcome_reason: str | None = None
     slack_thread: str | None = None
     ui_url: str | None = None
+    waiting_for: str | None = None  # one line: what the deploy waits for now (the outside world or people)
+    waiting_since: datetime | None = None  # since when it waits for that
     rosters: list[Roster] = Field(default_factory=list)
     audit: list[AuditEntry] = Field(default_factory=list)
 
@@ -298,7 +301,7 @@ class ReadDiffResult(BaseModel):
 class InputActionInput(BaseModel):
     job: str
     number: int
-    input_id: str
+    input_id: str | None = None  # None: the build's one pending input, whatever Jenkins named it
     decision: Literal["proceed", "abort"]
 
 
@@ -306,17 +309,26 @@ class InputActionResult(BaseModel):
     done: bool  # we answered it
     answered_elsewhere: bool = False  # nothing was pending any more: someone answered in Jenkins
     detail: str = ""
+    refused: str | None = None  # not answered: which input to answer is unclear (the line says why)
+
+
+InputState = Literal["not_reached", "pending", "unclear", "answered", "ended"]
 
 
 class WatchInputInput(BaseModel):
     job: str
     number: int
-    input_id: str
+    input_id: str | None = None
+    known: InputState = "pending"  # what the workflow knows; the watcher returns when Jenkins differs
+    known_detail: str = ""  # with `unclear`: the line already reported
+    settle_seconds: float = 20.0  # `not_reached` is reported only once it lasts this long
 
 
 class WatchInputResult(BaseModel):
     pending: bool
     build_result: str | None = None
+    state: InputState = "answered"
+    detail: str = ""  # one line: what Jenkins shows (`unclear`: which inputs wait, and why none is ours)
 
 
 class BuildResultInput(BaseModel):
@@ -334,7 +346,7 @@ class AbortBuildInput(BaseModel):
     job: str
     number: int | None = None
     queue_id: int | None = None
-    input_id: str
+    input_id: str | None = None
 
 
 class SlackPostInput(BaseModel):

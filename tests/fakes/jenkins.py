@@ -22,6 +22,11 @@ Deliberate choices where Jenkins behaviour is configurable or version dependent:
 - A POST that would queue a build identical to a waiting queue item (same job, same parameters) gets
   201 with that item's Location, as Jenkins' queue does.
 - Answering an input that is not pending gets 400 with an HTML error page.
+- Inputs are named as Jenkins names them: an explicit `id:` capitalised, or (`input_id=FROM_MESSAGE`,
+  a pipeline's `input message: '…'` without `id:`) the capitalised MD5 hex of the message.
+  `parallel_inputs` are further inputs pending at the same time, as parallel branches give; answering
+  one lets the build go on once none is left; aborting one ends the build ABORTED (a simplification:
+  real Jenkins fails that branch and, without failFast, the others keep waiting).
 """
 
 from __future__ import annotations
@@ -80,6 +85,16 @@ def _html(title: str, message: str) -> bytes:
     ).encode()
 
 
+#: `add_job(input_id=FROM_MESSAGE)`: the pipeline's input has no `id:`, so Jenkins names it itself.
+FROM_MESSAGE = "(from the message)"
+
+
+def jenkins_input_id(message: str) -> str:
+    """The id Jenkins gives an `input` without `id:`: `capitalize(Util.getDigestOf(message))`."""
+    digest = hashlib.md5(message.encode("utf-8")).hexdigest()
+    return digest[:1].upper() + digest[1:]
+
+
 @dataclass
 class _Job:
     name: str
@@ -89,6 +104,7 @@ class _Job:
     queue_seconds: float
     input_id: str | None
     input_message: str
+    parallel_inputs: dict[str, str]  # id → message of further inputs pending with the first
     diff_begin: str
     diff_end: str
     plan_seconds: float
@@ -135,6 +151,7 @@ class _Build:
     apply_done_at: float | None = None
     finished: float | None = None
     answered_by: str | None = None
+    pending: list[str] = field(default_factory=list)  # the ids of the inputs it waits at
 
 
 @dataclass
@@ -249,11 +266,14 @@ class FakeJenkins(LocalServer):
         diff_end: str = "=== DEPLOY DIFF END ===",
         *,
         input_message: str = "Deploy to production?",
+        parallel_inputs: tuple[str, ...] = (),
         plan_seconds: float = 0.0,
         apply_seconds: float = 0.0,
         next_build_number: int = 1,
     ) -> None:
-        """Define a pipeline job. `diff_lines=None` prints no diff block; `input_id=None` has no input step.
+        """Define a pipeline job. `diff_lines=None` prints no diff block; `input_id=None` has no input step;
+        `input_id=FROM_MESSAGE` is an input without `id:`; `parallel_inputs` are the messages of further
+        inputs (without `id:`) pending at the same time.
 
         `parameters`: `[{"name", "type" ("string"|"choice"|"boolean"|"text"|"password" or the Jenkins
         class name), "default", "choices"}]`.
@@ -273,8 +293,15 @@ class FakeJenkins(LocalServer):
                 diff_lines=list(diff_lines) if diff_lines is not None else None,
                 final_result=final_result,
                 queue_seconds=queue_seconds,
-                input_id=(input_id[:1].upper() + input_id[1:]) if input_id else None,
+                input_id=(
+                    jenkins_input_id(input_message)
+                    if input_id == FROM_MESSAGE
+                    else (input_id[:1].upper() + input_id[1:])
+                    if input_id
+                    else None
+                ),
                 input_message=input_message,
+                parallel_inputs={jenkins_input_id(m): m for m in parallel_inputs},
                 diff_begin=diff_begin,
                 diff_end=diff_end,
                 plan_seconds=plan_seconds,
@@ -328,14 +355,16 @@ class FakeJenkins(LocalServer):
         with self._lock:
             self._fail_rules.append(_FailRule(status, method, path_contains, times, after_effect))
 
-    def answer_input(self, job: str, number: int, proceed: bool = True, by: str = "someone") -> None:
-        """A person answers the pending input in the Jenkins UI."""
+    def answer_input(
+        self, job: str, number: int, proceed: bool = True, by: str = "someone", input_id: str | None = None
+    ) -> None:
+        """A person answers the pending input (`input_id`, or every one) in the Jenkins UI."""
         with self._lock:
             self._advance()
             b = self._job(job).builds[number]
             if b.state != "paused":
                 raise ValueError(f"{job} #{number} has no pending input (state {b.state})")
-            self._answer(b, proceed, by)
+            self._answer(b, proceed, by, input_id)
 
     def set_result(self, job: str, final_result: str) -> None:
         """The result the job's unfinished and future builds end with when they are not aborted."""
@@ -414,6 +443,8 @@ class FakeJenkins(LocalServer):
                 job.input_message,
                 "Proceed or Abort",
             ]
+            b.console += [line for m in job.parallel_inputs.values() for line in (m, "Proceed or Abort")]
+            b.pending = [job.input_id, *job.parallel_inputs]
             b.state, b.phase, b.paused_since = "paused", "input", at
         else:
             self._apply(b, at)
@@ -425,8 +456,13 @@ class FakeJenkins(LocalServer):
         if b.job.apply_seconds <= 0:
             self._finish(b, b.job.final_result, at)
 
-    def _answer(self, b: _Build, proceed: bool, by: str) -> None:
+    def _answer(self, b: _Build, proceed: bool, by: str, input_id: str | None = None) -> None:
         now = time.time()
+        if proceed and input_id is not None and len(b.pending) > 1:  # a parallel branch goes on
+            b.pending.remove(input_id)
+            b.console += [f"Approved by {by}"]
+            return
+        b.pending = []
         b.answered_by = by
         if b.paused_since is not None:
             b.pause_ms += _ms(now - b.paused_since)
@@ -957,13 +993,13 @@ class FakeJenkins(LocalServer):
             return _Response(200, _html(f"{b.job.short_name} #{b.number}", "Console Output"))
         if rest == ["wfapi", "pendingInputActions"]:
             pending = []
-            if b.state == "paused" and b.job.input_id:
-                iid = b.job.input_id
+            messages: dict[str, str] = {b.job.input_id or "": b.job.input_message, **b.job.parallel_inputs}
+            for iid in b.pending if b.state == "paused" else []:
                 pending.append(
                     {
                         "id": iid,
                         "proceedText": "Proceed",
-                        "message": b.job.input_message,
+                        "message": messages.get(iid, ""),
                         "inputs": [],
                         "proceedUrl": f"{build_path}wfapi/inputSubmit?inputId={iid}",
                         "abortUrl": f"{build_path}input/{iid}/abort",
@@ -995,12 +1031,12 @@ class FakeJenkins(LocalServer):
 
     def _input(self, req: _Request, b: _Build, input_id: str, verb: str) -> _Response:
         assert req.user is not None
-        if b.state != "paused" or b.job.input_id != input_id:
+        if b.state != "paused" or input_id not in b.pending:
             return _Response(400, _html("Error", f"No pending input with id {input_id} in this build"))
         if verb == "submit":
-            self._answer(b, "proceed" in req.form(), req.user)
+            self._answer(b, "proceed" in req.form(), req.user, input_id)
             return _Response(302, headers={"Location": f"{self._build_url(b)}console"})
-        self._answer(b, verb != "abort", req.user)
+        self._answer(b, verb != "abort", req.user, input_id)
         return _Response(200)
 
     def _describe(self, b: _Build, build_path: str) -> dict[str, Any]:
