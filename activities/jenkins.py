@@ -38,7 +38,7 @@ import requests
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError
 
-from activities.common import sleep_unless_cancelled
+from activities.common import heartbeat, heartbeating, sleep_unless_cancelled
 from workflows.models import (
     AbortBuildInput,
     BuildRef,
@@ -323,7 +323,8 @@ class JenkinsActivities:
         long poll from Temporal's growing backoff; writes are retried only by Temporal, after their checks."""
         for pause in (*READ_RETRY_PAUSES, None) if read else (None,):
             try:
-                return fn(self._client())
+                with heartbeating(limit=2 * self.timeout + 5):  # a slow answer must not time the attempt out
+                    return fn(self._client())
             except Exception as exc:
                 failure = self._failure(exc, what)
                 transient = isinstance(failure, ApplicationError) and failure.type in TRANSIENT
@@ -373,7 +374,8 @@ class JenkinsActivities:
         """POST input/ID/verb. False when Jenkins refuses because the input is settled (400/404/409)."""
         path = f"{job_path(job)}{number}/input/{quote(input_id, safe='')}/{verb}"
         try:
-            self._client().jenkins_request(requests.Request("POST", self._client().server + path))
+            with heartbeating(limit=2 * self.timeout + 5):  # the POST, and the crumb it may fetch first
+                self._client().jenkins_request(requests.Request("POST", self._client().server + path))
             return True
         except Exception as exc:
             if http_status(exc) in (400, 404, 409):
@@ -499,7 +501,7 @@ class JenkinsActivities:
         """
         what = f"waiting for queue item {inp.queue_id} of {inp.job!r}"
         while True:
-            activity.heartbeat({"queue_id": inp.queue_id})
+            heartbeat({"queue_id": inp.queue_id})
             item = self._call_or_none(what, lambda c: c.get_queue_item(inp.queue_id))
             if item is None:
                 ref = self._find_build_by_queue_id(inp.job, inp.queue_id, what)
@@ -524,7 +526,7 @@ class JenkinsActivities:
         without a complete block → non-retryable `NoDiff`."""
         what = f"reading the diff of {inp.job} #{inp.number}"
         while True:
-            activity.heartbeat({"number": inp.number})
+            heartbeat({"number": inp.number})
             lines = extract_diff(self._console(inp.job, inp.number, what), inp.diff_begin, inp.diff_end)
             if lines is None:
                 info = self._build_info(inp.job, inp.number, what)
@@ -571,7 +573,7 @@ class JenkinsActivities:
         posted: str | None = None  # the input this attempt answered
         rechecks = 0
         while True:
-            activity.heartbeat({"number": inp.number, "posted": posted is not None})
+            heartbeat({"number": inp.number, "posted": posted is not None})
             pending = self._pending_inputs(inp.job, inp.number, what)
             if posted is None:
                 target, unclear = choose_input(pending, inp.input_id, inp.number)
@@ -677,7 +679,7 @@ class JenkinsActivities:
                 state != "not_reached" or time.time() - not_reached_since >= inp.settle_seconds  # type: ignore[operator]
             ):
                 return WatchInputResult(pending=True, state=state, detail=detail)  # type: ignore[arg-type]
-            activity.heartbeat({"seen_pending": seen_pending, "not_reached_since": not_reached_since})
+            heartbeat({"seen_pending": seen_pending, "not_reached_since": not_reached_since})
             sleep_unless_cancelled(self.watch_interval)
 
     @activity.defn(no_thread_cancel_exception=True)
@@ -685,7 +687,7 @@ class JenkinsActivities:
         """Poll the build until it is over and has a result."""
         what = f"waiting for the result of {inp.job} #{inp.number}"
         while True:
-            activity.heartbeat({"number": inp.number})
+            heartbeat({"number": inp.number})
             info = self._build_info(inp.job, inp.number, what)
             if not info.get("building") and info.get("result"):
                 return BuildResult(number=inp.number, result=info["result"], url=info.get("url"))
