@@ -27,7 +27,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from starter.config import Config, load_config
 from tests.fakes.github import FakeGitHub
-from tests.fakes.jenkins import FakeJenkins
+from tests.fakes.jenkins import FROM_MESSAGE, FakeJenkins
 from tests.fakes.slack import FakeSlack
 from workflows import search_attributes as sa
 from workflows.models import Action, ActionInput, DeployStatus, Process, Step
@@ -190,8 +190,13 @@ async def embedded_stack(
 
     STATE_DIR.mkdir(exist_ok=True)
     jenkins = FakeJenkins(users={"deploy-bot": SIM_JENKINS_TOKEN})
-    jenkins.add_job(
-        "deploy-payments-api", parameters=DEMO_JOB_PARAMETERS, diff_lines=DEMO_DIFF, queue_seconds=0.5
+    jenkins.add_job(  # its input has no `id:`, as most pipelines write it: Jenkins names it from the message
+        "deploy-payments-api",
+        parameters=DEMO_JOB_PARAMETERS,
+        diff_lines=DEMO_DIFF,
+        queue_seconds=0.5,
+        input_id=FROM_MESSAGE,
+        input_message="Deploy payments-api to production?",
     )
     slack = FakeSlack(token=SIM_SLACK_TOKEN)
     github = FakeGitHub(token=SIM_GITHUB_TOKEN)
