@@ -55,15 +55,16 @@ PURE_MODULES = (
     "yaml",
 )
 
-# The SDK's workflow cache (temporalio's default: 1,000 runs, and a sticky task queue per worker) is off
-# unless DEPLOYCTL_MAX_CACHED_WORKFLOWS says otherwise. With it on, a `status` query that a fresh worker
-# answers while a workflow task waits on a killed worker's sticky queue leaves the fresh worker's cached
-# run ahead of its history; the commands it sends next are in an order replay rejects, and the deploy is
-# stuck (a Temporal SDK defect in temporalio 1.35.0: docs/replay.md, tests/test_wedge.py). With 0 there is
-# no sticky queue and no run outlives its task or query: every workflow task replays the whole history,
-# as Replayer does. Its cost is in bench/RESULTS.md. Once the SDK is fixed,
-# DEPLOYCTL_MAX_CACHED_WORKFLOWS=1000 (or `max_cached_workflows=`) turns the cache back on.
-MAX_CACHED_WORKFLOWS = 0
+# The SDK's workflow cache (temporalio's default: 1,000 runs, and a sticky task queue per worker) stays ON
+# by default. With it on, a `status` query that a fresh worker answers while a workflow task waits on a
+# killed worker's sticky queue can leave that worker's cached run ahead of its history, and the deploy is
+# stuck (a Temporal SDK defect in temporalio 1.35.0: docs/replay.md, tests/test_wedge.py). A cache of 0
+# (DEPLOYCTL_MAX_CACHED_WORKFLOWS=0) closes that crash sequence, but it is NOT a complete defence: with no
+# sticky queue every query is a legacy query on the normal queue, a run built for a query is only evicted
+# after a workflow task completes, and under CPU load a plain com deploy watched through `status` then
+# recorded histories replay rejects in 7 of 12 runs (0 of 7 with the cache on). So the default is the
+# SDK's, until a defence covers both (docs/replay.md).
+MAX_CACHED_WORKFLOWS = 1000
 CACHE_ENV = "DEPLOYCTL_MAX_CACHED_WORKFLOWS"
 
 
