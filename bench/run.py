@@ -10,12 +10,17 @@ then prints its figures beside their baseline from the same run. Not a test: not
    unloaded and with 100 deploys in flight.
 3. capacity: 1,000 deploys parked at pccr_review: worker RSS and the latency of one more approve,
    against the same with a few parked.
+4. cache (`--only cache`, not part of the full run): worker.py with the SDK's workflow cache on (max_cached_workflows=1000, the settings before the
+   defence in docs/replay.md) and off (0, worker.py's default), one after the other in the same run:
+   worker CPU per deploy and the approve latency, one deploy at a time and with several in flight, and
+   what a com deploy's history holds (events, activities, Slack calls).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import gc
 import json
 import os
@@ -42,6 +47,7 @@ from bench.people import (
 )
 from bench.stack import GATE, BenchStack, Worker, bench_stack, proc_cpu_seconds, server_pid, wait_until
 from starter.cli import send_action
+from worker import CACHE_ENV
 from workflows.models import Action, ActionInput, Step
 
 POLL = 0.5  # how often a scripted person looks at `status` while waiting for their step
@@ -417,6 +423,99 @@ async def _at_least(stack: BenchStack, n: int) -> bool:
     return await parked_count(stack) >= n
 
 
+# ---------------------------------------------------------------------------------------- workflow cache
+
+CACHE_SETTINGS = {"on": 1000, "off": 0}  # on: the SDK's default, the settings before the defence
+
+
+async def deploy_history(stack: BenchStack, wid: str) -> dict[str, Any]:
+    """One deploy's own history: events, workflow tasks, activities by type."""
+    hist = await stack.client.get_workflow_handle(wid).fetch_history()
+    kinds = [e.event_type for e in hist.events]
+    acts = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in hist.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
+    return {
+        "events": len(kinds),
+        "workflow_tasks": kinds.count(EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED),
+        "activities": len(acts),
+        "by_type": dict(sorted(collections.Counter(acts).items())),
+    }
+
+
+async def cache_setting(
+    name: str, size: int, n: int, concurrency: int, unloaded: int, workers: int
+) -> dict[str, Any]:
+    """One setting: `workers` processes of worker.py with max_cached_workflows=size; `unloaded` deploys
+    one at a time, then `n` deploys `concurrency` at once."""
+    log(f"-- cache {name} ({CACHE_ENV}={size}), {workers} worker process(es)")
+    async with bench_stack(n + WARM + 1) as stack:
+        for _ in range(workers):
+            stack.start_worker("product", {CACHE_ENV: str(size)})
+        c = Counters()
+        await bounded(WARM, WARM, lambda i: product_deploy(stack, n + 1 + i, POLL, c))
+        c = Counters()
+        cpu = CpuMeter(stack)
+        t0 = time.monotonic()
+        acc, sent, runs = [], [], []
+        for _ in range(unloaded):
+            run = await product_deploy(stack, n, POLL, c)
+            a, s = await approve_latency(stack, run, run.post_index)
+            acc.append(a)
+            sent.append(s)
+            runs.append(run)
+        one: dict[str, Any] = {
+            "deploys": unloaded,
+            "wall": time.monotonic() - t0,
+            "cpu": cpu.used(),
+            "queries": c.queries / unloaded,
+            "latency": summarize(acc, sent),
+            "deploy_p50": pct([r.ended - r.started for r in runs], 50),
+        }
+        history = await deploy_history(stack, runs[-1].wid)
+        log(
+            f"   one at a time ({unloaded} deploys): worker CPU per deploy "
+            f"{one['cpu']['workers'] / unloaded * 1000:.0f} ms (server {one['cpu']['server'] / unloaded * 1000:.0f} ms, "
+            f"others {one['cpu']['others'] / unloaded * 1000:.0f} ms); approve {fmt(one['latency'])}; "
+            f"{one['queries']:.1f} status queries per deploy"
+        )
+        c = Counters()
+        loaded = await run_phase(stack, n, concurrency, lambda i: product_deploy(stack, i, POLL, c))
+        lat = [(*await approve_latency(stack, r, r.post_index),) for r in loaded["runs"]]
+        loaded["latency"] = summarize([a for a, _ in lat], [s for _, s in lat])
+        loaded["queries"] = c.queries / n
+        loaded.pop("runs")
+        log(
+            f"   {concurrency} at once ({n} deploys, {loaded['rate']:.2f}/s): worker CPU per deploy "
+            f"{loaded['cpu']['workers'] / n * 1000:.0f} ms (server {loaded['cpu']['server'] / n * 1000:.0f} ms, "
+            f"others {loaded['cpu']['others'] / n * 1000:.0f} ms); approve {fmt(loaded['latency'])}; "
+            f"deploy p50 {loaded['deploy_p50']:.1f} s p99 {loaded['deploy_p99']:.1f} s"
+        )
+        rss = [w.rss_kb() / 1024 for w in stack.workers]
+    return {"size": size, "one_at_a_time": one, "loaded": loaded, "history": history, "rss_mb": rss}
+
+
+async def cache(n: int, concurrency: int, unloaded: int, workers: int, order: list[str]) -> dict[str, Any]:
+    log(
+        f"\n== cache: worker.py with the workflow cache on and off ({', '.join(order)}); people poll status "
+        f"every {POLL}s"
+    )
+    out: dict[str, Any] = {}
+    for name in order:
+        out.setdefault(name, []).append(
+            await cache_setting(name, CACHE_SETTINGS[name], n, concurrency, unloaded, workers)
+        )
+    h = out[order[0]][0]["history"]
+    slack = sum(v for k, v in h["by_type"].items() if k in ("post_message", "update_message"))
+    log(
+        f"a com deploy's history: {h['events']} events, {h['workflow_tasks']} workflow tasks, "
+        f"{h['activities']} activities ({slack} Slack: {h['by_type']})"
+    )
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 
@@ -440,7 +539,13 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small N everywhere (about 2 minutes)")
-    p.add_argument("--only", choices=["throughput", "latency", "capacity"], default=None)
+    p.add_argument("--only", choices=["throughput", "latency", "capacity", "cache"], default=None)
+    p.add_argument(
+        "--cache-order",
+        default="on,off",
+        help="cache: the settings to measure, in order (on = max_cached_workflows 1000, off = 0; "
+        "e.g. on,off,on,off)",
+    )
     p.add_argument("--n", type=int, default=None, help="throughput: deploys (default 200, quick 40)")
     p.add_argument(
         "--concurrency", type=int, default=None, help="throughput: deploys at once (default 100, quick 30)"
@@ -482,6 +587,16 @@ def main(argv: list[str] | None = None) -> int:
             out["latency"] = await latency(10 if args.quick else 30, in_flight, n, args.workers, reuse)
         if args.only in (None, "capacity"):
             out["capacity"] = await capacity(parked)
+        if args.only == "cache":  # not part of the full run: it takes about 12 minutes on its own
+            order = [x.strip() for x in args.cache_order.split(",") if x.strip()]
+            quick = args.quick
+            out["cache"] = await cache(
+                args.n or (20 if quick else 60),
+                args.concurrency or (10 if quick else 20),
+                5 if quick else 15,
+                args.workers,
+                order,
+            )
         out["seconds"] = time.monotonic() - t0
         log(f"\nbench done in {out['seconds']:.0f} s")
         return out
