@@ -47,6 +47,7 @@ from tests.fakes.github import FakeGitHub
 from tests.fakes.jenkins import FakeJenkins
 from tests.fakes.slack import FakeSlack
 from tests.test_replay import replayer
+from worker import CACHE_ENV, MAX_CACHED_WORKFLOWS
 from workflows import search_attributes as sa
 from workflows.models import Action, ActionInput, DeployResult, DeployStatus, Outcome, Process, Step
 
@@ -145,14 +146,15 @@ async def status_when_up(client: Client, wid: str, timeout: float = 120) -> Depl
             await asyncio.sleep(0.5)
 
 
-# How the scripted people see where a deploy stands while workers die under it. By default through
-# the server alone (`describe`: the DeployStep and DeployWaitingOn search attributes, as `deployctl
-# list` and the Web UI's list show them) and the diff's sha256 from the Slack DM, as a person reads it.
-# With DEPLOYCTL_CRASH_QUERIES=1 through the `status` query, as `deployctl status` does: that mode
-# reproduces a Temporal SDK defect (a query answered by a fresh worker while a workflow task waits on
-# a dead worker's sticky queue can leave a history that replay rejects; see docs/replay.md), so it is
-# for checking a new SDK release, not for CI.
-BY_QUERY = os.environ.get("DEPLOYCTL_CRASH_QUERIES") == "1"
+# How the scripted people see where a deploy stands while workers die under it. By default through the
+# `status` query, as `deployctl status`, Slack's `/deploy status` and the Web UI do: right after each
+# kill a fresh worker answers it, which is what wedged deploys while workers cached workflow runs (a
+# Temporal SDK defect; docs/replay.md, tests/test_wedge.py). worker.py's default (no workflow cache) is
+# the defence; DEPLOYCTL_MAX_CACHED_WORKFLOWS=1000 runs the suite against the cache, to check a new SDK
+# release. With DEPLOYCTL_CRASH_QUERIES=0 they watch through the server alone instead (`describe`: the
+# DeployStep and DeployWaitingOn search attributes, as `deployctl list` and the Web UI's list show them)
+# and read the diff's sha256 from the Slack DM, as a person reads it.
+BY_QUERY = os.environ.get("DEPLOYCTL_CRASH_QUERIES", "1") != "0"
 DIFF_SHA = re.compile(r"diff sha256 `([0-9a-f]{64})`")
 
 
@@ -296,4 +298,8 @@ async def test_sigkill_at_every_step_boundary_of_every_process(
     assert len(sent) > 3 * len(COM_SCRIPT)  # the deploys' notices really went through the fake
     twice = [(k, n) for k, n in sent.items() if n > 1]
     assert all(n <= 2 for _, n in twice), twice
-    print(f"{len(crash.crashes)} crashes, {sum(sent.values())} Slack messages, {len(twice)} sent twice")
+    print(
+        f"{len(crash.crashes)} crashes, {sum(sent.values())} Slack messages, {len(twice)} sent twice; "
+        f"watched through {'status queries' if BY_QUERY else 'describe'}, "
+        f"{CACHE_ENV}={os.environ.get(CACHE_ENV, f'(unset: {MAX_CACHED_WORKFLOWS})')}"
+    )
