@@ -10,10 +10,11 @@ then prints its figures beside their baseline from the same run. Not a test: not
    unloaded and with 100 deploys in flight.
 3. capacity: 1,000 deploys parked at pccr_review: worker RSS and the latency of one more approve,
    against the same with a few parked.
-4. cache (`--only cache`, not part of the full run): worker.py with the SDK's workflow cache on (max_cached_workflows=1000, the settings before the
-   defence in docs/replay.md) and off (0, worker.py's default), one after the other in the same run:
-   worker CPU per deploy and the approve latency, one deploy at a time and with several in flight, and
-   what a com deploy's history holds (events, activities, Slack calls).
+4. cache (`--only cache`, not part of the full run): worker.py with the SDK's workflow cache on
+   (max_cached_workflows=1000, worker.py's default) and off (0, the candidate defence in docs/replay.md),
+   one after the other in the same run: worker CPU per deploy and the approve latency, one deploy at a
+   time and with several in flight, and what a com deploy's history holds (events, activities, Slack
+   calls).
 """
 
 from __future__ import annotations
@@ -425,7 +426,7 @@ async def _at_least(stack: BenchStack, n: int) -> bool:
 
 # ---------------------------------------------------------------------------------------- workflow cache
 
-CACHE_SETTINGS = {"on": 1000, "off": 0}  # on: the SDK's default, the settings before the defence
+CACHE_SETTINGS = {"on": 1000, "off": 0}  # on: the SDK's default and worker.py's; off: no workflow cache
 
 
 async def deploy_history(stack: BenchStack, wid: str) -> dict[str, Any]:
@@ -587,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
             out["latency"] = await latency(10 if args.quick else 30, in_flight, n, args.workers, reuse)
         if args.only in (None, "capacity"):
             out["capacity"] = await capacity(parked)
-        if args.only == "cache":  # not part of the full run: it takes about 12 minutes on its own
+        if args.only == "cache":  # not part of the full run: about 7 minutes on its own
             order = [x.strip() for x in args.cache_order.split(",") if x.strip()]
             quick = args.quick
             out["cache"] = await cache(
