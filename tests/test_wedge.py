@@ -1,5 +1,5 @@
 """A crash plus a `status` query wedges a deploy when workers cache workflow runs (a Temporal SDK defect,
-docs/replay.md), and worker.py's default (no workflow cache) does not.
+docs/replay.md; worker.py keeps the SDK's cache), and a worker without a cache does not.
 
 The sequence, with the real DeployWorkflow at `pccr_review` and its DM to U0GATE1 held in flight:
 
@@ -19,9 +19,10 @@ The sequence, with the real DeployWorkflow at `pccr_review` and its DM to U0GATE
    Updates first, so it expects the Update's first: the recorded history fails replay
    ("Update machine does not handle this event: HistoryEvent(id: …, ActivityTaskScheduled)").
 
-With worker.py's default (`max_cached_workflows=0`) the same steps record a history that replays: there
-is no sticky queue, so the query is answered at once and the workflow task goes straight to W2, and no
-run outlives the task or query it was built for.
+With `max_cached_workflows=0` the same steps record a history that replays: there is no sticky queue, so
+the query is answered at once and the workflow task goes straight to W2. (That setting is not a complete
+defence: a run built for a legacy query waits for the next task, which is applied to it, so under load it
+wedges deploys without any crash; docs/replay.md has the figures.)
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from worker import CACHE_ENV, MAX_CACHED_WORKFLOWS, build_activities, create_wor
 from workflows.models import Action, ActionInput, DeployStatus, Process, SlackPostInput, SlackPostResult, Step
 
 ROOT = Path(__file__).resolve().parent.parent
-# temporalio's own default max_cached_workflows: the worker's setting before the defence.
+# temporalio's own default max_cached_workflows, and worker.py's.
 SDK_DEFAULT_CACHE = 1000
 # Seconds from the query to the DM's release: the task the release schedules must reach W1's sticky queue
 # within 10 s of W1's last poll, and the query (10 s on that queue) must reach W2 before the task (10 s too).
@@ -310,13 +311,13 @@ async def test_wedge_reproduces_without_defence(
         else:
             pytest.fail(
                 "replay rejects: the wedged history replayed. The SDK may have fixed the defect; see "
-                "docs/replay.md ('Checking a newer SDK release') before changing MAX_CACHED_WORKFLOWS"
+                "docs/replay.md ('Checking a newer SDK release') for what to run next"
             )
 
         # The way out (docs/replay.md): reset to the task whose commands are out of order, i.e. to the
         # WorkflowTaskCompleted just before the event the error names. The server keeps everything
         # before it and re-applies the Update (Server 1.32 re-applies Signals and Updates by default); a
-        # worker with worker.py's defence serves the new run, and the deploy goes on.
+        # worker without a cache serves the new run, and the deploy goes on.
         await rig.stop()
         client, wid = env.client, run.wid
         reset = await client.workflow_service.reset_workflow_execution(
