@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 from temporalio.client import Client
 
-from starter.cli import Refused, send_action
+from starter.cli import Refused, send_action, start_deploy
 from starter.devstack import wait_for_step
-from workflows.models import Action, ActionInput, DeployStatus, Step
+from tests.conftest import PARAMS, Deployment
+from workflows.models import Action, ActionInput, DeployStatus, Process, Step
 
 GATE1, OWNER = "U0GATE1", "U0OWNER1"
+SREG1 = "U0SREG1"  # a member of the sre-gov Slack user group S0SREGOV (tests/conftest.py)
 
 
 async def status(client: Client, wid: str) -> DeployStatus:
@@ -37,3 +39,18 @@ async def to_trigger(client: Client, wid: str, sre: str) -> DeployStatus:
     await act(client, wid, Action.ASSIGN, GATE1, Step.SRE_ASSIGNMENT, sre=sre)
     await act(client, wid, Action.APPROVE, sre, Step.CLEARANCE)
     return await wait_for_step(client, wid, Step.TRIGGER, OWNER)
+
+
+async def start_gov(client: Client, d: Deployment, version: str = "1.4.2") -> str:
+    """An OOW gov deploy of the test's service to kprod-gov, opened by the owner."""
+    wid, _ = await start_deploy(
+        client, d.config, Process.OOW, d.service, "kprod-gov", dict(PARAMS), version, OWNER
+    )
+    return wid
+
+
+async def to_merge(client: Client, wid: str, sre: str = SREG1) -> DeployStatus:
+    """A gov deploy through review and the assignment of `sre`, up to the version PR's merge."""
+    await act(client, wid, Action.APPROVE, GATE1, Step.PCCR_REVIEW)
+    await act(client, wid, Action.ASSIGN, GATE1, Step.SRE_ASSIGNMENT, sre=sre)
+    return await wait_for_step(client, wid, Step.VERSION_PR_MERGE, sre)

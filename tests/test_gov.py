@@ -24,25 +24,12 @@ from tests.conftest import (
 from tests.fakes.github import FakeGitHub
 from tests.fakes.jenkins import FakeJenkins
 from tests.fakes.slack import FakeSlack
-from tests.support import act, refused, status
+from tests.support import SREG1, act, refused, start_gov, status, to_merge
 from tests.test_cli import deployctl
 from worker import create_worker
-from workflows.models import Action, ActionInput, DeployResult, DeployStatus, Outcome, Process, Step
+from workflows.models import Action, ActionInput, DeployResult, Outcome, Process, Step
 
-SREG1, SREG2 = "U0SREG1", "U0SREG2"  # members of the sre-gov Slack user group S0SREGOV
-
-
-async def start_gov(client: Client, d: Deployment, version: str = "1.4.2") -> str:
-    wid, _ = await start_deploy(
-        client, d.config, Process.OOW, d.service, "kprod-gov", dict(PARAMS), version, OWNER
-    )
-    return wid
-
-
-async def to_merge(client: Client, wid: str) -> DeployStatus:
-    await act(client, wid, Action.APPROVE, GATE1, Step.PCCR_REVIEW)
-    await act(client, wid, Action.ASSIGN, GATE1, Step.SRE_ASSIGNMENT, sre=SREG1)
-    return await wait_for_step(client, wid, Step.VERSION_PR_MERGE, SREG1)
+SREG2 = "U0SREG2"  # the other member of the sre-gov Slack user group S0SREGOV
 
 
 async def test_gov_deploy_through_the_cli(

@@ -22,13 +22,10 @@ from temporalio.testing import ActivityEnvironment
 
 from activities import common
 from activities.common import sleep_unless_cancelled
-from starter.cli import send_action, start_deploy
-from starter.devstack import wait_for_step
-from tests.conftest import GATE1, OWNER, PARAMS, Deployment
-from tests.support import act
-from workflows.models import Action, ActionInput, DeployResult, Outcome, Process, Step
-
-SREG1 = "U0SREG1"  # a member of the sre-gov Slack user group
+from starter.cli import send_action
+from tests.conftest import OWNER, Deployment
+from tests.support import start_gov, to_merge
+from workflows.models import Action, ActionInput, DeployResult, Outcome, Step
 
 
 class Beats:
@@ -150,12 +147,8 @@ async def test_a_minute_at_version_pr_merge_is_one_watch_pr_attempt(
     client: Client, deployment: Deployment, worker: None
 ) -> None:
     d = deployment
-    wid, _ = await start_deploy(
-        client, d.config, Process.OOW, d.service, "kprod-gov", dict(PARAMS), "1.4.2", OWNER
-    )
-    await act(client, wid, Action.APPROVE, GATE1, Step.PCCR_REVIEW)
-    await act(client, wid, Action.ASSIGN, GATE1, Step.SRE_ASSIGNMENT, sre=SREG1)
-    st = await wait_for_step(client, wid, Step.VERSION_PR_MERGE, SREG1)
+    wid = await start_gov(client, d)
+    st = await to_merge(client, wid)
     number = int(st.version_pr.rsplit("/", 1)[1])
     handle = client.get_workflow_handle(wid, result_type=DeployResult)
 

@@ -633,22 +633,29 @@ def test_choose_input_reads_the_id_from_the_build() -> None:
     assert why.startswith(f"build #12 waits at 2 inputs (`{MESSAGE_ID}`, `Approve-db`)") and "\n" not in why
 
 
+def paused_without_id(fake: FakeJenkins, acts: JenkinsActivities, job: str = "noid", **more: Any) -> int:
+    """A build of a job whose `input message: MESSAGE` has no `id:`, paused at it; its number."""
+    fake.add_job(
+        job,
+        parameters=PARAMS,
+        diff_lines=DIFF,
+        queue_seconds=0.05,
+        input_id=FROM_MESSAGE,
+        input_message=MESSAGE,
+        **more,
+    )
+    number = start(acts, job)
+    wait_paused(fake, job, number)
+    return number
+
+
 def test_an_input_without_id_is_answered_when_none_is_configured(
     fake: FakeJenkins, acts: JenkinsActivities
 ) -> None:
     assert MESSAGE_ID == "E00852fe0d8ceae8acd28998fd008071" == jenkins_input_id(MESSAGE)
     # The documented example (pipeline-input-step docs): "Is the build okay?" → Ef95dd500ae6ed3b27b89fb852296d12
     assert jenkins_input_id("Is the build okay?") == "Ef95dd500ae6ed3b27b89fb852296d12"
-    fake.add_job(
-        "noid",
-        parameters=PARAMS,
-        diff_lines=DIFF,
-        queue_seconds=0.05,
-        input_id=FROM_MESSAGE,
-        input_message=MESSAGE,
-    )
-    number = start(acts, "noid")
-    wait_paused(fake, "noid", number)
+    number = paused_without_id(fake, acts)
     watched = run(
         acts.watch_input, WatchInputInput(job="noid", number=number, known="not_reached", settle_seconds=0)
     )
@@ -663,16 +670,7 @@ def test_a_configured_input_that_is_not_pending_is_said_at_once(
     fake: FakeJenkins, acts: JenkinsActivities
 ) -> None:
     """The bug: the SRE's approve was accepted, then the worker polled for `Approve-deploy` for good."""
-    fake.add_job(
-        "noid",
-        parameters=PARAMS,
-        diff_lines=DIFF,
-        queue_seconds=0.05,
-        input_id=FROM_MESSAGE,
-        input_message=MESSAGE,
-    )
-    number = start(acts, "noid")
-    wait_paused(fake, "noid", number)
+    number = paused_without_id(fake, acts)
     why = f"build #{number} waits at input `{MESSAGE_ID}`, not the configured `Approve-deploy`"
     started = time.monotonic()
     result = run(
@@ -687,17 +685,7 @@ def test_a_configured_input_that_is_not_pending_is_said_at_once(
 
 
 def test_several_pending_inputs_and_none_configured(fake: FakeJenkins, acts: JenkinsActivities) -> None:
-    fake.add_job(
-        "parallel",
-        parameters=PARAMS,
-        diff_lines=DIFF,
-        queue_seconds=0.05,
-        input_id=FROM_MESSAGE,
-        input_message=MESSAGE,
-        parallel_inputs=("Deploy the database too?",),
-    )
-    number = start(acts, "parallel")
-    wait_paused(fake, "parallel", number)
+    number = paused_without_id(fake, acts, "parallel", parallel_inputs=("Deploy the database too?",))
     result = run(acts.input_action, InputActionInput(job="parallel", number=number, decision="proceed"))
     assert not result.done and result.refused and "waits at 2 inputs" in result.refused
     assert posts(fake, "/input/") == []

@@ -21,12 +21,11 @@ from tests.conftest import CONFIGS_REPO, GATE1, OWNER, PARAMS, SRE1, Deployment,
 from tests.fakes.github import FakeGitHub
 from tests.fakes.jenkins import FROM_MESSAGE, FakeJenkins, jenkins_input_id
 from tests.fakes.slack import FakeSlack
-from tests.support import act, status, to_trigger
+from tests.support import SREG1, act, start_gov, status, to_merge, to_trigger
 from worker import create_worker
 from workflows.models import Action, ActionInput, DeployResult, DeployStatus, Outcome, Process, Step
 
 MESSAGE = "Deploy to prod?"
-SREG1 = "U0SREG1"
 
 
 @asynccontextmanager
@@ -144,7 +143,7 @@ async def test_a_github_that_keeps_failing_is_said_once_and_nobody_is_asked_yet(
     # 4 tries fail (then the thread hears it), 2 more while status says so, then GitHub recovers.
     github.fail_next(status=502, method="POST", path_contains="/git/refs", times=6, after_effect=False)
     async with running(client, d):
-        wid = await start(client, d, "kprod-gov", "1.4.2")
+        wid = await start_gov(client, d)
         st = await eventually(lambda: _waiting_for_prefix(client, wid, "failing after 4 tries"), timeout=40)
         assert st.waiting_for.startswith(f"GitHub: opening the version PR in {CONFIGS_REPO}: failing")  # type: ignore[union-attr]
         assert "502" in st.waiting_for  # type: ignore[operator]
@@ -176,10 +175,8 @@ async def test_a_refused_merge_keeps_the_dms_and_the_clock(
     it waits, and the step still expires when it opened + its timeout, not later."""
     d = make_deployment(tmp_path, jenkins, slack, github=github, timeouts={"version_pr_merge": "24s"})
     async with running(client, d):
-        wid = await start(client, d, "kprod-gov", "1.4.2")
-        await act(client, wid, Action.APPROVE, GATE1, Step.PCCR_REVIEW)
-        await act(client, wid, Action.ASSIGN, GATE1, Step.SRE_ASSIGNMENT, sre=SREG1)
-        st = await wait_for_step(client, wid, Step.VERSION_PR_MERGE, SREG1)
+        wid = await start_gov(client, d)
+        st = await to_merge(client, wid)
         opened = next(r.time for r in st.rosters if r.step is Step.VERSION_PR_MERGE)
         pr = github.pulls(CONFIGS_REPO)[-1]
         github.set_mergeable(CONFIGS_REPO, pr["number"], False, reason="dirty")
