@@ -351,21 +351,46 @@ async def _send(
     click.echo(f"{action.value} accepted at {step} on {workflow_id}")
 
 
-async def send_action(client: Client, workflow_id: str, action: Action, msg: ActionInput) -> ActionResult:
-    """Send one action as an Update; a refusal becomes Refused with the workflow's one-line reason."""
-    try:
-        return await client.get_workflow_handle(workflow_id).execute_update(
-            action.value, msg, result_type=ActionResult
-        )
-    except WorkflowUpdateFailedError as err:
-        cause = err.cause
-        if isinstance(cause, ApplicationError) and cause.type == "Refused":
-            raise Refused(cause.message) from None
-        raise Refused(str(cause or err)) from None
-    except RPCError as err:
-        if "completed" in err.message.lower():
-            raise Refused(f"{workflow_id} is finished; {action.value} changes nothing") from None
-        raise
+#: The server turns Updates away while a deploy's workflow task is being retried (a worker died holding
+#: it; the retry comes after the task's 10 s timeout). Nothing changed, so the action is sent again.
+TASK_RETRYING = "Workflow Task in failed state"
+RETRY_WHILE_RECOVERING = (1.0, 2.0, 3.0, 5.0, 5.0)  # seconds between tries: ~16 s in all
+
+
+async def send_action(
+    client: Client,
+    workflow_id: str,
+    action: Action,
+    msg: ActionInput,
+    pauses: tuple[float, ...] = RETRY_WHILE_RECOVERING,
+) -> ActionResult:
+    """Send one action as an Update; a refusal becomes Refused with the workflow's one-line reason.
+
+    While the deploy recovers from a worker crash (the server says its workflow task is being retried)
+    the Update is sent again after each of `pauses`, then refused with what to do."""
+    for pause in (*pauses, None):
+        try:
+            return await client.get_workflow_handle(workflow_id).execute_update(
+                action.value, msg, result_type=ActionResult
+            )
+        except WorkflowUpdateFailedError as err:
+            cause = err.cause
+            if isinstance(cause, ApplicationError) and cause.type == "Refused":
+                raise Refused(cause.message) from None
+            raise Refused(str(cause or err)) from None
+        except RPCError as err:
+            if "completed" in err.message.lower():
+                raise Refused(f"{workflow_id} is finished; {action.value} changes nothing") from None
+            if TASK_RETRYING not in err.message:
+                raise
+            if pause is None:
+                raise Refused(
+                    f"{workflow_id} is recovering from a worker crash (its workflow task is being retried) "
+                    f"and took no {action.value}; nothing changed: try again in a minute, and if it persists "
+                    "see docs/replay.md"
+                ) from None
+            await asyncio.sleep(pause)
+    raise AssertionError("unreachable")
 
 
 for _a in Action:

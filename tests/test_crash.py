@@ -204,7 +204,10 @@ async def drive(
                 except Refused as err:
                     # What a person saw may be ahead of what the next worker has caught up with (or,
                     # for the diff, the DM not yet posted); it says so, and a person would try again.
-                    assert "takes no action right now" in str(err) or "diff" in str(err), str(err)
+                    if "recovering from a worker crash" in str(err):  # send_action's retries ran out
+                        crash.turned_away.append(f"{wid}: {action.value} at {step.value}")
+                    else:
+                        assert "takes no action right now" in str(err) or "diff" in str(err), str(err)
                 except RPCError as err:
                     # A worker killed while it held the deploy's workflow task leaves the task to be
                     # retried after its 10 s timeout; while an attempt after the first is pending the

@@ -116,11 +116,10 @@ async def test_gov_deploy_through_the_cli(
     r = await deployctl(env, d, "trigger", wid, "--as", SREG1)
     assert r.code == 0, r.err
     st = await wait_for_step(client, wid, Step.DIFF_VALIDATION, OWNER)
-    assert [
-        m
-        for m in slack.messages_to(OWNER)
-        if "diff_validation" in m["text"] and st.build.diff_sha256 in m["text"]
-    ]
+    sha = st.build.diff_sha256 or ""
+    await eventually(  # the owner's DM goes out through the notice queue, after the trigger step's DMs close
+        lambda: [m for m in slack.messages_to(OWNER) if "diff_validation" in m["text"] and sha in m["text"]]
+    )
     r = await deployctl(env, d, "validate-diff", wid, "--as", OWNER, "--diff-sha256", st.build.diff_sha256)
     assert r.code == 0, r.err
     r = await deployctl(env, d, "approve", wid, "--as", SREG1, "--step", "deploy_approval")
