@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 from temporalio import workflow
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
@@ -44,35 +46,35 @@ class RecoveringDeploy:
         return ActionResult(accepted=True, step=Step.PCCR_REVIEW, action=Action.APPROVE, message="ok")
 
 
-async def _failing(client: Client) -> tuple[str, Worker]:
+@asynccontextmanager
+async def failing_deploy(client: Client) -> AsyncIterator[WorkflowHandle[Any, Any]]:
+    """A running workflow whose workflow task fails and is being retried (attempt 2 or more)."""
+    BROKEN["now"] = True
     queue = f"tq-recovering-{uuid.uuid4().hex[:8]}"
     worker = Worker(
         client, task_queue=queue, workflows=[RecoveringDeploy], workflow_runner=UnsandboxedWorkflowRunner()
     )
-    wid = f"deploy-recovering-{uuid.uuid4().hex[:8]}"
-    BROKEN["now"] = True
-    return wid, worker
-
-
-async def _until_task_retried(client: Client, wid: str) -> None:
-    for _ in range(100):
-        desc = await client.get_workflow_handle(wid).describe()
-        task = desc.raw_description.pending_workflow_task
-        if task.attempt >= 2:
-            return
-        await asyncio.sleep(0.1)
-    pytest.fail("the workflow task was never retried")
+    async with worker:
+        handle = await client.start_workflow(
+            RecoveringDeploy.run, id=f"deploy-recovering-{uuid.uuid4().hex[:8]}", task_queue=queue
+        )
+        await handle.signal(RecoveringDeploy.poke)
+        for _ in range(100):
+            desc = await handle.describe()
+            if desc.raw_description.pending_workflow_task.attempt >= 2:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the workflow task was never retried")
+        yield handle
 
 
 MSG = ActionInput(actor="U0GATE1", step=Step.PCCR_REVIEW, channel="test")
 
 
 async def test_an_action_while_the_task_is_retried_is_sent_again(client: Client) -> None:
-    wid, worker = await _failing(client)
-    async with worker:
-        handle = await client.start_workflow(RecoveringDeploy.run, id=wid, task_queue=worker.task_queue)
-        await handle.signal(RecoveringDeploy.poke)
-        await _until_task_retried(client, wid)
+    async with failing_deploy(client) as handle:
+        wid = handle.id
         # What the server says to a bare Update now: this is what `send_action` recovers from.
         with pytest.raises(RPCError, match=TASK_RETRYING):
             await handle.execute_update("approve", MSG, result_type=ActionResult)
@@ -83,11 +85,8 @@ async def test_an_action_while_the_task_is_retried_is_sent_again(client: Client)
 
 
 async def test_an_action_while_the_task_keeps_failing_is_refused_in_one_line(client: Client) -> None:
-    wid, worker = await _failing(client)
-    async with worker:
-        handle = await client.start_workflow(RecoveringDeploy.run, id=wid, task_queue=worker.task_queue)
-        await handle.signal(RecoveringDeploy.poke)
-        await _until_task_retried(client, wid)
+    async with failing_deploy(client) as handle:
+        wid = handle.id
         with pytest.raises(Refused) as err:
             await send_action(client, wid, Action.APPROVE, MSG, pauses=(0.2, 0.2))
         reason = str(err.value)
