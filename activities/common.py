@@ -1,6 +1,6 @@
 """What every polling activity shares: heartbeats that outlive a wait, and a sleep that heartbeats.
 
-The long activities run under a short heartbeat timeout (10 s, `workflows.deploy.JENKINS_WAIT`): an
+The long activities run under a short heartbeat timeout (10 s, `workflows.deploy.LONG_POLL`): an
 attempt that goes that long without a heartbeat is timed out and retried, however well it is doing. So
 nothing here stays silent longer than `HEARTBEAT_EVERY` (or a quarter of the heartbeat timeout, if that
 is shorter):
@@ -104,8 +104,8 @@ def heartbeating(limit: float = KEEP_ALIVE_LIMIT) -> Iterator[None]:
     runs, for at most `limit` seconds: a blocking call that takes longer than the heartbeat timeout (a slow
     answer, a client's own retries) does not time the attempt out, but one that hangs past `limit` does.
     Cancellation is not noticed inside the block; check for it after it."""
-    if not activity.in_activity():
-        yield
+    if not activity.in_activity() or activity.info().heartbeat_timeout is None:
+        yield  # (a short call has no heartbeat timeout: nothing to keep alive, no heartbeats to send)
         return
     beats, every = _beats(), heartbeat_every()
     done = threading.Event()

@@ -46,6 +46,7 @@ from workflows.models import (
     BuildResultInput,
     InputActionInput,
     InputActionResult,
+    InputState,
     JobParameter,
     JobParametersInput,
     JobParametersResult,
@@ -645,11 +646,11 @@ class JenkinsActivities:
         details = activity.info().heartbeat_details
         last = details[0] if details and isinstance(details[0], dict) else {}
         seen_pending = bool(last.get("seen_pending"))
-        not_reached_since = last.get("not_reached_since")
+        not_reached_since: float | None = last.get("not_reached_since")
         while True:
             pending = self._pending_inputs(inp.job, inp.number, what)
             target, unclear = choose_input(pending, inp.input_id, inp.number)
-            state: str
+            state: InputState
             detail = ""
             if target is not None:
                 state, seen_pending = "pending", True
@@ -660,25 +661,20 @@ class JenkinsActivities:
                 if not info.get("building"):
                     result = info.get("result")
                     return WatchInputResult(
-                        pending=False,
                         build_result=result,
                         state="ended",
                         detail=f"build #{inp.number} ended {result}",
                     )
                 if seen_pending or first_answer(self._console(inp.job, inp.number, what)) is not None:
                     return WatchInputResult(
-                        pending=False, state="answered", detail=f"build #{inp.number}'s input was answered"
+                        state="answered", detail=f"build #{inp.number}'s input was answered"
                     )
                 state, detail = "not_reached", f"Jenkins build #{inp.number} has not reached its input yet"
-            if state == "not_reached":
-                not_reached_since = not_reached_since or time.time()
-            else:
-                not_reached_since = None
+            not_reached_since = (not_reached_since or time.time()) if state == "not_reached" else None
+            settled = not_reached_since is None or time.time() - not_reached_since >= inp.settle_seconds
             changed = state != inp.known or (state == "unclear" and detail != inp.known_detail)
-            if changed and (
-                state != "not_reached" or time.time() - not_reached_since >= inp.settle_seconds  # type: ignore[operator]
-            ):
-                return WatchInputResult(pending=True, state=state, detail=detail)  # type: ignore[arg-type]
+            if changed and settled:
+                return WatchInputResult(state=state, detail=detail)
             heartbeat({"seen_pending": seen_pending, "not_reached_since": not_reached_since})
             sleep_unless_cancelled(self.watch_interval)
 

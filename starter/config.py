@@ -589,7 +589,6 @@ class Config(_Table):
             triage_channel=self.slack.triage_channel,
             diff_begin=self.jenkins.diff_begin,
             diff_end=self.jenkins.diff_end,
-            input_id=self.jenkins.input_id,
             groups=dict(self.groups),
             timeouts={str(step): self.timeout(step) for step in TIMEOUT_DEFAULTS},
             configs_repo=self.github.configs_repo,

@@ -119,7 +119,6 @@ def test_settings_snapshot() -> None:
     assert settings.triage_channel == "C0TRIAGE"
     assert settings.diff_begin == "=== DEPLOY DIFF BEGIN ==="
     assert settings.diff_end == "=== DEPLOY DIFF END ==="
-    assert settings.input_id is None
     assert set(settings.groups) == {"pccr-gatekeeper", "sre", "sre-gov", "vp"}
     assert settings.groups["vp"] == GroupSpec(members=("U0VP1",))
     assert set(settings.timeouts) == {str(step) for step in TIMEOUT_DEFAULTS}
@@ -188,7 +187,6 @@ def test_input_id_defaults_to_none(tmp_path: Path) -> None:
     """No input id anywhere: answer the build's one pending input, whatever its id."""
     config = load_text(tmp_path, MINIMAL + SERVICES)
     assert config.jenkins.input_id is None
-    assert config.settings().input_id is None
     assert config.service("a").input_id is None
     assert config.service("b").input_id == "Ship-it"  # a service's own id, with nothing to fall back on
 
@@ -197,7 +195,6 @@ def test_service_input_id_overrides_jenkins_input_id(tmp_path: Path) -> None:
     text = MINIMAL.replace('user = "deploy-bot"', 'user = "deploy-bot"\ninput_id = "Approve-deploy"')
     config = load_text(tmp_path, text + SERVICES)
     assert config.jenkins.input_id == "Approve-deploy"
-    assert config.settings().input_id == "Approve-deploy"
     assert config.service("a").input_id == "Approve-deploy"  # falls back on [jenkins] input_id
     assert config.service("b").input_id == "Ship-it"
 

@@ -43,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         DeployResult,
         DeployStatus,
         InputActionInput,
+        InputState,
         JobParametersInput,
         LabelsInput,
         MergePrInput,
@@ -158,7 +159,10 @@ class DeployWorkflow:
         # then what Jenkins or GitHub show that holds the step up; each with the time it began.
         self._activity_wait: tuple[str, datetime] | None = None
         self._outside: tuple[str, datetime] | None = None
-        self._input_seen: tuple[str, str] = ("pending", "")  # deploy_approval: the input as last reported
+        self._input_seen: tuple[InputState, str] = (
+            "pending",
+            "",
+        )  # deploy_approval: the input as last reported
         self._published: tuple[Any, ...] = ()
         self._name = messages.deploy_name(input.service.name, input.environment, input.process)
         for action in Action:
@@ -335,10 +339,8 @@ class DeployWorkflow:
                 return False
             if await self._effect(defn, accepted):
                 return self._outcome is None
-            self._busy, self._inbox = (
-                False,
-                None,
-            )  # the outside world refused the effect: the step waits again
+            # The outside world refused the effect: the step waits again.
+            self._busy, self._inbox = False, None
             self._publish()
 
     def _watcher(self, defn: StepDef) -> asyncio.Task[bool] | None:
@@ -689,8 +691,9 @@ class DeployWorkflow:
         self._build.diff, self._build.diff_sha256 = diff.diff, diff.diff_sha256
 
     def _input_id(self) -> str | None:
-        """The input to answer: the service's own, else [jenkins] input_id; None: the one pending."""
-        return self._in.service.input_id or self._in.settings.input_id
+        """The input to answer (the config resolves a service's own against [jenkins]); None: the one
+        pending."""
+        return self._in.service.input_id
 
     async def _watch_input(self) -> bool:
         """At deploy_approval, follow the build's input in Jenkins until it is answered there (True).
@@ -706,7 +709,7 @@ class DeployWorkflow:
                     job=self._job(),
                     number=self._number(),
                     input_id=self._input_id(),
-                    known=known,  # type: ignore[arg-type]
+                    known=known,
                     known_detail=known_detail,
                 ),
                 what=f"Jenkins: watching the input of build #{self._number()}",

@@ -93,7 +93,9 @@ class ServiceSpec(BaseModel):
     code_owners: tuple[str, ...]
     jenkins_job: str
     valkyr: bool = False
-    input_id: str | None = None  # the job's `input` to answer; None: the build's one pending input
+    input_id: str | None = (
+        None  # the job's `input` to answer ([services.X], else [jenkins]); None: the one pending
+    )
 
 
 class DeploySettings(BaseModel):
@@ -105,7 +107,6 @@ class DeploySettings(BaseModel):
     triage_channel: str = "C0TRIAGE"
     diff_begin: str = "=== DEPLOY DIFF BEGIN ==="
     diff_end: str = "=== DEPLOY DIFF END ==="
-    input_id: str | None = None  # [jenkins] input_id; a service's own input_id wins (ServiceSpec)
     search_attributes: bool = True  # False where the namespace lacks them (the time-skipping test server)
     configs_repo: str = ""  # gov-cloud: the repo holding the version files
     base_branch: str = "master"
@@ -325,10 +326,14 @@ class WatchInputInput(BaseModel):
 
 
 class WatchInputResult(BaseModel):
-    pending: bool
     build_result: str | None = None
     state: InputState = "answered"
     detail: str = ""  # one line: what Jenkins shows (`unclear`: which inputs wait, and why none is ours)
+
+    @property
+    def pending(self) -> bool:
+        """The build still waits before its input, or at it."""
+        return self.state in ("not_reached", "pending", "unclear")
 
 
 class BuildResultInput(BaseModel):
