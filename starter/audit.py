@@ -3,20 +3,24 @@
 Two halves:
 
 - reading (`fetch_audit`): the `status` query, which a worker answers from history even for finished
-  deploys, plus who opened the deploy and when (the first history event). When no worker answers the
-  query, the record is rebuilt from the workflow's history alone (`record_from_history`): its input, its
-  result, the search attributes it set, the results of its Jenkins/GitHub/Slack activities and the Signals
-  and Updates it received. That record says so in every format.
+  deploys, plus who opened the deploy and when (the first history event) and the triage channel of the
+  rules it read. When no worker answers the query, the record is rebuilt from the workflow's history alone
+  (`record_from_history`): its start intent, the rules the workers gave it (the first `load_rules`
+  result), its result, the search attributes it set, the results of its Jenkins/GitHub/Slack activities
+  and the Signals and Updates it received. That record says so in every format.
 - rendering (`render_audit(st, fmt)`): pure functions over a `DeployStatus` (or an `AuditRecord`), no I/O
   and no clock. Everything taken from people (actors, comments, reasons) or from Jenkins/GitHub is escaped
   for the format it lands in; the HTML page has inline CSS and an inline SVG, no scripts, and loads nothing.
+  Identities (SPEC §9) are shown apart from actors, with a count of each kind: verified by a key of the
+  actor (`ssh:`), by the Slack bridge (`slack-bridge:`), out of band (`jenkins:`/`github:`, some out of
+  policy), claimed, and deployctl's own entries.
 """
 
 from __future__ import annotations
 
 import html
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,22 +32,29 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from workflows.models import (
     Action,
+    AuditEntry,
     BuildInfo,
     BuildRef,
     BuildResult,
-    DeployInput,
+    Cloud,
     DeployResult,
+    DeploySettings,
     DeployStatus,
     IssueRef,
     Outcome,
     Pccr,
+    Process,
     ReadDiffResult,
+    ReleaseWindow,
+    Rules,
     SlackPostInput,
     SlackPostResult,
+    StartIntent,
     Step,
     TriggerBuildResult,
     VersionPr,
 )
+from workflows.policy import choose_window
 from workflows.steps import steps_for
 
 FORMATS = ("md", "json", "html")
@@ -51,6 +62,13 @@ FROM_QUERY = "status query"
 FROM_HISTORY = "from history (no worker answered the status query)"
 SYSTEM = "deployctl"  # the workflow's own entries (notes, notify_failed, …)
 ACTIONS = frozenset(a.value for a in Action)  # the Signals and Updates people send
+WORKFLOW_TYPE = "Deploy"
+LOAD_RULES = "load_rules"
+ADMISSION = "admission"  # the Update `deployctl start` waits on for the workers' verdict
+# Activities a deploy runs while it judges its start; any other one means the start was admitted.
+ADMITTING = frozenset({LOAD_RULES, "job_parameters"})
+RULES_SCAN = 500  # history events read for the first rules when the status query answered
+NO_CLOUD = "cloud not known yet"
 
 
 class ReceivedAction(BaseModel):
@@ -110,13 +128,14 @@ async def fetch_audit(client: Client, workflow_id: str, *, query_timeout: float 
         record = await record_from_history(workflow_id, history.events, client.data_converter)
     else:
         record = AuditRecord(status=st, params=dict(st.pccr.params) if st.pccr else {})
-        async for event in handle.fetch_history_events(page_size=1):
-            inp = await _started_input(event, client.data_converter)
-            if inp is not None:
-                record.opened_by, record.triage_channel = inp.requested_by, inp.settings.triage_channel
-                record.params = record.params or dict(inp.params)
-            record.started = _time(event)
-            break
+        events = handle.fetch_history_events(page_size=50)
+        intent, started, rules = await _opening(events, client.data_converter)
+        if intent is not None:
+            record.opened_by = intent.actor
+            record.params = record.params or dict(intent.params)
+        record.started = started
+        if rules is not None:
+            record.triage_channel = rules.settings.triage_channel
         desc = await handle.describe()
         record.closed = desc.close_time
         record.execution = desc.status.name.lower() if desc.status else None
@@ -149,10 +168,66 @@ async def _first(converter: DataConverter, payloads: Any, model: type[BaseModel]
         return None
 
 
-async def _started_input(event: HistoryEvent, converter: DataConverter) -> DeployInput | None:
+async def _started_input(event: HistoryEvent, converter: DataConverter) -> StartIntent | None:
+    """The start's intent as sent (SPEC §9: a plain mapping, signed); None when it is not one."""
     if not event.HasField("workflow_execution_started_event_attributes"):
         return None
-    return await _first(converter, event.workflow_execution_started_event_attributes.input, DeployInput)
+    return await _first(converter, event.workflow_execution_started_event_attributes.input, StartIntent)
+
+
+async def _lenient_intent(event: HistoryEvent, converter: DataConverter) -> StartIntent:
+    """A start the workflow refused as malformed: what can be read of it, the rest placeholders (as the
+    workflow itself does), so its record still renders."""
+    values = await _decode(converter, event.workflow_execution_started_event_attributes.input)
+    raw = values[0] if values and isinstance(values[0], dict) else {}
+
+    def text(key: str, default: str) -> str:
+        value = raw.get(key)
+        return value[:100] if isinstance(value, str) and value else default
+
+    process = raw.get("process")
+    params = raw.get("params")
+    return StartIntent(
+        process=Process(process)
+        if isinstance(process, str) and process in Process._value2member_map_
+        else Process.OOW,
+        service=text("service", "unknown"),
+        environment=text("environment", "unknown"),
+        params={str(k): str(v) for k, v in params.items()} if isinstance(params, dict) else {},
+        version=raw.get("version") if isinstance(raw.get("version"), str) else None,
+        actor=text("actor", "unknown"),
+    )
+
+
+async def _opening(
+    events: AsyncIterator[HistoryEvent], converter: DataConverter
+) -> tuple[StartIntent | None, datetime | None, Rules | None]:
+    """From a running history: the start's intent and time, and the first rules the workers gave it
+    (read within the first RULES_SCAN events; None before the rules are read)."""
+    intent: StartIntent | None = None
+    started: datetime | None = None
+    scheduled: set[int] = set()
+    seen = 0
+    async for event in events:
+        seen += 1
+        if started is None:
+            started = _time(event)
+            intent = await _started_input(event, converter)
+            if intent is None and event.HasField("workflow_execution_started_event_attributes"):
+                intent = await _lenient_intent(event, converter)
+        kind = event.WhichOneof("attributes")
+        if kind == "activity_task_scheduled_event_attributes":
+            if event.activity_task_scheduled_event_attributes.activity_type.name == LOAD_RULES:
+                scheduled.add(event.event_id)
+        elif kind == "activity_task_completed_event_attributes":
+            done = event.activity_task_completed_event_attributes
+            if done.scheduled_event_id in scheduled:
+                rules = await _first(converter, done.result, Rules)
+                if rules is not None:
+                    return intent, started, rules
+        if seen >= RULES_SCAN:
+            break
+    return intent, started, None
 
 
 _CLOSING = {
@@ -168,22 +243,31 @@ _CLOSING = {
 async def record_from_history(
     workflow_id: str, events: Sequence[HistoryEvent] | WorkflowHistory, converter: DataConverter
 ) -> AuditRecord:
-    """Rebuild what can be rebuilt of a deploy's record from its history alone (no worker, no replay)."""
+    """Rebuild what can be rebuilt of a deploy's record from its history alone (no worker, no replay).
+
+    The start's intent says what was asked; the first `load_rules` result says what the workers' config
+    gave it (settings, cloud, the service's steps). Before the rules were read, or when the start was
+    refused, the cloud is not known and the settings are the defaults."""
     evs = list(events.events if isinstance(events, WorkflowHistory) else events)
     if not evs:
         raise ValueError(f"{workflow_id} has no history")
-    inp = await _started_input(evs[0], converter)
-    if inp is None:
-        raise ValueError(f"{workflow_id} is not a deploy: its first event holds no DeployInput")
-    s = inp.settings
-    ui = f"{s.ui_url.rstrip('/')}/namespaces/{s.namespace}/workflows/{workflow_id}"
-    steps = steps_for(inp.process, inp.cloud, inp.service.valkyr)
-    step: Step = steps[0].step
+    first = evs[0]
+    if not first.HasField("workflow_execution_started_event_attributes"):
+        raise ValueError(f"{workflow_id} is not a deploy: its first event is not a workflow start")
+    wf_type = first.workflow_execution_started_event_attributes.workflow_type.name
+    if wf_type != WORKFLOW_TYPE:
+        raise ValueError(f"{workflow_id} is not a deploy: it is a {wf_type or 'nameless'} workflow")
+    intent = await _started_input(first, converter) or await _lenient_intent(first, converter)
+
+    rules: Rules | None = None  # the first rules read: what the deploy runs by
+    rules_time: datetime | None = None
+    config_sha: str | None = None  # the last rules read
+    admitted: bool | None = None  # the `admission` Update's verdict, when it was asked
+    opened = False  # an activity beyond judging the start ran: it was admitted
+    step: Step | None = None
     waiting: list[str] = []
     build = BuildInfo()
-    pccr = Pccr(id=workflow_id, url=ui, state="unknown", params=dict(inp.params), backend=s.pccr_backend)
-    if s.pccr_backend != "builtin":
-        pccr = pccr.model_copy(update={"url": ""})
+    issue: IssueRef | None = None
     version_pr: str | None = None
     thread: str | None = None
     outcome: Outcome | None = None
@@ -193,20 +277,29 @@ async def record_from_history(
     received: list[ReceivedAction] = []
     scheduled: dict[int, str] = {}  # activity scheduled event id -> activity type
     updates: dict[str, ReceivedAction] = {}  # update id -> the action it carried
+    admissions: set[str] = set()  # update ids of `admission`
 
     for ev in evs[1:]:
         kind = ev.WhichOneof("attributes")
         if kind == "activity_task_scheduled_event_attributes":
             a = ev.activity_task_scheduled_event_attributes
             scheduled[ev.event_id] = a.activity_type.name
+            opened = opened or a.activity_type.name not in ADMITTING
             if a.activity_type.name == "post_message" and thread is None:
                 post = await _first(converter, a.input, SlackPostInput)
-                if post is not None and post.thread_ts is None and post.channel == s.triage_channel:
+                triage = (rules.settings if rules else DeploySettings()).triage_channel
+                if post is not None and post.thread_ts is None and post.channel == triage:
                     scheduled[ev.event_id] = "post_message:root"
         elif kind == "activity_task_completed_event_attributes":
             c = ev.activity_task_completed_event_attributes
             name = scheduled.get(c.scheduled_event_id, "")
-            if name == "read_diff":
+            if name == LOAD_RULES:
+                read = await _first(converter, c.result, Rules)
+                if read is not None:
+                    config_sha = read.config_sha256
+                    if rules is None:
+                        rules, rules_time = read, _time(ev)
+            elif name == "read_diff":
                 diff = await _first(converter, c.result, ReadDiffResult)
                 if diff is not None:
                     build.diff, build.diff_sha256 = diff.diff, diff.diff_sha256
@@ -228,9 +321,7 @@ async def record_from_history(
                 if pr is not None:
                     version_pr = pr.url
             elif name == "open_pccr_issue":
-                issue = await _first(converter, c.result, IssueRef)
-                if issue is not None:
-                    pccr = pccr.model_copy(update={"url": issue.url, "number": issue.number})
+                issue = await _first(converter, c.result, IssueRef) or issue
             elif name == "post_message:root" and thread is None:
                 posted = await _first(converter, c.result, SlackPostResult)
                 if posted is not None:
@@ -250,22 +341,25 @@ async def record_from_history(
             sig = ev.workflow_execution_signaled_event_attributes
             values = await _decode(converter, sig.input)
             received.append(_received(_time(ev), "signal", sig.signal_name, values[0] if values else None))
-        elif (
-            kind == "workflow_execution_update_accepted_event_attributes"
-            and ev.workflow_execution_update_accepted_event_attributes.accepted_request.input.name in ACTIONS
-        ):
+        elif kind == "workflow_execution_update_accepted_event_attributes":
             acc = ev.workflow_execution_update_accepted_event_attributes
-            values = await _decode(converter, acc.accepted_request.input.args)
-            action = _received(
-                _time(ev), "update", acc.accepted_request.input.name, values[0] if values else None
-            )
-            received.append(action)
-            updates[acc.protocol_instance_id or acc.accepted_request.meta.update_id] = action
+            update_id = acc.protocol_instance_id or acc.accepted_request.meta.update_id
+            if acc.accepted_request.input.name == ADMISSION:
+                admissions.add(update_id)
+            elif acc.accepted_request.input.name in ACTIONS:
+                values = await _decode(converter, acc.accepted_request.input.args)
+                action = _received(
+                    _time(ev), "update", acc.accepted_request.input.name, values[0] if values else None
+                )
+                received.append(action)
+                updates[update_id] = action
         elif kind == "workflow_execution_update_completed_event_attributes":
             done = ev.workflow_execution_update_completed_event_attributes
+            failed = done.outcome.HasField("failure")
+            if done.meta.update_id in admissions:
+                admitted = not failed
             found = updates.get(done.meta.update_id)
             if found is not None:
-                failed = done.outcome.HasField("failure")
                 found.result = f"failed: {done.outcome.failure.message}" if failed else "completed"
         elif kind in _CLOSING:
             execution, closed = _CLOSING[kind], _time(ev)
@@ -284,37 +378,64 @@ async def record_from_history(
             else:
                 reason = f"the workflow execution ended {execution.replace('_', ' ')}"
 
+    # Admitted: the admission Update said so, or the deploy went on to open something. A start refused by
+    # its rules (or its signature) opened nothing: its cloud is as unknown as before the rules were read.
+    if admitted is None:
+        admitted = opened
+    ruled = rules is not None and rules.refusal is None and admitted
+    s = rules.settings if rules is not None and ruled else DeploySettings()
+    cloud: Cloud | None = rules.cloud if rules is not None and ruled else None
+    valkyr = bool(rules and ruled and rules.service and rules.service.valkyr)
+    if step is None:  # no DeployStep was set: the first step, as the workflow starts it
+        step = steps_for(intent.process, cloud or Cloud.COM, valkyr)[0].step
+    window: ReleaseWindow | None = None
+    if rules is not None and ruled and intent.process is Process.RELEASE and rules_time is not None:
+        # The window the workflow chose when it read these rules (the same pure rule, at that time).
+        window = choose_window(rules.windows, intent.release, rules_time, rules.lead_time_days)[0]
+
+    ui = f"{s.ui_url.rstrip('/')}/namespaces/{s.namespace}/workflows/{workflow_id}"
+    pccr: Pccr | None = None
+    if ruled:
+        pccr = Pccr(
+            id=workflow_id, url=ui, state="unknown", params=dict(intent.params), backend=s.pccr_backend
+        )
+        if s.pccr_backend != "builtin":
+            pccr = pccr.model_copy(update={"url": issue.url if issue else ""})
+        if issue is not None:
+            pccr = pccr.model_copy(update={"url": issue.url, "number": issue.number})
+
     # The assigned SRE, when an assign Update completed (a Signal's acceptance is not known here).
     sre = next((a.sre for a in reversed(received) if a.action == "assign" and a.result == "completed"), None)
     st = DeployStatus(
         workflow_id=workflow_id,
-        process=inp.process,
-        cloud=inp.cloud,
-        service=inp.service.name,
-        environment=inp.environment,
+        process=intent.process,
+        cloud=cloud,
+        service=intent.service,
+        environment=intent.environment,
         step=step,
         waiting_on=[] if closed else waiting,
         allowed_actions=[],
         pccr=pccr,
         build=build,
         version_pr=version_pr,
-        version=inp.version,
-        release_window=inp.window,
+        version=intent.version,
+        release_window=window,
         outcome=outcome,
         outcome_reason=reason,
         slack_thread=thread,
         ui_url=ui,
         sre=sre,
+        config_sha256=config_sha,
     )
     return AuditRecord(
         status=st,
         source=FROM_HISTORY,
-        opened_by=inp.requested_by,
-        started=_time(evs[0]),
+        opened_by=intent.actor,
+        started=_time(first),
         closed=closed,
         execution=execution,
         triage_channel=s.triage_channel,
-        params=dict(inp.params),
+        params=dict(intent.params),
         received=received,
     )
 
@@ -357,6 +478,71 @@ def _iso(t: datetime | None) -> str:
     if t is None:
         return "-"
     return t.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _cloud(st: DeployStatus) -> str:
+    """ "com-cloud", or that the workers' rules have not said yet (or the start was refused)."""
+    return f"{st.cloud.value}-cloud" if st.cloud is not None else NO_CLOUD
+
+
+# -- identities (SPEC §9)
+
+#: The kinds of identity, in the order the summary names them, each with what it means.
+IDENTITY_KINDS: tuple[tuple[str, str], ...] = (
+    ("verified", "ssh: signed with a key of the actor"),
+    ("bridge-verified", "slack-bridge: a Slack click the bridge verified and signed"),
+    ("out-of-band", "jenkins:/github: done outside deployctl"),
+    ("claimed", "claimed: nobody checked"),
+    ("deployctl", "deployctl's own entries"),
+)
+OUT_OF_POLICY = "⚠ out of policy"
+
+
+def identity_kind(identity: str) -> str:
+    """verified | bridge-verified | out-of-band | claimed | deployctl | other."""
+    if identity.startswith("ssh:"):
+        return "verified"
+    if identity.startswith("slack-bridge:"):
+        return "bridge-verified"
+    if identity.startswith(("jenkins:", "github:")):
+        return "out-of-band"
+    if identity == "claimed":
+        return "claimed"
+    if identity == SYSTEM:
+        return "deployctl"
+    return "other"
+
+
+def identity_counts(entries: Iterable[AuditEntry]) -> dict[str, int]:
+    """How many entries of each kind (every kind named, zeros too), `other` when there are any, and how
+    many are out of policy."""
+    counts = {kind: 0 for kind, _ in IDENTITY_KINDS}
+    oop = 0
+    for e in entries:
+        kind = identity_kind(e.identity)
+        counts[kind] = counts.get(kind, 0) + 1
+        oop += e.out_of_policy
+    counts["out_of_policy"] = oop
+    return counts
+
+
+def identity_summary(entries: Iterable[AuditEntry]) -> str:
+    """One line counting the entries by identity; it doubles as the legend of the identity column.
+    Only counts and fixed words: nothing in it comes from people."""
+    counts = identity_counts(entries)
+    items = []
+    for kind, meaning in IDENTITY_KINDS:
+        item = f"{counts[kind]} {kind} ({meaning}"
+        if kind == "out-of-band":
+            item += f"; {counts['out_of_policy']} {OUT_OF_POLICY}"
+        items.append(item + ")")
+    if counts.get("other"):
+        items.append(f"{counts['other']} other (an identity this deployctl does not know)")
+    return "identities: " + " · ".join(items)
+
+
+def _identity_text(e: AuditEntry) -> str:
+    return e.identity + (f" {OUT_OF_POLICY}" if e.out_of_policy else "")
 
 
 def _params(r: AuditRecord) -> dict[str, str]:
@@ -421,8 +607,10 @@ def audit_document(r: AuditRecord) -> dict[str, Any]:
         "release_window": doc["release_window"],
         "slack_thread": st.slack_thread,
         "links": links(r),
+        "config_sha256": st.config_sha256,
+        "identities": identity_counts(st.audit),
         "rosters": doc["rosters"],
-        "audit": doc["audit"],
+        "audit": doc["audit"],  # every AuditEntry field: identity, payload, signature, key, out_of_policy
     }
     if r.from_history:
         out["received"] = [a.model_dump(mode="json") for a in r.received]
@@ -462,7 +650,7 @@ def render_md(r: AuditRecord) -> str:
             "",
         ]
     lines += [
-        f"- deploy: {st.process.value} {_cell(st.service)} → {_cell(st.environment)} ({st.cloud.value}-cloud)",
+        f"- deploy: {st.process.value} {_cell(st.service)} → {_cell(st.environment)} ({_cloud(st)})",
         f"- workflow id: {st.workflow_id}",
         f"- opened by: {_cell(r.opened_by) or '-'}" + (f" at {_iso(r.started)}" if r.started else ""),
         f"- outcome: {outcome}" + (f" ({_cell(st.outcome_reason)})" if st.outcome_reason else ""),
@@ -478,6 +666,8 @@ def render_md(r: AuditRecord) -> str:
         lines.append(f"- release window: {_cell(w.name)} {_iso(w.start)} – {_iso(w.end)}")
     if st.waiting_on and not st.outcome:
         lines.append(f"- waiting on: {', '.join(st.waiting_on)}")
+    if st.config_sha256:
+        lines.append(f"- workers' config sha256: {_cell(st.config_sha256)}")
     lines += ["", "## Links", ""]
     lines += [f"- {_LINK_NAMES[k]}: {_cell(v) or '-'}" for k, v in links(r).items()]
 
@@ -500,14 +690,16 @@ def render_md(r: AuditRecord) -> str:
         "",
         "## Actions",
         "",
-        "| time | step | action | actor | role | channel | accepted | reason | comment |",
-        "|---|---|---|---|---|---|---|---|---|",
+        identity_summary(st.audit),
+        "",
+        "| time | step | action | actor | identity | role | channel | accepted | reason | comment |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in st.audit:
         lines.append(
             f"| {e.time.isoformat(timespec='seconds')} | {e.step.value} | {_cell(e.action)} | {_cell(e.actor)} "
-            f"| {_cell(e.role)} | {_cell(e.channel)} | {'yes' if e.accepted else 'no'} | {_cell(e.reason)} "
-            f"| {_cell(e.comment)} |"
+            f"| {_cell(_identity_text(e))} | {_cell(e.role)} | {_cell(e.channel)} | {'yes' if e.accepted else 'no'} "
+            f"| {_cell(e.reason)} | {_cell(e.comment)} |"
         )
     if r.from_history:
         lines += [
@@ -572,6 +764,8 @@ tr.refused td { background: #ffebe9; } tr.system td { color: var(--muted); }
 .badge.failed, .badge.rejected, .badge.cancelled, .badge.expired, .badge.unknown { background: var(--no); }
 .source { padding: 8px 12px; border-radius: 6px; background: #fff8c5; border: 1px solid #d4a72c; }
 .yes { color: var(--ok); font-weight: 600; } .no { color: var(--no); font-weight: 600; }
+.oop { color: var(--no); font-weight: 600; white-space: nowrap; } td.identity { word-break: break-all; }
+.identities { color: var(--muted); }
 pre { background: var(--bg); border: 1px solid var(--line); padding: 10px; overflow-x: auto; white-space: pre; }
 .timeline { border: 1px solid var(--line); border-radius: 6px; padding: 8px; overflow-x: auto; }
 .timeline svg { max-width: 100%; height: auto; }
@@ -587,7 +781,7 @@ def render_html(r: AuditRecord) -> str:
         ("workflow id", f"<code>{_e(st.workflow_id)}</code>"),
         ("service", _e(st.service)),
         ("environment", _e(st.environment)),
-        ("cloud", _e(st.cloud.value)),
+        ("cloud", _e(st.cloud.value if st.cloud is not None else NO_CLOUD)),
         ("process", _e(st.process.value)),
         ("opened by", _e(r.opened_by or "-") + (f" at {_e(_iso(r.started))}" if r.started else "")),
         ("outcome", f'<span class="badge {_e(outcome)}">{_e(outcome)}</span> {_e(st.outcome_reason or "")}'),
@@ -603,6 +797,8 @@ def render_html(r: AuditRecord) -> str:
         kv.append(("waiting on", _e(", ".join(st.waiting_on))))
     if st.blocked_by:
         kv.append(("waits for", _e(st.blocked_by)))
+    if st.config_sha256:
+        kv.append(("workers' config sha256", f"<code>{_e(st.config_sha256)}</code>"))
 
     parts = [
         "<!DOCTYPE html>",
@@ -613,7 +809,7 @@ def render_html(r: AuditRecord) -> str:
         f"<style>{CSS}</style></head><body>",
         f"<header><h1>Audit of <code>{_e(st.workflow_id)}</code></h1>",
         f"<p>{_e(st.process.value)} deploy of <b>{_e(st.service)}</b> to <b>{_e(st.environment)}</b> "
-        f'({_e(st.cloud.value)}-cloud) — <span class="badge {_e(outcome)}">{_e(outcome)}</span></p>',
+        f'({_e(_cloud(st))}) — <span class="badge {_e(outcome)}">{_e(outcome)}</span></p>',
     ]
     if r.from_history:
         parts.append(
@@ -658,20 +854,25 @@ def render_html(r: AuditRecord) -> str:
     parts.append("</table></section>")
 
     parts += [
-        '<section id="actions"><h2>Actions</h2><table class="audit">',
-        "<tr><th>time (UTC)</th><th>step</th><th>action</th><th>actor</th><th>role</th><th>channel</th>"
-        "<th>accepted</th><th>reason</th><th>comment</th></tr>",
+        '<section id="actions"><h2>Actions</h2>',
+        f'<p class="identities" id="identities">{_e(identity_summary(st.audit))}</p>',
+        '<table class="audit">',
+        "<tr><th>time (UTC)</th><th>step</th><th>action</th><th>actor</th><th>identity</th><th>role</th>"
+        "<th>channel</th><th>accepted</th><th>reason</th><th>comment</th></tr>",
     ]
     for e in st.audit:
         cls = "system" if e.actor == SYSTEM else ("accepted" if e.accepted else "refused")
         ok = '<span class="yes">yes</span>' if e.accepted else '<span class="no">no</span>'
+        oop = f' <span class="oop">{_e(OUT_OF_POLICY)}</span>' if e.out_of_policy else ""
         parts.append(
             f'<tr class="{cls}"><td class="mono">{_e(_iso(e.time))}</td><td>{_e(e.step.value)}</td>'
-            f"<td>{_e(e.action)}</td><td>{_e(e.actor)}</td><td>{_e(e.role or '')}</td><td>{_e(e.channel)}</td>"
+            f"<td>{_e(e.action)}</td><td>{_e(e.actor)}</td>"
+            f'<td class="identity" data-kind="{_e(identity_kind(e.identity))}"><code>{_e(e.identity)}</code>{oop}</td>'
+            f"<td>{_e(e.role or '')}</td><td>{_e(e.channel)}</td>"
             f"<td>{ok}</td><td>{_e(e.reason or '')}</td><td>{_e(e.comment or '')}</td></tr>"
         )
     if not st.audit:
-        parts.append('<tr><td colspan="9">no audit trail in this record</td></tr>')
+        parts.append('<tr><td colspan="10">no audit trail in this record</td></tr>')
     parts.append("</table>")
     if r.from_history:
         parts += [
@@ -745,7 +946,7 @@ def _marks(r: AuditRecord) -> list[_Mark]:
             title=(
                 f"{_iso(e.time)} {e.step.value}: {e.action} by {e.actor}"
                 + (f" as {e.role}" if e.role else "")
-                + f" via {e.channel} — {'accepted' if e.accepted else 'refused'}"
+                + f" via {e.channel} [{_identity_text(e)}] — {'accepted' if e.accepted else 'refused'}"
                 + (f": {e.reason}" if e.reason else "")
                 + (f" — “{e.comment}”" if e.comment else "")
             ),

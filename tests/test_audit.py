@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import html
 import json
 import re
 import struct
@@ -18,13 +19,34 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
+from temporalio.api.common.v1 import ActivityType, Payloads, WorkflowType
+from temporalio.api.history.v1 import (
+    ActivityTaskCompletedEventAttributes,
+    ActivityTaskScheduledEventAttributes,
+    HistoryEvent,
+    WorkflowExecutionCompletedEventAttributes,
+    WorkflowExecutionStartedEventAttributes,
+)
 from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from starter.audit import FROM_HISTORY, FROM_QUERY, audit_export, fetch_audit, render_audit
+from starter.audit import (
+    FROM_HISTORY,
+    FROM_QUERY,
+    AuditRecord,
+    audit_export,
+    fetch_audit,
+    record_from_history,
+    render_audit,
+)
 from starter.cli import Refused, send_action, start_deploy
 from starter.cli import render_audit as cli_render_audit
 from starter.devstack import wait_for_step
+from starter.signing import sign_payload
+from starter.verify import verify_export
+from tests import keys
 from tests.conftest import (
     CONFIGS_REPO,
     DIFF_LINES,
@@ -42,6 +64,7 @@ from tests.fakes.jenkins import FakeJenkins
 from tests.support import act
 from tests.test_cli import deployctl
 from worker import create_worker
+from workflows import signing
 from workflows.models import (
     Action,
     ActionInput,
@@ -49,14 +72,20 @@ from workflows.models import (
     BuildInfo,
     Cloud,
     DeployResult,
+    DeploySettings,
     DeployStatus,
     Outcome,
     Pccr,
     Process,
     ReleaseWindow,
     Roster,
+    Rules,
+    ServiceSpec,
+    SlackPostInput,
+    SlackPostResult,
     Step,
 )
+from workflows.steps import steps_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 SREG1, SREG2 = "U0SREG1", "U0SREG2"  # the sre-gov Slack user group S0SREGOV (tests/conftest.py)
@@ -64,6 +93,8 @@ XSS = "<script>alert(1)</script>"
 WID = "deploy-payments-api-kprod-1a2b3c4d"
 UI = f"http://127.0.0.1:8233/namespaces/default/workflows/{WID}"
 T0 = datetime(2026, 3, 2, 14, 0, 0, tzinfo=UTC)
+BRIDGE_ID = "slack-bridge:SHA256:bridgeBRIDGEbridge0000000000000000000000000"
+GATE2_ID = "ssh:SHA256:gate2+GATE2/gate20000000000000000000000000000000"
 
 
 def at(seconds: int) -> datetime:
@@ -135,6 +166,7 @@ def sample() -> DeployStatus:
                 accepted=True,
                 role="pccr-gatekeeper",
                 comment="params | look right",
+                identity=BRIDGE_ID,
             ),
             AuditEntry(
                 time=at(500),
@@ -153,6 +185,7 @@ def sample() -> DeployStatus:
                 channel="cli",
                 accepted=True,
                 role="pccr-gatekeeper",
+                identity=GATE2_ID,
             ),
             AuditEntry(
                 time=at(900),
@@ -180,6 +213,7 @@ def sample() -> DeployStatus:
                 channel="deployctl",
                 accepted=True,
                 reason="build #7 started",
+                identity="deployctl",
             ),
             AuditEntry(
                 time=at(1400),
@@ -260,10 +294,11 @@ def test_markdown_report():
         assert f"| {k} | {v} |" in md
     # Every action, accepted or refused, with role, channel, reason and comment (escaped for a table).
     assert (
-        f"| pccr_review | approve | {GATE1} | pccr-gatekeeper | slack | yes |  | params \\| look right |"
-        in md
+        f"| pccr_review | approve | {GATE1} | {BRIDGE_ID} | pccr-gatekeeper | slack | yes |  "
+        "| params \\| look right |" in md
     )
-    assert f"| pccr_review | approve | {OWNER} |  | cli | no | separation of duties" in md
+    assert f"| pccr_review | approve | {OWNER} | claimed |  | cli | no | separation of duties" in md
+    assert f"| sre_assignment | assign | {GATE2} | {GATE2_ID} | pccr-gatekeeper | cli | yes |" in md
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in md and XSS not in md and "<b>" not in md
     # Rosters with the group rosters captured then.
     assert f"pccr-gatekeeper: {GATE1}, {GATE2}, {OWNER}; sre: {SRE1}, {SRE2}" in md
@@ -374,12 +409,327 @@ def test_an_unknown_format_is_refused():
         render_audit(sample(), "pdf")
 
 
+def identities_record() -> AuditRecord:
+    """One entry of every kind of identity (SPEC §9), an out-of-policy one with a hostile Jenkins user."""
+    st = sample()
+    st.audit = [
+        AuditEntry(
+            time=at(10),
+            step=Step.PCCR_REVIEW,
+            action="rules",
+            actor="deployctl",
+            channel="deployctl",
+            accepted=True,
+            reason="rules read",
+            identity="deployctl",
+        ),
+        AuditEntry(
+            time=at(20),
+            step=Step.PCCR_REVIEW,
+            action="start",
+            actor=OWNER,
+            channel="cli",
+            accepted=True,
+            identity=GATE2_ID,
+            payload={"actor": OWNER, "workflow_id": WID, "action": "start"},
+            signature="-----BEGIN SSH SIGNATURE-----\nAAAA\n-----END SSH SIGNATURE-----",
+            key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB4U0OWNER owner@laptop",
+        ),
+        AuditEntry(
+            time=at(300),
+            step=Step.PCCR_REVIEW,
+            action="approve",
+            actor=GATE1,
+            channel="slack",
+            accepted=True,
+            identity=BRIDGE_ID,
+        ),
+        AuditEntry(
+            time=at(400),
+            step=Step.SRE_ASSIGNMENT,
+            action="assign",
+            actor=GATE2,
+            channel="signal",
+            accepted=True,
+        ),
+        AuditEntry(
+            time=at(900),
+            step=Step.VERSION_PR_MERGE,
+            action="merged_on_github",
+            actor=SREG1,
+            channel="github",
+            accepted=True,
+            identity="github:sreg1",
+        ),
+        AuditEntry(
+            time=at(1700),
+            step=Step.DEPLOY_APPROVAL,
+            action="answered_in_jenkins",
+            actor="<i>eve</i>|x",
+            channel="jenkins",
+            accepted=True,
+            identity="jenkins:<i>eve</i>|x",
+            out_of_policy=True,
+        ),
+    ]
+    return AuditRecord(status=st)
+
+
+LEGEND = (
+    "identities: 1 verified (ssh: signed with a key of the actor) · 1 bridge-verified (slack-bridge: a "
+    "Slack click the bridge verified and signed) · 2 out-of-band (jenkins:/github: done outside deployctl; "
+    "1 ⚠ out of policy) · 1 claimed (claimed: nobody checked) · 1 deployctl (deployctl's own entries)"
+)
+
+
+def test_markdown_shows_identities_apart_with_a_legend():
+    md = render_audit(identities_record(), "md")
+    assert LEGEND in md.splitlines()  # a line of its own, above the table
+    assert "| time | step | action | actor | identity | role | channel | accepted | reason | comment |" in md
+    assert f"| start | {OWNER} | {GATE2_ID} | code-owner" not in md  # no role was given: the cell is empty
+    assert f"| start | {OWNER} | {GATE2_ID} |  | cli | yes |" in md
+    assert f"| approve | {GATE1} | {BRIDGE_ID} |  | slack | yes |" in md
+    assert f"| assign | {GATE2} | claimed |  | signal | yes |" in md
+    assert f"| merged_on_github | {SREG1} | github:sreg1 |  | github | yes |" in md
+    assert "| rules | deployctl | deployctl |  | deployctl | yes |" in md
+    # The out-of-policy one is marked, and Jenkins' user name is escaped like any other cell.
+    assert (
+        "| &lt;i&gt;eve&lt;/i&gt;\\|x | jenkins:&lt;i&gt;eve&lt;/i&gt;\\|x ⚠ out of policy |  | jenkins |"
+        in md
+    )
+    assert md.count("⚠ out of policy") == 2  # the row and the legend
+    assert "<i>" not in md
+
+
+def test_html_shows_identities_apart_with_a_legend():
+    page = render_audit(identities_record(), "html")
+    assert_self_contained(page)
+    assert f'<p class="identities" id="identities">{html.escape(LEGEND)}</p>' in page
+    assert "<th>actor</th><th>identity</th><th>role</th>" in page
+    kinds = re.findall(r'<td class="identity" data-kind="([a-z-]+)"><code>([^<]*)</code>', page)
+    assert kinds == [
+        ("deployctl", "deployctl"),
+        ("verified", GATE2_ID),
+        ("bridge-verified", BRIDGE_ID),
+        ("claimed", "claimed"),
+        ("out-of-band", "github:sreg1"),
+        ("out-of-band", "jenkins:&lt;i&gt;eve&lt;/i&gt;|x"),
+    ]
+    assert page.count('<span class="oop">⚠ out of policy</span>') == 1
+    row = next(r for r in page.split("<tr") if "<td>answered_in_jenkins</td>" in r)
+    assert '<span class="oop">⚠ out of policy</span>' in row and "<i>" not in page
+
+
+def test_json_keeps_every_audit_entry_field_and_counts_identities():
+    record = identities_record()
+    doc = json.loads(render_audit(record, "json"))
+    assert doc["audit"] == [json.loads(e.model_dump_json()) for e in record.status.audit]
+    start = doc["audit"][1]
+    assert set(start) == set(AuditEntry.model_fields)
+    assert start["payload"] == {"actor": OWNER, "workflow_id": WID, "action": "start"}
+    assert start["signature"].startswith("-----BEGIN SSH SIGNATURE-----") and start["key"].startswith("ssh-")
+    assert [e["out_of_policy"] for e in doc["audit"]] == [False] * 5 + [True]
+    assert doc["identities"] == {
+        "verified": 1,
+        "bridge-verified": 1,
+        "out-of-band": 2,
+        "claimed": 1,
+        "deployctl": 1,
+        "out_of_policy": 1,
+    }
+
+
+def test_a_deploy_whose_cloud_is_not_known_yet_renders():
+    st = sample()
+    st.cloud = None
+    st.config_sha256 = "ab" * 32
+    md = render_audit(st, "md")
+    assert "- deploy: release payments-api → kprod (cloud not known yet)" in md
+    assert f"- workers' config sha256: {'ab' * 32}" in md
+    page = render_audit(st, "html")
+    assert "<tr><th>cloud</th><td>cloud not known yet</td></tr>" in page and "(cloud not known yet)" in page
+    doc = json.loads(render_audit(st, "json"))
+    assert doc["cloud"] is None and doc["config_sha256"] == "ab" * 32
+
+
+# ------------------------------------------------------------------- unit: the record from history alone
+
+CONVERTER = pydantic_data_converter
+
+
+def _payloads(*values: object) -> Payloads:
+    return Payloads(payloads=CONVERTER.payload_converter.to_payloads(list(values)))
+
+
+def _event(event_id: int, seconds: int, **attributes: object) -> HistoryEvent:
+    ev = HistoryEvent(event_id=event_id, **attributes)  # type: ignore[arg-type]
+    ev.event_time.FromDatetime(at(seconds).replace(tzinfo=None))
+    return ev
+
+
+def _started(intent: object, workflow_type: str = "Deploy") -> HistoryEvent:
+    return _event(
+        1,
+        0,
+        workflow_execution_started_event_attributes=WorkflowExecutionStartedEventAttributes(
+            workflow_type=WorkflowType(name=workflow_type), input=_payloads(intent)
+        ),
+    )
+
+
+def _activity(
+    scheduled_id: int, seconds: int, name: str, result: BaseModel, input: BaseModel | None = None
+) -> list[HistoryEvent]:
+    return [
+        _event(
+            scheduled_id,
+            seconds,
+            activity_task_scheduled_event_attributes=ActivityTaskScheduledEventAttributes(
+                activity_type=ActivityType(name=name), input=_payloads(input) if input else None
+            ),
+        ),
+        _event(
+            scheduled_id + 1,
+            seconds,
+            activity_task_completed_event_attributes=ActivityTaskCompletedEventAttributes(
+                scheduled_event_id=scheduled_id, result=_payloads(result)
+            ),
+        ),
+    ]
+
+
+def _completed(event_id: int, seconds: int, result: DeployResult) -> HistoryEvent:
+    return _event(
+        event_id,
+        seconds,
+        workflow_execution_completed_event_attributes=WorkflowExecutionCompletedEventAttributes(
+            result=_payloads(result)
+        ),
+    )
+
+
+INTENT = {
+    "process": "oow",
+    "service": "payments-api",
+    "environment": "kprod-gov",
+    "params": dict(PARAMS),
+    "version": "1.4.2",
+    "actor": OWNER,
+    "channel": "cli",
+    "issued_at": "2026-03-02T14:00:00Z",
+    "nonce": "9f2c4e1a0b7d6c35",
+    "signature": "-----BEGIN SSH SIGNATURE-----\nAAAA\n-----END SSH SIGNATURE-----",
+}
+
+
+def _rules(sha: str, triage_channel: str = "C0GOV") -> Rules:
+    return Rules(
+        config_path="/etc/deployctl.toml",
+        config_sha256=sha,
+        service=ServiceSpec(name="payments-api", code_owners=(OWNER,), jenkins_job="deploy-payments-api"),
+        cloud=Cloud.GOV,
+        settings=DeploySettings(
+            ui_url="https://temporal.example/", namespace="deploys", triage_channel=triage_channel
+        ),
+    )
+
+
+async def test_record_from_history_reads_the_intent_and_the_first_rules():
+    events = [
+        _started(INTENT),
+        *_activity(5, 1, "load_rules", _rules("aa" * 32)),
+        *_activity(  # the thread's root: a post without thread_ts in the first rules' triage channel
+            7,
+            2,
+            "post_message",
+            SlackPostResult(channel="C0GOV", ts="1712345678.000100"),
+            SlackPostInput(channel="C0GOV", text="payments-api → kprod-gov"),
+        ),
+        *_activity(9, 30, "load_rules", _rules("bb" * 32, triage_channel="C0OTHER")),
+        _completed(11, 40, DeployResult(outcome=Outcome.FAILED, reason="build #3 ended FAILURE")),
+    ]
+    record = await record_from_history(WID, events, CONVERTER)
+    st = record.status
+    assert record.from_history and record.opened_by == OWNER and record.params == PARAMS
+    assert (st.process, st.cloud, st.service, st.environment, st.version) == (
+        Process.OOW,
+        Cloud.GOV,
+        "payments-api",
+        "kprod-gov",
+        "1.4.2",
+    )
+    # The settings are the first rules' (what the deploy runs by); the config sha the last one read.
+    assert st.ui_url == f"https://temporal.example/namespaces/deploys/workflows/{WID}"
+    assert record.triage_channel == "C0GOV" and st.config_sha256 == "bb" * 32
+    assert st.step is steps_for(Process.OOW, Cloud.GOV, False)[0].step
+    assert st.pccr is not None and st.pccr.params == PARAMS and st.pccr.url == st.ui_url
+    assert (st.outcome, record.execution) == (Outcome.FAILED, "completed")
+    md = render_audit(record, "md")
+    assert st.slack_thread == "1712345678.000100"
+    assert (
+        "(gov-cloud)" in md and FROM_HISTORY in md and "- Slack thread: C0GOV thread 1712345678.000100" in md
+    )
+
+
+async def test_record_from_history_before_the_rules_are_read_or_of_a_refused_start():
+    # Only the start: the workers have not answered yet.
+    record = await record_from_history(WID, [_started(INTENT)], CONVERTER)
+    assert record.status.cloud is None and record.status.pccr is None
+    assert record.triage_channel == DeploySettings().triage_channel
+    assert record.status.ui_url == f"{DeploySettings().ui_url}/namespaces/default/workflows/{WID}"
+    for fmt in ("md", "html"):
+        assert "cloud not known yet" in render_audit(record, fmt)
+    assert json.loads(render_audit(record, "json"))["cloud"] is None
+
+    # The workers' config does not know the service: the start is refused and opens nothing.
+    refused = Rules(config_path="/etc/deployctl.toml", config_sha256="cc" * 32, refusal="no such service")
+    events = [
+        _started(INTENT),
+        *_activity(5, 1, "load_rules", refused),
+        _completed(7, 2, DeployResult(outcome=Outcome.REJECTED, reason="no such service")),
+    ]
+    record = await record_from_history(WID, events, CONVERTER)
+    assert record.status.cloud is None and record.status.outcome is Outcome.REJECTED
+    assert record.status.config_sha256 == "cc" * 32 and "cloud not known yet" in render_audit(record, "md")
+
+    # Known service, but the start was refused (a bad signature): still nothing opened, cloud unknown.
+    events = [
+        _started(INTENT),
+        *_activity(5, 1, "load_rules", _rules("dd" * 32)),
+        _completed(7, 2, DeployResult(outcome=Outcome.REJECTED, reason="signature does not verify")),
+    ]
+    record = await record_from_history(WID, events, CONVERTER)
+    assert record.status.cloud is None and record.status.pccr is None
+
+
+async def test_record_from_history_of_a_malformed_start_or_another_workflow():
+    record = await record_from_history(WID, [_started({"service": 5, "actor": OWNER})], CONVERTER)
+    assert (record.status.service, record.status.environment, record.opened_by) == (
+        "unknown",
+        "unknown",
+        OWNER,
+    )
+    assert "cloud not known yet" in render_audit(record, "html")
+    odd = {"process": ["oow"], "service": "svc", "params": {"A": 1}, "version": 7}
+    record = await record_from_history(WID, [_started(odd)], CONVERTER)
+    assert (record.status.process, record.status.service, record.params) == (Process.OOW, "svc", {"A": "1"})
+    assert record.status.version is None and record.opened_by == "unknown"
+    with pytest.raises(ValueError, match="is not a deploy"):
+        await record_from_history(WID, [_started(INTENT, workflow_type="DeployLock")], CONVERTER)
+    with pytest.raises(ValueError, match="has no history"):
+        await record_from_history(WID, [], CONVERTER)
+
+
 # --------------------------------------------------------------------------- helpers for the dev server
 
 
 async def refuse(client: Client, wid: str, action: Action, actor: str, step: Step, **extra: str) -> None:
-    """A refused action, recorded in the audit trail (a Signal cannot be answered, so it is recorded)."""
-    await client.get_workflow_handle(wid).signal(action.value, {"actor": actor, "step": step.value, **extra})
+    """A refused action, recorded in the audit trail (a Signal cannot be answered, so it is recorded).
+    Signed with the actor's own key (SPEC §9), so it is the rules that refuse it, not the signature check."""
+    payload = sign_payload(
+        {"actor": actor, "step": step.value, **extra}, wid, action.value, keys.private(actor)
+    )
+    await client.get_workflow_handle(wid).signal(action.value, payload)
 
 
 async def com_deploy(client: Client, d: Deployment) -> str:
@@ -462,6 +812,7 @@ async def test_audit_of_a_finished_com_deploy(
         if e["actor"] != "deployctl"
     ]
     assert people == [
+        ("pccr_review", "start", OWNER, "code-owner", "cli", True, None),
         ("pccr_review", "approve", OWNER, "pccr-gatekeeper", "signal", False, XSS),
         ("pccr_review", "approve", GATE1, "pccr-gatekeeper", "test", True, "params look right"),
         ("sre_assignment", "assign", GATE2, "pccr-gatekeeper", "signal", False, None),
@@ -471,6 +822,13 @@ async def test_audit_of_a_finished_com_deploy(
         ("diff_validation", "validate_diff", OWNER, "code-owner", "test", True, None),
         ("deploy_approval", "approve", SRE1, "assigned-sre", "test", True, "ship it"),
     ]
+    # Every accepted action was signed with its actor's own key, and the export verifies offline.
+    for e in doc["audit"]:
+        if e["actor"] != "deployctl" and e["accepted"]:
+            assert e["identity"] == "ssh:" + signing.fingerprint(keys.public(e["actor"])), e
+            assert e["payload"]["workflow_id"] == wid and e["key"] == keys.public(e["actor"])
+    report = verify_export(doc)
+    assert (report.total, report.verified) == (7, 7), report.lines()
     refusals = [e["reason"] for e in doc["audit"] if not e["accepted"]]
     assert refusals[0].startswith("separation of duties") and refusals[1].startswith(
         f"{OUTSIDER} is not in sre"
@@ -488,7 +846,9 @@ async def test_audit_of_a_finished_com_deploy(
     assert doc["rosters"][1]["groups"]["sre"] == [SRE1, SRE2]
 
     md = await audit_export(client, wid, "md")
-    assert f"| pccr_review | approve | {GATE1} | pccr-gatekeeper | test | yes |" in md
+    assert re.search(
+        rf"\| pccr_review \| approve \| {GATE1} \| ssh:SHA256:[^|]+ \| pccr-gatekeeper \| test \| yes \|", md
+    )
     assert "```diff\n" + EXPECTED_DIFF + "```" in md and f"- opened by: {OWNER} at " in md
 
     page = await audit_export(client, wid, "html")
