@@ -27,6 +27,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities.github import GithubActivities
 from activities.jenkins import JenkinsActivities
 from activities.locks import LockActivities
+from activities.rules import RulesActivities
 from activities.slack import SlackActivities, make_web_client
 from starter.config import Config, ConfigError, load_config, secret
 from starter.logs import setup_logging
@@ -50,6 +51,9 @@ PURE_MODULES = (
     "workflows.messages",
     "workflows.slack_blocks",
     "workflows.search_attributes",
+    "workflows.signing",
+    "workflows.trust",
+    "cryptography",
     "activities",
     "pydantic",
     "yaml",
@@ -101,6 +105,7 @@ def build_activities(client: Client, config: Config, env: Mapping[str, str] | No
         github.set_pccr_labels,
         github.close_pccr,
         LockActivities(client).request_lock,
+        RulesActivities(client, config.source, github).load_rules,
     ]
 
 

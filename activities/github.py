@@ -234,6 +234,13 @@ class GithubActivities:
     def __repr__(self) -> str:
         return f"GithubActivities(api_url={self.api_url!r})"
 
+    def signing_keys(self, login: str) -> list[str]:
+        """The public SSH signing keys GitHub lists for `login` (GET /users/{login}/ssh_signing_keys)."""
+        _, data = self._client().requester.requestJsonAndCheck(
+            "GET", f"/users/{login}/ssh_signing_keys", parameters={"per_page": 100}
+        )
+        return [str(item["key"]).strip() for item in data or [] if isinstance(item, dict) and item.get("key")]
+
     # -- plumbing ----------------------------------------------------------------------------------
 
     def _client(self) -> Github:

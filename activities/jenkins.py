@@ -616,6 +616,7 @@ class JenkinsActivities:
                 done=False,
                 answered_elsewhere=True,
                 detail=f"input {iid} of {inp.job} #{inp.number} was already answered in Jenkins: {line}",
+                answered_by=who,
             )
         info = self._build_info(inp.job, inp.number, what)
         if not info.get("building"):
@@ -658,16 +659,23 @@ class JenkinsActivities:
                 state, detail = "unclear", unclear
             else:
                 info = self._build_info(inp.job, inp.number, what)
+                answer = first_answer(self._console(inp.job, inp.number, what))
                 if not info.get("building"):
                     result = info.get("result")
                     return WatchInputResult(
                         build_result=result,
                         state="ended",
                         detail=f"build #{inp.number} ended {result}",
+                        answered_by=answer[1] if answer else None,
+                        answer=answer[0] if answer else None,
                     )
-                if seen_pending or first_answer(self._console(inp.job, inp.number, what)) is not None:
+                if seen_pending or answer is not None:
                     return WatchInputResult(
-                        state="answered", detail=f"build #{inp.number}'s input was answered"
+                        state="answered",
+                        detail=f"build #{inp.number}'s input was answered"
+                        + (f": {answer[2]}" if answer else ""),
+                        answered_by=answer[1] if answer else None,
+                        answer=answer[0] if answer else None,
                     )
                 state, detail = "not_reached", f"Jenkins build #{inp.number} has not reached its input yet"
             not_reached_since = (not_reached_since or time.time()) if state == "not_reached" else None

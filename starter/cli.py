@@ -28,7 +28,9 @@ from starter.audit import FORMATS as AUDIT_FORMATS
 from starter.audit import audit_export
 from starter.audit import render_audit as render_audit  # re-exported: `from starter.cli import render_audit`
 from starter.config import Config, ConfigError, load_config
+from starter.signing import SigningError, sign_payload
 from starter.temporal import connect
+from starter.verify import verify_command
 from workflows import messages, policy
 from workflows import search_attributes as sa
 from workflows.models import (
@@ -36,7 +38,7 @@ from workflows.models import (
     ActionInput,
     ActionResult,
     Cloud,
-    DeployInput,
+    DeployResult,
     DeployStatus,
     JobParametersInput,
     JobParametersResult,
@@ -97,6 +99,44 @@ def _actor(actor: str | None) -> str:
     return actor
 
 
+KEY_ENV = "DEPLOYCTL_SIGNING_KEY"
+
+
+def signing_key(key: str | None, actor: str) -> str | None:
+    """The key that signs for `actor`: `--key`, else $DEPLOYCTL_SIGNING_KEY; None: send unsigned.
+
+    A private key file, or the public half of a key held by ssh-agent (as git's user.signingkey). A
+    directory holds one private key per user id, named by it: the embedded stack's throwaway keys, for
+    one shell acting as several people."""
+    path = key or os.environ.get(KEY_ENV, "").strip() or None
+    if path is None:
+        return None
+    where = Path(path).expanduser()
+    if where.is_dir():
+        mine = where / actor
+        return str(mine) if mine.is_file() and actor else None  # none of theirs: sent unsigned
+    if not where.exists():
+        raise UsageError(f"signing key {path} not found: pass --key FILE or set {KEY_ENV}")
+    return str(where)
+
+
+def _have_key(key: str | None, actor: str) -> None:
+    """A key directory without the actor's key is a usage error at the CLI (not a silent unsigned send)."""
+    path = key or os.environ.get(KEY_ENV, "").strip()
+    if path and Path(path).expanduser().is_dir() and signing_key(key, actor) is None:
+        raise UsageError(f"{path} holds no key for {actor}: pass --key FILE")
+
+
+def signed(payload: dict[str, Any], workflow_id: str, action: str, key: str | None) -> dict[str, Any]:
+    """`payload` signed for one deploy and one action (SPEC §9), or as it is when there is no key."""
+    if key is None:
+        return payload
+    try:
+        return sign_payload(payload, workflow_id, action, key)
+    except SigningError as err:
+        raise UsageError(str(err)) from None
+
+
 def read_params(path: str) -> dict[str, str]:
     """A params file: a YAML or JSON mapping; every value becomes the text Jenkins receives."""
     try:
@@ -149,6 +189,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 @click.option("--version", default=None, help="the version to deploy (gov: required; valkyr: refused)")
 @click.option("--release", default=None, help="release window name (release process)")
 @click.option("--as", "actor", default=None, help="your Slack user id (or $DEPLOYCTL_USER)")
+@click.option("--key", default=None, help=f"signing key (or ${KEY_ENV})")
 @click.pass_context
 def start(
     ctx: click.Context,
@@ -159,11 +200,13 @@ def start(
     version: str | None,
     release: str | None,
     actor: str | None,
+    key: str | None,
 ) -> None:
     """Open a PCCR and start its deploy."""
     config = _config_or_exit(ctx)
 
     async def go() -> None:
+        _have_key(key, _actor(actor))
         client = await connect()
         wid, link = await start_deploy(
             client,
@@ -175,6 +218,7 @@ def start(
             version,
             _actor(actor),
             release,
+            key=key,
         )
         click.echo(wid)
         click.echo(link)
@@ -192,14 +236,16 @@ async def start_deploy(
     version: str | None,
     actor: str,
     release: str | None = None,
+    key: str | None = None,
 ) -> tuple[str, str]:
-    """Check everything that can be checked before anything opens, then start the deploy.
+    """Check what the local config allows (early, friendly refusals), then start the deploy with the
+    caller's signed intent and wait for the workers' verdict on it: theirs is the one that counts.
 
     Returns its workflow id and Web UI link. Raises Refused, UsageError or ConfigError.
     """
     spec = config.service(service)
     cloud = config.cloud(environment)
-    window = next_window = None
+    window = None
     if process is Process.RELEASE:
         windows = release_windows(config)
         window, reason = policy.choose_window(
@@ -207,7 +253,6 @@ async def start_deploy(
         )
         if window is None:
             raise Refused(reason or "no release window")
-        next_window = policy.window_after(windows, window)
     elif release:
         raise UsageError("--release goes with `start release`")
     reason = policy.start_refusal(cloud, spec.valkyr, version, service, actor, spec.code_owners)
@@ -218,23 +263,23 @@ async def start_deploy(
     if reason:
         raise Refused(reason + "; fix the params file")
     indexed = await has_search_attributes(client)
-    settings = config.settings(namespace=client.namespace).model_copy(update={"search_attributes": indexed})
     wid = new_workflow_id(service, environment)
     first = steps_for(process, cloud, spec.valkyr)[0].step
-    await client.start_workflow(
+    intent: dict[str, Any] = {
+        "process": process.value,
+        "service": service,
+        "environment": environment,
+        "params": params,
+        "actor": actor,
+        "channel": "cli",
+    }
+    if version is not None:
+        intent["version"] = version
+    if release is not None:
+        intent["release"] = release
+    handle = await client.start_workflow(
         "Deploy",
-        DeployInput(
-            process=process,
-            service=spec,
-            environment=environment,
-            cloud=cloud,
-            params=params,
-            version=version,
-            requested_by=actor,
-            settings=settings,
-            window=window,
-            next_window=next_window,
-        ),
+        signed(intent, wid, "start", signing_key(key, actor)),
         id=wid,
         task_queue=config.task_queue,
         search_attributes=None
@@ -250,7 +295,22 @@ async def start_deploy(
         static_summary=f"{process.value.upper()} deploy of {service} to {environment} ({cloud.value}-cloud), opened by {actor}",
         static_details=f"PCCR parameters:\n\n```\n{yaml.safe_dump(params, sort_keys=True).strip()}\n```",
     )
-    return wid, f"{settings.ui_url.rstrip('/')}/namespaces/{client.namespace}/workflows/{wid}"
+    await admitted(handle)
+    return wid, f"{config.ui_url.rstrip('/')}/namespaces/{client.namespace}/workflows/{wid}"
+
+
+async def admitted(handle: Any) -> None:
+    """Wait for the workers' verdict on a start; Refused (the deploy opened nothing) with its reason."""
+    try:
+        await handle.execute_update("admission", result_type=str)
+    except WorkflowUpdateFailedError as err:
+        cause = err.cause
+        raise Refused(cause.message if isinstance(cause, ApplicationError) else str(cause or err)) from None
+    except RPCError as err:
+        if "completed" not in err.message.lower():
+            raise
+        result = await handle.result(result_type=DeployResult)  # refused before the update arrived
+        raise Refused(result.reason or f"the workers ended the deploy {result.outcome.value}") from None
 
 
 async def has_search_attributes(client: Client) -> bool:
@@ -307,6 +367,7 @@ def _action_command(action: Action) -> None:
         "--step", default=None, type=click.Choice([s.value for s in Step]), help="default: the current step"
     )
     @click.option("--comment", default=None)
+    @click.option("--key", default=None, help=f"signing key (or ${KEY_ENV})")
     @click.pass_context
     def command(
         ctx: click.Context,
@@ -314,11 +375,12 @@ def _action_command(action: Action) -> None:
         actor: str | None,
         step: str | None,
         comment: str | None,
+        key: str | None,
         sre: str | None = None,
         diff_sha256: str | None = None,
     ) -> None:
         _config_or_exit(ctx)
-        run(lambda: _send(action, workflow_id, actor, step, comment, sre, diff_sha256))
+        run(lambda: _send(action, workflow_id, actor, step, comment, sre, diff_sha256, key))
 
     if action is Action.ASSIGN:
         command = click.option("--sre", required=True, help="the SRE's Slack user id")(command)
@@ -337,18 +399,33 @@ async def _send(
     comment: str | None,
     sre: str | None,
     diff_sha256: str | None,
+    key: str | None = None,
 ) -> None:
     who = _actor(actor)
     client = await connect()
     if step is None:
-        step = (
-            await client.get_workflow_handle(workflow_id).query("status", result_type=DeployStatus)
-        ).step.value
+        step = await current_step(client, workflow_id)
     msg = ActionInput(
         actor=who, step=Step(step), comment=comment, sre=sre, diff_sha256=diff_sha256, channel="cli"
     )
-    await send_action(client, workflow_id, action, msg)
+    _have_key(key, who)
+    await send_action(client, workflow_id, action, msg, key=key)
     click.echo(f"{action.value} accepted at {step} on {workflow_id}")
+
+
+async def current_step(client: Client, workflow_id: str) -> str:
+    return (
+        await client.get_workflow_handle(workflow_id).query("status", result_type=DeployStatus)
+    ).step.value
+
+
+def action_payload(msg: Any) -> Any:
+    """What is sent (and signed): the fields given, nothing filled in; anything else as it is."""
+    if isinstance(msg, dict):
+        return dict(msg)
+    if isinstance(msg, ActionInput):
+        return msg.model_dump(mode="json", exclude_none=True)
+    return msg
 
 
 #: The server turns Updates away while a deploy's workflow task is being retried (a worker died holding
@@ -361,17 +438,25 @@ async def send_action(
     client: Client,
     workflow_id: str,
     action: Action,
-    msg: ActionInput,
+    msg: ActionInput | dict[str, Any],
     pauses: tuple[float, ...] = RETRY_WHILE_RECOVERING,
+    *,
+    key: str | None = None,
+    sign: bool = True,
 ) -> ActionResult:
-    """Send one action as an Update; a refusal becomes Refused with the workflow's one-line reason.
+    """Send one action as an Update, signed with `key` (else $DEPLOYCTL_SIGNING_KEY; `sign=False` sends
+    `msg` exactly as given); a refusal becomes Refused with the workflow's one-line reason.
 
     While the deploy recovers from a worker crash (the server says its workflow task is being retried)
-    the Update is sent again after each of `pauses`, then refused with what to do."""
+    the same Update is sent again after each of `pauses`, then refused with what to do."""
+    payload = action_payload(msg)
+    actor = payload.get("actor") if isinstance(payload, dict) else None
+    if sign and isinstance(actor, str) and "signature" not in payload:
+        payload = signed(payload, workflow_id, action.value, signing_key(key, actor))
     for pause in (*pauses, None):
         try:
             return await client.get_workflow_handle(workflow_id).execute_update(
-                action.value, msg, result_type=ActionResult
+                action.value, payload, result_type=ActionResult
             )
         except WorkflowUpdateFailedError as err:
             cause = err.cause
@@ -396,6 +481,59 @@ async def send_action(
 for _a in Action:
     _action_command(_a)
 
+cli.add_command(verify_command, name="verify")
+
+
+@cli.command()
+@click.argument(
+    "action",
+    type=click.Choice(
+        [a.value for a in Action] + [a.value.replace("_", "-") for a in Action if "_" in a.value]
+    ),
+)
+@click.argument("workflow_id")
+@click.option("--as", "actor", default=None, help="your Slack user id (or $DEPLOYCTL_USER)")
+@click.option(
+    "--step", default=None, type=click.Choice([s.value for s in Step]), help="default: the current step"
+)
+@click.option("--comment", default=None)
+@click.option("--sre", default=None, help="assign: the SRE's Slack user id")
+@click.option("--diff-sha256", "diff_sha256", default=None, help="validate_diff: the diff you saw")
+@click.option("--key", default=None, help=f"signing key (or ${KEY_ENV})")
+@click.pass_context
+def sign(
+    ctx: click.Context,
+    action: str,
+    workflow_id: str,
+    actor: str | None,
+    step: str | None,
+    comment: str | None,
+    sre: str | None,
+    diff_sha256: str | None,
+    key: str | None,
+) -> None:
+    """Print a signed action payload, for `temporal workflow update execute --input` or `signal --input`."""
+    _config_or_exit(ctx)
+    name = Action(action.replace("-", "_"))
+
+    async def go() -> None:
+        who = _actor(actor)
+        chosen = step or await current_step(await connect(), workflow_id)
+        msg = ActionInput(
+            actor=who,
+            step=Step(chosen),
+            comment=comment,
+            sre=sre,
+            diff_sha256=diff_sha256,
+            channel="temporal",
+        )
+        mine = signing_key(key, who)
+        if mine is None:
+            raise UsageError(f"nothing to sign with: pass --key FILE or set {KEY_ENV}")
+        click.echo(json.dumps(signed(action_payload(msg), workflow_id, name.value, mine), ensure_ascii=False))
+
+    run(go)
+
 
 @cli.command()
 @click.argument("workflow_id")
@@ -413,7 +551,7 @@ def status(ctx: click.Context, workflow_id: str, as_json: bool) -> None:
             click.echo(st.model_dump_json(indent=2))
             return
         click.echo(
-            f"{st.workflow_id}: {st.process.value} {st.service} → {st.environment} ({st.cloud.value}-cloud)"
+            f"{st.workflow_id}: {st.process.value} {st.service} → {st.environment} ({st.cloud.value if st.cloud else 'cloud not known yet'}-cloud)"
         )
         click.echo(
             f"step:        {st.step.value}"

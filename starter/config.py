@@ -12,6 +12,7 @@ so they cannot reach a workflow input, a history, a repr or a log through the co
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tomllib
@@ -36,7 +37,17 @@ from pydantic import (
     model_validator,
 )
 
-from workflows.models import Cloud, DeploySettings, GroupSpec, Process, ServiceSpec, Step
+from workflows.models import (
+    Cloud,
+    DeploySettings,
+    GroupSpec,
+    PersonSpec,
+    Process,
+    Rules,
+    ServiceSpec,
+    Step,
+)
+from workflows.models import ReleaseWindow as ModelWindow
 from workflows.steps import sre_group, steps_for, triage_group
 
 __all__ = [
@@ -214,6 +225,27 @@ def _input_id(value: str) -> str:
     return value
 
 
+def _public_key(value: str) -> str:
+    from workflows.signing import parse_public_key
+
+    try:
+        parse_public_key(value)
+    except ValueError as err:
+        raise ValueError(
+            f'{err}: give an OpenSSH public key line, like "ssh-ed25519 AAAAC3Nz… alice@laptop"'
+        ) from None
+    return value.strip()
+
+
+_GITHUB_LOGIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})")
+
+
+def _login(value: str) -> str:
+    if not _GITHUB_LOGIN.fullmatch(value):
+        raise ValueError(f"{value!r} is not a GitHub login (letters, digits and -, at most 39)")
+    return value
+
+
 def _not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty")
@@ -286,6 +318,7 @@ UtcTimestamp = Annotated[datetime, BeforeValidator(_utc_timestamp)]
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
 Group = Annotated[GroupSpec, BeforeValidator(_group)]
 TimeoutStep = Annotated[StrictStr, AfterValidator(_timeout_step)]
+PublicKeyLine = Annotated[StrictStr, AfterValidator(_public_key)]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -361,6 +394,9 @@ class GithubConfig(_Table):
 class SlackConfig(_Table):
     api_url: Url = "https://slack.com/api/"
     triage_channel: Text
+    #: The Slack bridge's public keys: the workers take its signature as a verified click, for channel
+    #: `slack` only (SPEC §9).
+    bridge_keys: tuple[PublicKeyLine, ...] = ()
 
     @field_validator("api_url")
     @classmethod
@@ -397,6 +433,20 @@ class ServiceConfig(_Table):
                 f'{value!r} is not a Jenkins job path: write "job" or "folder/job", without empty parts'
             )
         return value
+
+
+class PersonConfig(_Table):
+    """`[people.U…]`: the keys whose signatures are this person's, and who they are in GitHub and Jenkins."""
+
+    ssh_keys: tuple[PublicKeyLine, ...] = ()
+    github_login: Annotated[StrictStr, AfterValidator(_login)] | None = None
+    jenkins_user: Text | None = None
+
+
+class SecurityConfig(_Table):
+    #: False: identities are taken as claimed (every audit entry says `claimed`).
+    require_signed_actions: StrictBool = True
+    max_signature_age: Duration = timedelta(minutes=5)
 
 
 class ReleaseWindow(_Table):
@@ -444,8 +494,11 @@ class Config(_Table):
     release: ReleaseConfig
     #: Every step of TIMEOUT_DEFAULTS, by step name: the file's values over the defaults.
     timeouts: dict[TimeoutStep, Duration]
+    people: dict[SlackUserId, PersonConfig]
+    security: SecurityConfig
 
     _source: str = PrivateAttr(default=DEFAULT_CONFIG_PATH)
+    _sha256: str = PrivateAttr(default="")
 
     @model_validator(mode="before")
     @classmethod
@@ -453,9 +506,9 @@ class Config(_Table):
         """A missing table is an empty one, so its own required keys are reported by name."""
         if isinstance(data, dict):
             data = dict(data)
-            for key in ("jenkins", "github", "slack", "change_requests", "release", "groups"):
+            for key in ("jenkins", "github", "slack", "change_requests", "release", "groups", "security"):
                 data.setdefault(key, {})
-            for key in ("environments", "services", "timeouts"):
+            for key in ("environments", "services", "timeouts", "people"):
                 data.setdefault(key, {})
         return data
 
@@ -552,6 +605,34 @@ class Config(_Table):
         """The file this configuration was read from."""
         return self._source
 
+    @property
+    def sha256(self) -> str:
+        """The hex sha256 of the file's bytes as read (what a deploy's audit records of its rules)."""
+        return self._sha256
+
+    def rules(self, service: str, environment: str, namespace: str = "default") -> Rules:
+        """The rules of one deploy as this (the workers') config gives them; `refusal` when it cannot run."""
+        base = Rules(
+            config_path=self._source,
+            config_sha256=self._sha256,
+            settings=self.settings(namespace),
+            windows=[ModelWindow(name=w.name, start=w.start, end=w.end) for w in self.release.windows],
+            lead_time_days=self.release.lead_time_days,
+            people={
+                uid: PersonSpec(ssh_keys=p.ssh_keys, github_login=p.github_login, jenkins_user=p.jenkins_user)
+                for uid, p in self.people.items()
+            },
+            bridge_keys=self.slack.bridge_keys,
+            require_signed=self.security.require_signed_actions,
+            max_signature_age=self.security.max_signature_age,
+        )
+        try:
+            return base.model_copy(
+                update={"service": self.service(service), "cloud": self.cloud(environment)}
+            )
+        except ConfigError as err:
+            return base.model_copy(update={"refusal": str(err).split(": ", 1)[-1]})
+
     def service(self, name: str) -> ServiceSpec:
         spec = self.services.get(name)
         if spec is None:
@@ -647,6 +728,7 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     except ValidationError as e:
         raise ConfigError(_describe(shown, e, overridden)) from None
     config._source = shown
+    config._sha256 = hashlib.sha256(raw).hexdigest()
     return config
 
 

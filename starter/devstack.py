@@ -26,6 +26,7 @@ from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, Telemetr
 from temporalio.testing import WorkflowEnvironment
 
 from starter.config import Config, load_config
+from starter.signing import throwaway_key
 from tests.fakes.github import FakeGitHub
 from tests.fakes.jenkins import FROM_MESSAGE, FakeJenkins
 from tests.fakes.slack import FakeSlack
@@ -56,6 +57,7 @@ version_file = "channel-gov/{{service}}.yaml"
 [slack]
 api_url = "{slack_url}"
 triage_channel = "C0TRIAGE"
+bridge_keys = [{bridge_keys}]
 
 [change_requests]
 backend = "builtin"
@@ -77,7 +79,7 @@ kprod-gov = {{ cloud = "gov" }}
 [timeouts]
 pccr_review = "3d"
 deploy_approval = "4h"
-"""
+{people}"""
 
 PAYMENTS_API = """\
 [services.payments-api]
@@ -87,6 +89,33 @@ valkyr = false
 """
 
 
+#: The embedded stack's people: each gets a throwaway key when the stack starts (SPEC §9).
+DEV_PEOPLE = ("U0OWNER1", "U0GATE1", "U0GATE2", "U0SRE1", "U0SRE2", "U0SREG1", "U0VP1")
+
+
+@dataclass(frozen=True)
+class DevKeys:
+    """Throwaway keys, one private key file per person named by their id, and the Slack bridge's."""
+
+    directory: Path
+    people: dict[str, str]  # user id → public key line
+    bridge: Path
+    bridge_public: str
+
+    @classmethod
+    def make(cls, directory: Path) -> DevKeys:
+        """New keys every time the stack starts: nothing of the user's is needed, nothing outlives it."""
+        if directory.exists():
+            shutil.rmtree(directory)
+        directory.mkdir(mode=0o700, parents=True)
+        people = {uid: throwaway_key(directory, uid)[1] for uid in DEV_PEOPLE}
+        bridge, bridge_public = throwaway_key(directory, "slack-bridge")
+        return cls(directory, people, bridge, bridge_public)
+
+    def people_toml(self) -> str:
+        return "".join(f'\n[people.{uid}]\nssh_keys = ["{key}"]\n' for uid, key in self.people.items())
+
+
 def config_text(
     jenkins_url: str,
     slack_url: str,
@@ -94,9 +123,14 @@ def config_text(
     ui_url: str = "http://127.0.0.1:8233",
     task_queue: str = "deployctl",
     services: str = PAYMENTS_API,
+    keys: DevKeys | None = None,
 ) -> str:
-    """The embedded default config (the benchmarks use it too, with services of their own)."""
+    """The embedded default config (the benchmarks use it too, with services of their own). With `keys`,
+    its people sign with those throwaway keys; without, the config takes identities as claimed."""
+    people = keys.people_toml() if keys else "\n[security]\nrequire_signed_actions = false\n"
     return DEFAULT_CONFIG.format(
+        people=people,
+        bridge_keys=f'"{keys.bridge_public}"' if keys else "",
         task_queue=task_queue,
         ui_url=ui_url,
         jenkins_url=jenkins_url,
@@ -208,14 +242,19 @@ async def embedded_stack(
     )
     ui_url = f"http://127.0.0.1:{ui_port}"
     config_path = STATE_DIR / "deployctl.toml"
+    keys = DevKeys.make(STATE_DIR / "keys")
     config_path.write_text(
-        config_text(jenkins.url, slack.url, github.url, ui_url=ui_url) + release_calendar(release_in)
+        config_text(jenkins.url, slack.url, github.url, ui_url=ui_url, keys=keys)
+        + release_calendar(release_in)
     )
     os.environ.update(
         {
             "JENKINS_TOKEN": SIM_JENKINS_TOKEN,
             "SLACK_BOT_TOKEN": SIM_SLACK_TOKEN,
             "GITHUB_TOKEN": SIM_GITHUB_TOKEN,
+            # Every scripted or typed action of the stack's people is signed with their throwaway key.
+            "DEPLOYCTL_SIGNING_KEY": str(keys.directory),
+            "DEPLOYCTL_BRIDGE_KEY": str(keys.bridge),
         }
     )
     os.environ["DEPLOYCTL_CONFIG"] = str(config_path)
@@ -273,7 +312,10 @@ def dev_main(port: int, ui_port: int, config_path: str | None) -> int:
             print(f"Jenkins simulator: {stack.jenkins.url}   Slack simulator: {stack.slack.url}")
             print(f"GitHub simulator:  {stack.github.url}")
             print("In another shell, try:")
-            print(f"  export TEMPORAL_ADDRESS={stack.address} DEPLOYCTL_CONFIG={stack.config_path}")
+            print(
+                f"  export TEMPORAL_ADDRESS={stack.address} DEPLOYCTL_CONFIG={stack.config_path} "
+                f"DEPLOYCTL_SIGNING_KEY={STATE_DIR / 'keys'}"
+            )
             print("  deployctl plan --service payments-api --env kprod")
             print(f"  deployctl start oow --service payments-api --env kprod --params {params} --as U0OWNER1")
             print("  deployctl approve ID --as U0GATE1; deployctl assign ID --sre U0SRE1 --as U0GATE1 …")
@@ -408,7 +450,7 @@ def demo_main() -> int:
             finals = [await run_demo(stack, *run) for run in runs]
             builds = len(stack.jenkins.builds("deploy-payments-api"))
             outcomes = ", ".join(
-                f"{f.process.value}/{f.cloud.value} {f.outcome.value if f.outcome else 'running'}"
+                f"{f.process.value}/{f.cloud.value if f.cloud else '?'} {f.outcome.value if f.outcome else 'running'}"
                 for f in finals
             )
             ok = all(f.outcome is not None and f.outcome.value == "succeeded" for f in finals)

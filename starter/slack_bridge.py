@@ -52,6 +52,7 @@ T = TypeVar("T")
 log = logging.getLogger("deployctl.slack")
 
 EVENTS_PATH = "/slack/events"
+BRIDGE_KEY_ENV = "DEPLOYCTL_BRIDGE_KEY"  # the bridge's private key: it signs the clicks it verified (SPEC §9)
 COMMAND = "/deploy"
 MAX_BODY = 1 << 20  # Slack's payloads are far smaller; anything bigger is not Slack
 UPDATE_TIMEOUT = 60.0  # an Update needs a worker; do not hold a listener thread longer than this
@@ -129,6 +130,7 @@ def create_app(
     signing_secret: str | None,
     *,
     token_verification_enabled: bool = True,
+    bridge_key: str | None = None,
 ) -> BridgeApp:
     """The Slack app: `deployctl:*` clicks and `/deploy`. With token verification, Bolt checks the bot
     token with `auth.test` now (a BoltError when Slack refuses it).
@@ -145,7 +147,9 @@ def create_app(
         process_before_response=False,  # ack() answers Slack at once; the listener goes on in a thread
     )
     app.temporal = TemporalRunner(temporal_client_factory)
-    bridge = _Bridge(app.temporal, web_client)
+    bridge = _Bridge(
+        app.temporal, web_client, bridge_key or os.environ.get(BRIDGE_KEY_ENV, "").strip() or None
+    )
     usage = HELP + f"\nThe Temporal Web UI: {config.ui_url}"
 
     @app.action({"type": "block_actions", "action_id": re.compile("^" + re.escape(ACTION_PREFIX))})
@@ -179,9 +183,10 @@ def _quiet_token_warning() -> None:
 
 
 class _Bridge:
-    def __init__(self, temporal: TemporalRunner, web: WebClient) -> None:
+    def __init__(self, temporal: TemporalRunner, web: WebClient, key: str | None) -> None:
         self._temporal = temporal
         self._web = web
+        self._key = key  # the bridge's own private key: it signs what it verified came from Slack
 
     # ---------------------------------------------------------------------------------------- clicks
 
@@ -204,7 +209,10 @@ class _Bridge:
         )
         try:
             self._temporal.run(
-                lambda client: send_action(client, click.workflow_id, click.action, msg), UPDATE_TIMEOUT
+                lambda client: send_action(
+                    client, click.workflow_id, click.action, msg, key=self._key, sign=self._key is not None
+                ),
+                UPDATE_TIMEOUT,
             )
         except Refused as err:
             log.info("%s %s on %s refused: %s", click.user_id, click.action.value, click.workflow_id, err)
@@ -410,6 +418,22 @@ def make_http_server(app: App, host: str, port: int) -> ThreadingHTTPServer:
 # ---------------------------------------------------------------------------------------------- main
 
 
+def bridge_key_file(config: Config, env: dict[str, str] | None = None) -> str | None:
+    """$DEPLOYCTL_BRIDGE_KEY, the private key the bridge signs clicks with. Required unless the config
+    takes identities as claimed: without it every click would be refused as unsigned."""
+    path = (os.environ if env is None else env).get(BRIDGE_KEY_ENV, "").strip()
+    if not path:
+        if config.security.require_signed_actions:
+            raise ConfigError(
+                f"{BRIDGE_KEY_ENV} is not set: the workers accept only signed actions; give the bridge a "
+                "private key file and list its public half in [slack] bridge_keys (docs/operations.md)"
+            )
+        return None
+    if not os.path.isfile(path):
+        raise ConfigError(f"{BRIDGE_KEY_ENV}={path}: no such key file")
+    return path
+
+
 def run_bridge(host: str, port: int, config: Config) -> int:
     """Run the bridge until SIGINT/SIGTERM: Socket Mode with SLACK_APP_TOKEN, else HTTP on host:port.
 
@@ -421,13 +445,14 @@ def run_bridge(host: str, port: int, config: Config) -> int:
     app_token = secret("SLACK_APP_TOKEN", required=False)
     signing_secret = None if app_token else secret("SLACK_SIGNING_SECRET")
     assert bot_token is not None
+    bridge_key = bridge_key_file(config)
     logging.basicConfig(
         level=os.environ.get("DEPLOYCTL_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     web = make_web_client(bot_token, config.slack.api_url)
     try:
-        app = create_app(config, connect, web, signing_secret)
+        app = create_app(config, connect, web, signing_secret, bridge_key=bridge_key)
     except BoltError as err:  # auth.test refused the token
         raise ConfigError(f"SLACK_BOT_TOKEN was refused by Slack at {config.slack.api_url}: {err}") from None
     except OSError as err:

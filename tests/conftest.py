@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -23,6 +24,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from starter.config import Config, load_config
+from tests import keys
 from tests.fakes.github import FakeGitHub
 from tests.fakes.jenkins import FakeJenkins
 from tests.fakes.slack import FakeSlack
@@ -66,6 +68,7 @@ repo = "acme/pccr"
 [slack]
 api_url = "{slack_url}"
 triage_channel = "C0TRIAGE"
+bridge_keys = ["{bridge_key}"]
 
 [groups]
 pccr-gatekeeper = ["U0GATE1", "U0GATE2", "U0OWNER1"]
@@ -86,6 +89,16 @@ valkyr = {valkyr}
 [timeouts]
 {timeouts}
 """
+
+
+# Every action the tests send through the CLI's code path is signed with its actor's own key (tests/keys.py).
+os.environ["DEPLOYCTL_SIGNING_KEY"] = str(keys.key_dir())
+os.environ["DEPLOYCTL_BRIDGE_KEY"] = keys.private(keys.BRIDGE)
+
+
+#: For the time-skipping server, whose clock runs days ahead of the signers' within one test: signatures
+#: made at the real time are judged on the skipped clock, so the tests there accept old ones.
+SKIPPED_CLOCK = '\n[security]\nmax_signature_age = "400d"\n'
 
 
 def _bin(name: str) -> str:
@@ -177,8 +190,9 @@ def make_deployment(
         pccr_backend=pccr_backend,
         valkyr="true" if valkyr else "false",
         timeouts="\n".join(f'{k} = "{v}"' for k, v in (timeouts or {}).items()),
+        bridge_key=keys.public(keys.BRIDGE),
     )
-    text += extra
+    text += keys.people_toml() + extra
     if github is not None:
         github.commit_file(
             CONFIGS_REPO, "master", f"channel-gov/{service}.yaml", VERSION_FILE.format(service=service)

@@ -15,6 +15,7 @@ actors); ids, timestamps and how events batch into workflow tasks differ from on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -35,6 +36,7 @@ from temporalio.worker import Replayer
 from starter.cli import send_action, start_deploy
 from starter.config import Config, load_config
 from starter.devstack import wait_for_step
+from tests import keys
 from tests.conftest import (
     BIN,
     CONFIG_TEMPLATE,
@@ -47,6 +49,7 @@ from tests.conftest import (
     OWNER,
     PARAMS,
     PCCR_REPO,
+    SKIPPED_CLOCK,
     SLACK_TOKEN,
     SRE1,
     SRE2,
@@ -55,6 +58,7 @@ from tests.conftest import (
 from tests.fakes.github import FakeGitHub
 from tests.fakes.jenkins import FakeJenkins
 from tests.fakes.slack import FakeSlack
+from tests.support import signed
 from worker import WORKFLOWS, create_worker
 from workflows import search_attributes as sa
 from workflows.lock import lock_id
@@ -109,7 +113,7 @@ def write_config(
         CONFIGS_REPO, "master", f"channel-gov/{service}.yaml", VERSION_FILE.format(service=service)
     )
     text = CONFIG_TEMPLATE.format(
-        task_queue=TASK_QUEUE,
+        task_queue=f"{TASK_QUEUE}-{service}",
         jenkins_url=fakes.jenkins.url,
         jenkins_extra="",
         slack_url=fakes.slack.url,
@@ -119,9 +123,10 @@ def write_config(
         pccr_backend=pccr_backend,
         valkyr="false",
         timeouts="\n".join(f'{k} = "{v}"' for k, v in (timeouts or {}).items()),
+        bridge_key=keys.public(keys.BRIDGE),
     )
     path = directory / f"{service}.toml"
-    path.write_text(text + extra)
+    path.write_text(text + keys.people_toml() + extra)
     return load_config(str(path), env={})  # no environment overrides: the same config on every machine
 
 
@@ -134,7 +139,9 @@ async def act(
         extra = {"diff_sha256": st.build.diff_sha256 or "", **extra}
     msg = ActionInput(actor=actor, step=step, channel="recorder", **extra)
     if signal:
-        await client.get_workflow_handle(wid).signal(action.value, msg.model_dump(exclude_none=True))
+        await client.get_workflow_handle(wid).signal(
+            action.value, signed(msg.model_dump(mode="json", exclude_none=True), wid, action.value)
+        )
     else:
         await send_action(client, wid, action, msg)
     return st
@@ -177,7 +184,9 @@ async def com_succeeded(client: Client, config: Config, service: str) -> str:
     wid = await start(client, config, service, "kprod")
     await wait_for_step(client, wid, Step.PCCR_REVIEW, GATE1)
     handle = client.get_workflow_handle(wid)
-    await handle.signal("approve", {"actor": OWNER, "step": "pccr_review", "channel": "recorder"})
+    await handle.signal(
+        "approve", signed({"actor": OWNER, "step": "pccr_review", "channel": "recorder"}, wid, "approve")
+    )
     await act(client, wid, Action.APPROVE, GATE1, Step.PCCR_REVIEW, signal=True, comment="looks right")
     await act(client, wid, Action.ASSIGN, GATE1, Step.SRE_ASSIGNMENT, sre=SRE1)
     await act(client, wid, Action.APPROVE, SRE1, Step.CLEARANCE)
@@ -263,7 +272,13 @@ async def on_dev_server(fakes: Fakes, directory: Path) -> list[Recorded]:
         ):
             service = "replay-" + variant.replace("_", "-")
             plan.append((variant, fn, write_config(directory, fakes, service, **kw), service))
-        async with create_worker(client, plan[0][2], SECRETS, task_queue=TASK_QUEUE):
+        # The workers' config is the policy (SPEC §9): each variant's deploys run on workers that hold its
+        # own config, on a task queue of its own.
+        async with contextlib.AsyncExitStack() as workers:
+            for _, _, config, _ in plan:
+                await workers.enter_async_context(
+                    create_worker(client, config, SECRETS, task_queue=config.task_queue)
+                )
             wids = await asyncio.gather(*(fn(client, config, svc) for _, fn, config, svc in plan))
             return [
                 Recorded(variant, wid, await client.get_workflow_handle(wid).fetch_history())
@@ -333,7 +348,7 @@ async def lock_on_time_skipping_server(fakes: Fakes, directory: Path) -> list[Re
     """The lock's idle minute passes in an instant here."""
     config = write_config(directory, fakes, "replay-lock")
     async with await time_skipping_server() as env:
-        async with create_worker(env.client, config, SECRETS, task_queue=TASK_QUEUE):
+        async with create_worker(env.client, config, SECRETS, task_queue=config.task_queue):
             return await lock_contended(env, config, "replay-lock")
 
 
@@ -359,10 +374,10 @@ async def release_on_time_skipping_server(
         f"windows = [{window('R-planned', opens)}, {window('R-later', opens + timedelta(days=14))}]\n"
     )
     service = "replay-" + variant.replace("_", "-")
-    config = write_config(directory, fakes, service, extra=calendar)
+    config = write_config(directory, fakes, service, extra=calendar + SKIPPED_CLOCK)
     run = release_succeeded if variant == "release_succeeded" else release_expired
     async with await time_skipping_server() as env:
-        async with create_worker(env.client, config, SECRETS, task_queue=TASK_QUEUE):
+        async with create_worker(env.client, config, SECRETS, task_queue=config.task_queue):
             wid = await run(env, config, service, opens)
             history = await env.client.get_workflow_handle(wid).fetch_history()
             return [Recorded(variant, wid, history)]

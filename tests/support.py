@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from temporalio.client import Client
 
 from starter.cli import Refused, send_action, start_deploy
 from starter.devstack import wait_for_step
+from starter.signing import sign_payload
+from tests import keys
 from tests.conftest import PARAMS, Deployment
 from workflows.models import Action, ActionInput, DeployStatus, Process, Step
 
 GATE1, OWNER = "U0GATE1", "U0OWNER1"
 SREG1 = "U0SREG1"  # a member of the sre-gov Slack user group S0SREGOV (tests/conftest.py)
+
+
+def signed(payload: dict[str, Any], wid: str, action: str, by: str | None = None) -> dict[str, Any]:
+    """`payload` signed for deploy `wid` and `action` with the key of `by` (default: its actor), as
+    `deployctl sign` prints it for the `temporal` CLI."""
+    return sign_payload(payload, wid, action, keys.private(by or payload["actor"]))
 
 
 async def status(client: Client, wid: str) -> DeployStatus:
@@ -24,10 +34,13 @@ async def act(client: Client, wid: str, action: Action, actor: str, step: Step, 
     await send_action(client, wid, action, ActionInput(actor=actor, step=step, channel="test", **extra))
 
 
-async def refused(client: Client, wid: str, action: Action, msg: ActionInput) -> str:
-    """Send an action that must be refused; return the one-line reason."""
+async def refused(
+    client: Client, wid: str, action: Action, msg: ActionInput | dict[str, Any], sign: bool = True
+) -> str:
+    """Send an action that must be refused (signed with its actor's key unless `sign=False`: then exactly
+    as given); return the one-line reason."""
     with pytest.raises(Refused) as err:
-        await send_action(client, wid, action, msg)
+        await send_action(client, wid, action, msg, sign=sign)
     reason = str(err.value)
     assert "\n" not in reason
     return reason

@@ -33,6 +33,7 @@ from temporalio.exceptions import ApplicationError
 from starter.cli import Refused, UsageError, read_params, send_action, start_deploy
 from starter.config import ENV_OVERRIDES, Config, ConfigError, load_config
 from starter.devstack import wait_for_step
+from tests import keys
 from tests.conftest import CONFIG_TEMPLATE, GATE1, GATE2, OWNER, PARAMS, SRE1, SRE2, Deployment, eventually
 from workflows import policy
 from workflows.models import Action, ActionInput, ActionResult, Cloud, DeployStatus, Process, Role, Step
@@ -328,6 +329,7 @@ VALID_CONFIG = CONFIG_TEMPLATE.format(
     pccr_backend="github",
     valkyr="false",
     timeouts='pccr_review = "3d"\ndiff_validation = "4h"',
+    bridge_key=keys.public(keys.BRIDGE),
 ) + (
     "\n[release]\nlead_time_days = 14\nwindows = [\n"
     '  { name = "2026.12", start = "2026-12-15T16:00:00Z", end = "2026-12-15T20:00:00Z" },\n'

@@ -13,9 +13,12 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from starter.devstack import wait_for_step
+from tests import keys
 from tests.conftest import BIN, GATE1, GATE2, OWNER, PARAMS, SRE1, Deployment, eventually
 from tests.fakes.jenkins import FakeJenkins
+from tests.support import signed
 from worker import create_worker
+from workflows import signing
 from workflows.models import DeployResult, Outcome, Step
 
 
@@ -105,7 +108,7 @@ async def test_whole_deploy_through_the_cli_and_the_temporal_cli(
             "--name",
             "assign",
             "--input",
-            json.dumps({"actor": GATE2, "step": "sre_assignment", "sre": SRE1}),
+            json.dumps(signed({"actor": GATE2, "step": "sre_assignment", "sre": SRE1}, wid, "assign")),
         )
         assert r.code == 0, r.err
         await wait_for_step(client, wid, Step.CLEARANCE, SRE1)
@@ -119,7 +122,7 @@ async def test_whole_deploy_through_the_cli_and_the_temporal_cli(
             "--name",
             "approve",
             "--input",
-            json.dumps({"actor": GATE2, "step": "clearance"}),
+            json.dumps(signed({"actor": GATE2, "step": "clearance"}, wid, "approve")),
         )
         assert r.code != 0 and "may not approve at clearance" in (r.out + r.err)
         r = await temporal(
@@ -131,7 +134,7 @@ async def test_whole_deploy_through_the_cli_and_the_temporal_cli(
             "--name",
             "approve",
             "--input",
-            json.dumps({"actor": SRE1, "step": "clearance"}),
+            json.dumps(signed({"actor": SRE1, "step": "clearance"}, wid, "approve")),
         )
         assert r.code == 0, r.err
 
@@ -184,7 +187,11 @@ async def test_whole_deploy_through_the_cli_and_the_temporal_cli(
             (SRE1, "cli"),
         }
         r = await deployctl(env, d, "audit", wid)
-        assert r.code == 0 and "| pccr_review | approve | U0GATE1 | pccr-gatekeeper | cli | yes |" in r.out
+        fp = signing.fingerprint(keys.public(GATE1))
+        assert (
+            r.code == 0
+            and f"| pccr_review | approve | U0GATE1 | ssh:{fp} | pccr-gatekeeper | cli | yes |" in r.out
+        )
         r = await deployctl(env, d, "approve", wid, "--as", SRE1, "--step", "deploy_approval")
         assert r.code == 3 and "finished" in r.err
     assert len(jenkins.builds(d.job)) == 1

@@ -18,6 +18,7 @@ from starter.config import (
     parse_duration,
     secret,
 )
+from tests import keys
 from workflows.models import Cloud, DeploySettings, GroupSpec, ServiceSpec, Step
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "deployctl.example.toml"
@@ -708,6 +709,7 @@ def test_test_configs_can_work(tmp_path: Path) -> None:
                 pccr_backend="builtin",
                 valkyr=valkyr,
                 timeouts="",
+                bridge_key=keys.public(keys.BRIDGE),
             ),
         )
 

@@ -24,7 +24,7 @@ from tests.conftest import (
 )
 from tests.fakes.jenkins import FakeJenkins
 from tests.fakes.slack import FakeSlack
-from tests.support import act, refused, status, to_trigger
+from tests.support import act, refused, signed, status, to_trigger
 from workflows import search_attributes as sa
 from workflows.models import Action, ActionInput, DeployResult, DeployStatus, Outcome, Process, Step
 
@@ -107,6 +107,7 @@ async def test_oow_com_deploy_end_to_end(
         (e.step.value, e.action, e.actor) for e in final.audit if e.accepted and e.actor != "deployctl"
     ]
     assert accepted == [
+        ("pccr_review", "start", OWNER),
         ("pccr_review", "approve", GATE1),
         ("sre_assignment", "assign", GATE2),
         ("clearance", "approve", SRE1),
@@ -114,7 +115,11 @@ async def test_oow_com_deploy_end_to_end(
         ("diff_validation", "validate_diff", OWNER),
         ("deploy_approval", "approve", SRE1),
     ]
-    assert all(e.channel == "test" for e in final.audit if e.accepted and e.actor != "deployctl")
+    people = [e for e in final.audit if e.accepted and e.actor != "deployctl"]
+    assert all(e.channel == "test" for e in people[1:]) and people[0].channel == "cli"
+    # Every person's entry is signed with their own key, and keeps what was signed (SPEC §9).
+    assert all(e.identity.startswith("ssh:SHA256:") and e.signature and e.payload for e in people)
+    assert {e.payload["workflow_id"] for e in people if e.payload} == {wid}
     assert [r.step for r in final.rosters][:2] == [Step.PCCR_REVIEW, Step.SRE_ASSIGNMENT]
     assert final.rosters[0].eligible == [GATE1, GATE2]
     # Slack: the runbook's triage message, a thread, DMs to whoever acts next with the build link for the SRE.
@@ -166,21 +171,31 @@ async def test_signals_refused_are_recorded_and_change_nothing(
     wid = await start(client, d)
     await wait_for_step(client, wid, Step.PCCR_REVIEW, GATE1)
     handle = client.get_workflow_handle(wid)
-    await handle.signal("approve", {"actor": OWNER, "step": "pccr_review"})
+    await handle.signal("approve", signed({"actor": OWNER, "step": "pccr_review"}, wid, "approve"))
     await handle.signal("approve", {"step": "pccr_review"})
     await handle.signal("approve", "not an object")
-    await handle.signal("approve", {"actor": GATE1, "step": "pccr_review", "comment": "via temporal CLI"})
+    await handle.signal("approve", {"actor": GATE1, "step": "pccr_review", "comment": "unsigned"})
+    await handle.signal(
+        "approve",
+        signed({"actor": GATE1, "step": "pccr_review", "comment": "via temporal CLI"}, wid, "approve"),
+    )
     st = await wait_for_step(client, wid, Step.SRE_ASSIGNMENT, GATE1)
-    people = [(e.action, e.actor, e.accepted, e.channel) for e in st.audit if e.actor != "deployctl"]
+    people = [
+        (e.action, e.actor, e.accepted, e.channel)
+        for e in st.audit
+        if e.actor != "deployctl" and e.action != "start"
+    ]
     assert people == [
         ("approve", OWNER, False, "signal"),
         ("approve", "unknown", False, "signal"),
         ("approve", "unknown", False, "signal"),
+        ("approve", GATE1, False, "signal"),
         ("approve", GATE1, True, "signal"),
     ]
     reasons = [e.reason for e in st.audit if not e.accepted]
     assert reasons[0].startswith("separation of duties")
     assert reasons[1].startswith("bad payload: actor: Field required")
+    assert reasons[3].startswith("unsigned action")
     await send_action(client, wid, Action.CANCEL, ActionInput(actor=OWNER, step=Step.SRE_ASSIGNMENT))
     result = await client.get_workflow_handle(wid, result_type=DeployResult).result()
     assert result.outcome is Outcome.CANCELLED and result.reason == f"cancelled by {OWNER}"

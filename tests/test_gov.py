@@ -142,6 +142,9 @@ async def test_a_pr_merged_directly_on_github_is_noticed(
     st = await wait_for_step(client, wid, Step.TRIGGER, SREG1, timeout=60)
     noticed = [e for e in st.audit if e.action == "merged_on_github"]
     assert len(noticed) == 1 and noticed[0].actor == "octocat" and noticed[0].channel == "github"
+    # octocat is nobody the workers know as the assigned SRE: followed, and marked out of policy (SPEC §9).
+    assert noticed[0].identity == "github:octocat" and noticed[0].out_of_policy
+    assert "out of policy: octocat" in (noticed[0].reason or "")
     await send_action(client, wid, Action.CANCEL, ActionInput(actor=OWNER, step=Step.TRIGGER))
     assert (
         await client.get_workflow_handle(wid, result_type=DeployResult).result()

@@ -27,7 +27,12 @@ GROUPS = {
 
 
 def situation(step: Step, cloud: Cloud = Cloud.COM, valkyr: bool = False, **kw) -> policy.Situation:
-    parties = policy.Parties(code_owners=(OWNER,), groups=GROUPS, assigned_sre=kw.pop("sre", SRE))
+    parties = policy.Parties(
+        code_owners=(OWNER,),
+        groups=kw.pop("groups", GROUPS),
+        assigned_sre=kw.pop("sre", SRE),
+        held=kw.pop("held", {}),
+    )
     return policy.Situation(
         service="payments-api",
         cloud=cloud,
@@ -265,3 +270,40 @@ def test_release_windows_need_the_lead_time():
         "add one to [release] windows"
     )
     assert policy.window_after(cal, cal[1]) == cal[2] and policy.window_after(cal, cal[2]) is None
+
+
+# Whole-chain separation of duties (SPEC §9): one approving role per person per deploy.
+BOTH = {**GROUPS, "sre": (SRE, SRE2, GATE), "pccr-gatekeeper": (GATE, GATE2, VP)}
+
+
+def test_the_gatekeeper_who_approved_may_not_be_the_sre():
+    s = situation(Step.SRE_ASSIGNMENT, groups=BOTH, sre=None, held={GATE: "pccr-gatekeeper"})
+    assert policy.refusal(Action.ASSIGN, msg(GATE2, Step.SRE_ASSIGNMENT, sre=GATE), s) == (
+        "separation of duties: U0GATE1 already acted as pccr-gatekeeper on this deploy and cannot be its SRE"
+    )
+    assert policy.refusal(Action.ASSIGN, msg(GATE2, Step.SRE_ASSIGNMENT, sre=SRE), s) is None
+
+
+def test_a_gatekeeper_does_not_assign_themselves():
+    s = situation(Step.SRE_ASSIGNMENT, groups=BOTH, sre=None)
+    reason = policy.refusal(Action.ASSIGN, msg(GATE, Step.SRE_ASSIGNMENT, sre=GATE), s)
+    assert reason == "separation of duties: U0GATE1 assigns the SRE and cannot assign themselves"
+
+
+def test_a_vp_is_not_also_the_gatekeeper_and_waiting_on_leaves_them_out():
+    s = situation(Step.PCCR_REVIEW, valkyr=True, groups=BOTH, held={VP: "vp"})
+    assert policy.refusal(Action.APPROVE, msg(VP, Step.PCCR_REVIEW), s) == (
+        "separation of duties: U0VP1 already acted as vp on this deploy and may not also act as pccr-gatekeeper"
+    )
+    assert policy.eligible(step_def(s.steps, Step.PCCR_REVIEW), s.parties) == [GATE, GATE2]
+
+
+def test_the_assigned_sre_may_not_then_approve_as_gatekeeper():
+    s = situation(Step.PCCR_REVIEW, groups=BOTH, held={GATE: "sre"})
+    reason = policy.refusal(Action.APPROVE, msg(GATE, Step.PCCR_REVIEW), s)
+    assert reason is not None and reason.startswith("separation of duties: U0GATE1 already acted as sre")
+
+
+def test_the_same_role_twice_is_fine():
+    s = situation(Step.SRE_ASSIGNMENT, groups=BOTH, sre=None, held={GATE: "pccr-gatekeeper"})
+    assert policy.refusal(Action.ASSIGN, msg(GATE, Step.SRE_ASSIGNMENT, sre=SRE), s) is None

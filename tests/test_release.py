@@ -14,7 +14,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from starter.cli import Refused, render_releases, start_deploy
 from starter.devstack import wait_for_step
-from tests.conftest import BIN, GATE1, OWNER, PARAMS, SRE1, eventually, make_deployment
+from tests.conftest import BIN, GATE1, OWNER, PARAMS, SKIPPED_CLOCK, SRE1, eventually, make_deployment
 from tests.fakes.jenkins import FakeJenkins
 from tests.fakes.slack import FakeSlack
 from tests.support import act, status
@@ -47,7 +47,7 @@ async def _planned_deploy(
 ):
     now = datetime.now(UTC)
     text, planned, later = calendar(now)
-    d = make_deployment(tmp_path, jenkins, slack, extra=text)
+    d = make_deployment(tmp_path, jenkins, slack, extra=text + SKIPPED_CLOCK)
     return d, planned, later
 
 

@@ -31,6 +31,7 @@ from activities.slack import make_web_client
 from starter.cli import cli, send_action, start_deploy
 from starter.devstack import wait_for_step
 from starter.slack_bridge import EVENTS_PATH, BridgeApp, create_app, make_http_server
+from tests import keys
 from tests.conftest import (
     GATE1,
     GATE2,
@@ -44,6 +45,7 @@ from tests.conftest import (
 )
 from tests.fakes.jenkins import FakeJenkins
 from tests.fakes.slack import FakeSlack, sign_request
+from workflows import signing
 from workflows.models import (
     Action,
     ActionInput,
@@ -334,7 +336,9 @@ async def test_whole_deploy_by_clicks(
     assert response.status_code == 200
     await ephemeral(slack, GATE1, wid, "stale step: the deploy is at sre_assignment, not pccr_review")
     st = await status(client, wid)
-    assert [a for a in accepted(st) if a[0] == "pccr_review"] == [("pccr_review", "approve", GATE1, "slack")]
+    assert [a for a in accepted(st) if a[0] == "pccr_review" and a[1] != "start"] == [
+        ("pccr_review", "approve", GATE1, "slack")
+    ]
     assert said(
         slack, ts_gate1, f"✅ <@{GATE1}> approved at pccr_review"
     )  # the bridge and the workflow agree
@@ -384,6 +388,7 @@ async def test_whole_deploy_by_clicks(
     assert len(builds) == 1 and builds[0]["params"] == PARAMS and builds[0]["result"] == "SUCCESS"
     final = await status(client, wid)
     assert accepted(final) == [
+        ("pccr_review", "start", OWNER, "cli"),
         ("pccr_review", "approve", GATE1, "slack"),
         ("sre_assignment", "assign", GATE2, "slack"),
         ("clearance", "approve", SRE1, "slack"),
@@ -391,6 +396,11 @@ async def test_whole_deploy_by_clicks(
         ("diff_validation", "validate_diff", OWNER, "slack"),
         ("deploy_approval", "approve", SRE1, "slack"),
     ]
+    # Each click was signed by the bridge, which vouches for the clicker Slack verified (SPEC §9).
+    bridge_fp = signing.fingerprint(keys.public(keys.BRIDGE))
+    clicks = [e for e in final.audit if e.accepted and e.channel == "slack"]
+    assert clicks and all(e.identity == f"slack-bridge:{bridge_fp}" and e.signature for e in clicks)
+    assert all(e.payload and e.payload["actor"] == e.actor for e in clicks)
     await eventually(
         lambda: slack.message(ts_deploy)["text"].startswith(f"✅ <@{SRE1}> approved at deploy_approval")
     )
@@ -646,3 +656,11 @@ def test_cli_slack_needs_its_secrets(deployment: Deployment):
     )
     assert out.exit_code == 2
     assert out.output.strip().splitlines()[0].startswith("deployctl: SLACK_SIGNING_SECRET is not set")
+    # Signed actions required and no bridge key: every click would be refused, so it does not start.
+    out = runner.invoke(
+        cli,
+        base,
+        env={"SLACK_BOT_TOKEN": "xoxb-1", "SLACK_APP_TOKEN": "xapp-1", "DEPLOYCTL_BRIDGE_KEY": ""},
+    )
+    assert out.exit_code == 2
+    assert out.output.strip().splitlines()[0].startswith("deployctl: DEPLOYCTL_BRIDGE_KEY is not set")

@@ -13,7 +13,17 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from starter.cli import start_deploy
-from tests.conftest import BIN, GATE1, GATE2, OWNER, PARAMS, SLACK_TOKEN, eventually, make_deployment
+from tests.conftest import (
+    BIN,
+    GATE1,
+    GATE2,
+    OWNER,
+    PARAMS,
+    SKIPPED_CLOCK,
+    SLACK_TOKEN,
+    eventually,
+    make_deployment,
+)
 from tests.fakes.jenkins import FakeJenkins
 from tests.fakes.slack import FakeSlack
 from worker import create_worker
@@ -37,7 +47,7 @@ def own_slack() -> Iterator[FakeSlack]:
 async def test_review_expires_after_a_reminder_and_an_escalation(
     skipping: WorkflowEnvironment, tmp_path: Path, jenkins: FakeJenkins, own_slack: FakeSlack, secrets: dict
 ):
-    d = make_deployment(tmp_path, jenkins, own_slack, timeouts={"pccr_review": "3d"})
+    d = make_deployment(tmp_path, jenkins, own_slack, timeouts={"pccr_review": "3d"}, extra=SKIPPED_CLOCK)
     client: Client = skipping.client
 
     def sent(prefix: str) -> list[dict]:
@@ -83,7 +93,7 @@ async def test_a_slack_outage_never_blocks_or_fails_a_deploy(
     skipping: WorkflowEnvironment, tmp_path: Path, jenkins: FakeJenkins, own_slack: FakeSlack, secrets: dict
 ):
     own_slack.down = True
-    d = make_deployment(tmp_path, jenkins, own_slack, timeouts={"pccr_review": "2h"})
+    d = make_deployment(tmp_path, jenkins, own_slack, timeouts={"pccr_review": "2h"}, extra=SKIPPED_CLOCK)
     client: Client = skipping.client
     async with create_worker(client, d.config, task_queue=d.task_queue):
         wid, _ = await start_deploy(

@@ -25,8 +25,9 @@ with workflow.unsafe.imports_passed_through():
     from activities.github import GithubActivities
     from activities.jenkins import JenkinsActivities
     from activities.locks import LockActivities
+    from activities.rules import RulesActivities
     from activities.slack import SlackActivities
-    from workflows import messages, policy, slack_blocks
+    from workflows import messages, policy, slack_blocks, trust
     from workflows import search_attributes as sa
     from workflows.lock import LOCK_UPDATE, LockCall, LockRequest, LockUpdate, lock_id
     from workflows.models import (
@@ -39,8 +40,9 @@ with workflow.unsafe.imports_passed_through():
         BuildResultInput,
         Cloud,
         CommentInput,
-        DeployInput,
+        DeployPlan,
         DeployResult,
+        DeploySettings,
         DeployStatus,
         InputActionInput,
         InputState,
@@ -56,8 +58,12 @@ with workflow.unsafe.imports_passed_through():
         ReadDiffInput,
         Role,
         Roster,
+        Rules,
+        RulesInput,
+        ServiceSpec,
         SlackPostInput,
         SlackUpdateInput,
+        StartIntent,
         Step,
         TriggerBuildInput,
         UsergroupInput,
@@ -121,12 +127,43 @@ class _Accepted:
     msg: ActionInput
 
 
+def _intent(raw: Any) -> tuple[StartIntent | None, str | None]:
+    """The start's intent, or why it is not one (the workflow then ends rejected, opening nothing)."""
+    try:
+        return StartIntent.model_validate(raw), None
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "input"
+        return None, policy.one_line(f"bad start: {where}: {first['msg']}")
+
+
 @workflow.defn(name="Deploy")
 class DeployWorkflow:
     @workflow.init
-    def __init__(self, input: DeployInput) -> None:
-        self._in = input
-        self._steps = steps_for(input.process, input.cloud, input.service.valkyr)
+    def __init__(self, input: Any) -> None:
+        self._raw: dict[str, Any] = dict(input) if isinstance(input, dict) else {}
+        intent, self._bad_start = _intent(input)
+        self._intent = intent or StartIntent(
+            process=Process.OOW, service="unknown", environment="unknown", params={}, actor="unknown"
+        )
+        # Until the workers' rules are read (`_admit`), the deploy is a placeholder that takes no action.
+        self._in = DeployPlan(
+            process=self._intent.process,
+            service=ServiceSpec(name=self._intent.service, code_owners=(), jenkins_job=""),
+            environment=self._intent.environment,
+            cloud=Cloud.COM,
+            params=self._intent.params,
+            version=self._intent.version,
+            requested_by=self._intent.actor,
+            settings=DeploySettings(search_attributes=False),
+        )
+        self._ruled = False  # the rules are read and the start admitted
+        self._admission: str | None = None  # "" admitted; else why the start was refused
+        self._rules: Rules | None = None
+        self._keys = trust.Keys(people={}, bridge=())
+        self._nonces: set[str] = set()
+        self._held: dict[str, str] = {}  # person → the approving role they held in this deploy
+        self._steps = steps_for(self._in.process, Cloud.COM, False)
         self._step: Step = self._steps[0].step
         self._busy = True  # no step takes actions until _enter opens it
         self._inbox: _Accepted | None = None
@@ -159,12 +196,13 @@ class DeployWorkflow:
         # then what Jenkins or GitHub show that holds the step up; each with the time it began.
         self._activity_wait: tuple[str, datetime] | None = None
         self._outside: tuple[str, datetime] | None = None
+        self._jenkins_answer: str | None = None  # who answered the input in Jenkins, as the console says
         self._input_seen: tuple[InputState, str] = (
             "pending",
             "",
         )  # deploy_approval: the input as last reported
         self._published: tuple[Any, ...] = ()
-        self._name = messages.deploy_name(input.service.name, input.environment, input.process)
+        self._name = messages.deploy_name(self._in.service.name, self._in.environment, self._in.process)
         for action in Action:
             self._register(action)
         workflow.set_signal_handler(LOCK_UPDATE, self._on_lock_update)
@@ -172,9 +210,13 @@ class DeployWorkflow:
     # ------------------------------------------------------------------------------------------ run
 
     @workflow.run
-    async def run(self, input: DeployInput) -> DeployResult:
-        if input.settings.pccr_backend != "github":  # a GitHub PCCR is linked once its issue exists
-            self._pccr = Pccr(id=workflow.info().workflow_id, url=self._link(), params=input.params)
+    async def run(self, input: Any) -> DeployResult:
+        if not await self._admit():
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            assert self._outcome is not None
+            return DeployResult(outcome=self._outcome, reason=self._reason)
+        if self._in.settings.pccr_backend != "github":  # a GitHub PCCR is linked once its issue exists
+            self._pccr = Pccr(id=workflow.info().workflow_id, url=self._link(), params=self._in.params)
         self._metric("deployctl_deploys_started", "deploys started").add(1)
         body = asyncio.create_task(self._process())
         cancelled = asyncio.create_task(workflow.wait_condition(lambda: self._cancel is not None))
@@ -212,12 +254,141 @@ class DeployWorkflow:
         if not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
 
+    # ---------------------------------------------------------------------------------- admission
+
+    @workflow.update(name="admission")
+    async def admission(self) -> str:
+        """`deployctl start` waits here for the workers' verdict on the start (SPEC §9): the deploy's
+        first line on success; refused (nothing opened) with the reason."""
+        await workflow.wait_condition(lambda: self._admission is not None)
+        if self._admission:
+            raise ApplicationError(self._admission, type="Refused", non_retryable=True)
+        return f"{self._name} admitted by the workers' rules (config sha256 {self._config_sha()[:12]}…)"
+
+    async def _admit(self) -> bool:
+        """Read the rules from the workers' config, then judge the start: its signature, its requester
+        (a code owner of the service, by the workers' config), the versions policy, the release window
+        and the job's parameters. A refused start ends `rejected` and opens nothing."""
+        reason = self._bad_start
+        if reason is None:
+            rules = await self._read_rules()
+            # Judged as of the start's arrival: a worker pool that was down for a while ages nothing.
+            verdict = trust.check(
+                self._raw, self._wid(), "start", self._keys, workflow.info().workflow_start_time, self._nonces
+            )
+            reason = verdict.refusal or rules.refusal
+            if reason is None:
+                reason = self._plan(rules)
+            if reason is None:
+                reason = await self._params_refusal()
+            self._record(
+                AuditEntry(
+                    time=workflow.now(),
+                    step=self._step,
+                    action="start",
+                    actor=self._intent.actor,
+                    channel=self._intent.channel or "temporal",
+                    accepted=reason is None,
+                    reason=reason,
+                    role=Role.CODE_OWNER.value if reason is None else None,
+                    identity=verdict.identity,
+                    **self._evidence(verdict, reason is None),
+                )
+            )
+            if verdict.nonce:
+                self._nonces.add(verdict.nonce)
+        if reason is not None:
+            self._finish(Outcome.REJECTED, reason)
+            self._admission = reason
+            return False
+        self._ruled, self._admission = True, ""
+        return True
+
+    def _plan(self, rules: Rules) -> str | None:
+        """Join the intent with the rules: the deploy's plan, or why the start is refused."""
+        assert rules.service is not None and rules.cloud is not None
+        it = self._intent
+        reason = policy.start_refusal(
+            rules.cloud, rules.service.valkyr, it.version, it.service, it.actor, rules.service.code_owners
+        )
+        if reason:
+            return reason
+        window = next_window = None
+        if it.process is Process.RELEASE:
+            window, why = policy.choose_window(
+                rules.windows, it.release, workflow.now(), rules.lead_time_days
+            )
+            if window is None:
+                return why or "no release window"
+            next_window = policy.window_after(rules.windows, window)
+        elif it.release:
+            return "a release window is named, but the process is oow: start release instead"
+        self._in = DeployPlan(
+            process=it.process,
+            service=rules.service,
+            environment=it.environment,
+            cloud=rules.cloud,
+            params=it.params,
+            version=it.version,
+            requested_by=it.actor,
+            settings=rules.settings,
+            window=window,
+            next_window=next_window,
+        )
+        self._steps = steps_for(it.process, rules.cloud, rules.service.valkyr)
+        self._step = self._steps[0].step
+        return None
+
+    async def _read_rules(self) -> Rules:
+        """The rules as the workers' config gives them now; the audit notes what was read, and changes."""
+        rules = await self._call(
+            RulesActivities.load_rules,
+            RulesInput(service=self._intent.service, environment=self._intent.environment),
+            what="the workers: reading the rules from their config",
+            summary="read the rules from the workers' config",
+            options=SHORT_CALL,
+        )
+        before = self._rules
+        self._rules, self._keys = rules, trust.Keys.of(rules)
+        if before is None or before.config_sha256 != rules.config_sha256:
+            self._note(
+                messages.rules_line(rules, changed_from=before.config_sha256 if before else None),
+                action="rules",
+            )
+        for line in rules.notes:
+            self._note(line, action="rules")
+        if self._ruled:  # a step opens: its rosters come from the config as it is now
+            self._in = self._in.model_copy(
+                update={"settings": self._in.settings.model_copy(update={"groups": rules.settings.groups})}
+            )
+        return rules
+
+    def _config_sha(self) -> str:
+        return self._rules.config_sha256 if self._rules else ""
+
+    async def _params_refusal(self) -> str | None:
+        """The PCCR must hold a value for every parameter the job defines (read from the job)."""
+        job = self._in.service.jenkins_job
+        defs = await self._call(
+            JenkinsActivities.job_parameters,
+            JobParametersInput(job=job),
+            what=f"Jenkins: reading the parameters of job {job}",
+            summary=None,
+            options=SHORT_CALL,
+        )
+        return policy.params_refusal(defs.parameters, self._in.params, job)
+
+    @staticmethod
+    def _evidence(verdict: trust.Verdict, accepted: bool) -> dict[str, Any]:
+        """What an accepted signed entry keeps so anyone can check it again (`deployctl verify`)."""
+        if not accepted or verdict.body is None:
+            return {}
+        return {"payload": verdict.body, "signature": verdict.signature, "key": verdict.key}
+
     async def _process(self) -> None:
         """The runbook, step by step. Returns when the deploy has an outcome."""
         try:
             await self._resolve_group(Role.GATEKEEPER.value)
-            if not await self._check_params():
-                return
             steps = list(self._steps)
             if self._in.process is Process.RELEASE:
                 # Two weeks ahead the owner first finds an SRE; then the PCCR opens.
@@ -306,22 +477,6 @@ class DeployWorkflow:
         )
         self._publish()
 
-    async def _check_params(self) -> bool:
-        """The PCCR must hold a value for every parameter the job defines (read from the job)."""
-        job = self._in.service.jenkins_job
-        defs = await self._call(
-            JenkinsActivities.job_parameters,
-            JobParametersInput(job=job),
-            what=f"Jenkins: reading the parameters of job {job}",
-            summary=None,
-            options=SHORT_CALL,
-        )
-        reason = policy.params_refusal(defs.parameters, self._in.params, job)
-        if reason:
-            self._finish(Outcome.REJECTED, reason)
-            return False
-        return True
-
     async def _run_step(self, defn: StepDef) -> bool:
         await self._enter(defn)
         if defn.step is Step.RELEASE_WINDOW_WAIT:
@@ -365,18 +520,30 @@ class DeployWorkflow:
         )
         self._version_pr = pr
         merged = pr.merged
+        actor, identity, why = self._out_of_band("github", pr.merged_by)
+        if not merged:
+            why = None  # a close ends the deploy; it approves nothing
         self._record(
             AuditEntry(
                 time=workflow.now(),
                 step=self._step,
                 action="merged_on_github" if merged else "closed_on_github",
-                actor=pr.merged_by or "github",
+                actor=actor if merged else (pr.merged_by or "github"),
                 channel="github",
                 accepted=True,
-                reason=f"version PR #{pr.number} was {'merged' if merged else 'closed'} directly on GitHub",
+                reason=f"version PR #{pr.number} was {'merged' if merged else 'closed'} directly on GitHub"
+                + (f"; {why}" if why else ""),
+                identity=identity,
+                out_of_policy=why is not None,
             )
         )
-        self._say("thread", f"Version PR {pr.url} was {'merged' if merged else 'closed'} directly on GitHub.")
+        self._say(
+            "thread",
+            f"Version PR {pr.url} was {'merged' if merged else 'closed'} directly on GitHub"
+            + (f" by {pr.merged_by}" if merged and pr.merged_by else "")
+            + "."
+            + (f" :warning: {why}." if why else ""),
+        )
         if not merged:
             self._finish(
                 Outcome.CANCELLED, f"the version PR #{pr.number} was closed on GitHub without merging"
@@ -390,6 +557,8 @@ class DeployWorkflow:
         self._step, self._busy, self._inbox = defn.step, True, None
         self._step_started = workflow.now()
         self._outside, self._marks = None, 0
+        if defn.waits_on_people:  # rosters and keys as the workers' config has them now
+            await self._read_rules()
         if defn.actor is not None and defn.actor.value in self._in.settings.groups:
             await self._resolve_group(defn.actor.value)
         if defn.step is Step.SRE_ASSIGNMENT:
@@ -721,6 +890,7 @@ class DeployWorkflow:
             if result.build_result:
                 self._build.result = result.build_result
             if result.state in ("answered", "ended"):
+                self._jenkins_answer = result.answered_by
                 return True
             self._input_seen = (result.state, result.detail)
             if result.state == "pending":
@@ -732,19 +902,46 @@ class DeployWorkflow:
                 self._say("thread", f"`deploy_approval`: {result.detail}")
             self._publish()
 
+    def _out_of_band(self, system: str, name: str | None) -> tuple[str, str, str | None]:
+        """Who did something directly in Jenkins or on GitHub: (actor, identity, why it is out of policy).
+        Their name there maps through `jenkins_user` / `github_login` to a person; only the assigned SRE's
+        answer is in policy. Either way it happened, and deployctl follows it."""
+        people = self._rules.people if self._rules else {}
+        attr = "jenkins_user" if system == "jenkins" else "github_login"
+        person = next((uid for uid, p in sorted(people.items()) if name and getattr(p, attr) == name), None)
+        identity = f"{system}:{name or 'unknown'}"
+        if person is not None and person == self._sre:
+            return person, identity, None
+        who = (
+            f"{name} ({person})"
+            if person
+            else (f"{name}, who is not in [people] as {attr}" if name else "someone")
+        )
+        why = f"out of policy: {who} is not the assigned SRE ({self._sre or 'none assigned'})"
+        return person or name or system, identity, why
+
     async def _answered_in_jenkins(self) -> None:
+        actor, identity, why = self._out_of_band("jenkins", self._jenkins_answer)
         self._record(
             AuditEntry(
                 time=workflow.now(),
                 step=self._step,
                 action="answered_in_jenkins",
-                actor="jenkins",
+                actor=actor,
                 channel="jenkins",
                 accepted=True,
-                reason="the job's input was answered directly in Jenkins; deployctl records it and follows",
+                reason="the job's input was answered directly in Jenkins; deployctl records it and follows"
+                + (f"; {why}" if why else ""),
+                identity=identity,
+                out_of_policy=why is not None,
+                role=None if why else Role.ASSIGNED_SRE.value,
             )
         )
-        self._say("thread", "The deploy job's input was answered directly in Jenkins; following the build.")
+        self._say(
+            "thread",
+            f"The deploy job's input was answered directly in Jenkins by {self._jenkins_answer or 'someone'}; "
+            "following the build." + (f" :warning: {why}." if why else ""),
+        )
         self._busy = True
         await self._enter(step_def(self._steps, Step.DEPLOYING))  # type: ignore[arg-type]
         await self._deploying()
@@ -839,11 +1036,11 @@ class DeployWorkflow:
     def _register(self, action: Action) -> None:
         async def update(payload: Any) -> ActionResult:
             msg = self._parse(payload)
-            reason = self._refusal(action, msg)
+            verdict, reason = self._judge(action, payload, msg)
             if reason:  # another message landed between the validator and this handler
-                self._refused(action, msg, "update", reason)
+                self._refused(action, msg, "update", reason, verdict)
                 raise ApplicationError(reason, type="Refused", non_retryable=True)
-            self._accept(action, msg, "update")
+            self._accept(action, msg, "update", verdict)
             if action is Action.MERGE:
                 await workflow.wait_condition(
                     lambda: (
@@ -862,7 +1059,7 @@ class DeployWorkflow:
             )
 
         def validate(payload: Any) -> None:
-            reason = self._refusal(action, self._parse(payload))
+            _, reason = self._judge(action, payload, self._parse(payload))
             if reason:
                 raise ApplicationError(reason, type="Refused", non_retryable=True)
 
@@ -883,11 +1080,11 @@ class DeployWorkflow:
                     )
                 )
                 return
-            reason = self._refusal(action, msg)
+            verdict, reason = self._judge(action, payload, msg)
             if reason:
-                self._refused(action, msg, "signal", reason)
+                self._refused(action, msg, "signal", reason, verdict)
             else:
-                self._accept(action, msg, "signal")
+                self._accept(action, msg, "signal", verdict)
 
         workflow.set_update_handler(action.value, update, validator=validate)
         workflow.set_signal_handler(action.value, signal)
@@ -907,6 +1104,18 @@ class DeployWorkflow:
                 non_retryable=True,
             ) from None
 
+    def _judge(self, action: Action, payload: Any, msg: ActionInput) -> tuple[trust.Verdict, str | None]:
+        """The signature first (who sent it), then the policy (may they do it now)."""
+        if not self._ruled:
+            return trust.Verdict(), (
+                "the deploy is starting (its rules are being read from the workers' config) or was refused; "
+                "check `deployctl status` and retry in a moment"
+            )
+        verdict = trust.check(payload, self._wid(), action.value, self._keys, workflow.now(), self._nonces)
+        if verdict.refusal:
+            return verdict, policy.one_line(verdict.refusal)
+        return verdict, self._refusal(action, msg)
+
     def _refusal(self, action: Action, msg: ActionInput) -> str | None:
         return policy.refusal(
             action,
@@ -923,8 +1132,11 @@ class DeployWorkflow:
             ),
         )
 
-    def _accept(self, action: Action, msg: ActionInput, kind: str) -> None:
-        self._record(self._entry(action, msg, kind, accepted=True))
+    def _accept(self, action: Action, msg: ActionInput, kind: str, verdict: trust.Verdict) -> None:
+        self._record(self._entry(action, msg, kind, accepted=True, verdict=verdict))
+        if verdict.nonce:
+            self._nonces.add(verdict.nonce)
+        self._hold(action, msg)
         if action is not Action.CANCEL and self._step_started is not None:
             workflow.metric_meter().create_histogram_timedelta(
                 "deployctl_step_wait", "time a step waited for its action", unit="duration"
@@ -943,11 +1155,30 @@ class DeployWorkflow:
         )
         self._publish()
 
-    def _refused(self, action: Action, msg: ActionInput, kind: str, reason: str) -> None:
-        self._record(self._entry(action, msg, kind, accepted=False, reason=reason))
+    def _refused(
+        self, action: Action, msg: ActionInput, kind: str, reason: str, verdict: trust.Verdict
+    ) -> None:
+        self._record(self._entry(action, msg, kind, accepted=False, reason=reason, verdict=verdict))
+
+    def _hold(self, action: Action, msg: ActionInput) -> None:
+        """Whole-chain separation of duties: remember the approving role an accepted action took."""
+        defn = step_def(self._steps, self._step)
+        if action in (Action.REJECT, Action.CANCEL) or defn is None or defn.actor is None:
+            return
+        role = policy.APPROVING.get(defn.actor)
+        if role is not None:
+            self._held.setdefault(msg.actor, role)
+        if action is Action.ASSIGN and msg.sre:
+            self._held.setdefault(msg.sre, policy.APPROVING[Role.ASSIGNED_SRE])
 
     def _entry(
-        self, action: Action, msg: ActionInput, kind: str, accepted: bool, reason: str | None = None
+        self,
+        action: Action,
+        msg: ActionInput,
+        kind: str,
+        accepted: bool,
+        verdict: trust.Verdict,
+        reason: str | None = None,
     ) -> AuditEntry:
         return AuditEntry(
             time=workflow.now(),
@@ -959,6 +1190,8 @@ class DeployWorkflow:
             reason=reason,
             role=self._role_of(action, msg.actor),
             comment=msg.comment,
+            identity=verdict.identity,
+            **self._evidence(verdict, accepted),
         )
 
     def _role_of(self, action: Action, actor: str) -> str | None:
@@ -991,6 +1224,7 @@ class DeployWorkflow:
                 channel=channel,
                 accepted=accepted,
                 reason=text,
+                identity=SYSTEM,
             )
         )
 
@@ -1069,7 +1303,7 @@ class DeployWorkflow:
         return DeployStatus(
             workflow_id=self._wid(),
             process=self._in.process,
-            cloud=self._in.cloud,
+            cloud=self._in.cloud if self._ruled else None,
             service=self._in.service.name,
             environment=self._in.environment,
             step=self._step,
@@ -1089,6 +1323,7 @@ class DeployWorkflow:
             waiting_for=waiting_for[0] if waiting_for else None,
             waiting_since=waiting_for[1] if waiting_for else None,
             rosters=self._rosters,
+            config_sha256=self._config_sha() or None,
             audit=self._audit,
         )
 
@@ -1096,7 +1331,10 @@ class DeployWorkflow:
 
     def _parties(self) -> policy.Parties:
         return policy.Parties(
-            code_owners=self._in.service.code_owners, groups=self._groups, assigned_sre=self._sre
+            code_owners=self._in.service.code_owners,
+            groups=self._groups,
+            assigned_sre=self._sre,
+            held=self._held,
         )
 
     def _waiting_on(self) -> list[str]:
@@ -1158,6 +1396,8 @@ class DeployWorkflow:
             ]
             if outcome:
                 updates.append(sa.OUTCOME.value_set(outcome))
+            if self._ruled:  # the cloud as the workers' config says (the start's was the caller's guess)
+                updates.append(sa.CLOUD.value_set(self._in.cloud.value))
             if self._in.settings.search_attributes:
                 workflow.upsert_search_attributes(updates)
         waiting_for = self._waiting_for()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from workflows.models import Cloud, Process, Step
+from workflows.models import Cloud, Process, Rules, Step
 from workflows.steps import StepDef
 
 
@@ -71,3 +71,25 @@ def waiting_line(waiting_for: str | None, since: datetime | None, now: datetime)
     if since is None:
         return waiting_for
     return f"{waiting_for} ({human_duration(max((now - since).total_seconds(), 0))})"
+
+
+def rules_line(rules: Rules, changed_from: str | None = None) -> str:
+    """What a deploy read from the workers' config, for its audit trail (SPEC §9)."""
+    head = f"rules read from the workers' config {rules.config_path} (sha256 {rules.config_sha256})"
+    if changed_from:
+        head = f"the workers' config changed (sha256 {changed_from[:12]}… → {rules.config_sha256}); " + head
+    if rules.refusal or rules.service is None:
+        return f"{head}: {rules.refusal}"
+    svc = rules.service
+    groups = "; ".join(
+        f"{name}: {spec.mention() if spec.slack_usergroup else ', '.join(spec.members) or 'nobody'}"
+        for name, spec in sorted(rules.settings.groups.items())
+    )
+    keys = sum(len(p.ssh_keys) for p in rules.people.values())
+    signed = "signed actions required" if rules.require_signed else "identities taken as claimed"
+    return (
+        f"{head}: service {svc.name} ({rules.cloud.value if rules.cloud else '?'}-cloud), code owners "
+        f"{', '.join(svc.code_owners)}, Jenkins job {svc.jenkins_job}, input {svc.input_id or '(the one pending)'}"
+        f"; groups {groups}; {keys} signing keys of {len(rules.people)} people, "
+        f"{len(rules.bridge_keys)} Slack bridge keys; {signed}"
+    )

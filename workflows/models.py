@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -122,7 +122,10 @@ class DeploySettings(BaseModel):
 
 
 class ActionInput(BaseModel):
-    """The one payload of every Signal and Update. `channel` says where it came from (cli, slack, …)."""
+    """The one payload of every Signal and Update. `channel` says where it came from (cli, slack, …).
+
+    `issued_at`, `nonce` and `signature` sign it (SPEC §9): the signature covers the payload exactly as
+    sent, so the workflow checks the raw payload, not this model (workflows/trust.py)."""
 
     actor: str = Field(min_length=1)
     step: Step
@@ -130,6 +133,9 @@ class ActionInput(BaseModel):
     sre: str | None = None
     diff_sha256: str | None = None
     channel: str | None = None
+    issued_at: str | None = None
+    nonce: str | None = None
+    signature: str | None = None
 
 
 class ActionResult(BaseModel):
@@ -149,6 +155,14 @@ class AuditEntry(BaseModel):
     reason: str | None = None
     role: str | None = None
     comment: str | None = None
+    #: Who the entry's author is known to be (SPEC §9): "ssh:SHA256:…" (a key of the actor),
+    #: "slack-bridge:SHA256:…" (a Slack click the bridge verified), "jenkins:<user>", "github:<login>",
+    #: "claimed" (nobody checked), or "deployctl" (the workflow's own note).
+    identity: str = "claimed"
+    payload: dict[str, Any] | None = None  # accepted signed entries: the body that was signed
+    signature: str | None = None
+    key: str | None = None  # the public key the signature verified with (for `deployctl verify`)
+    out_of_policy: bool = False  # done outside deployctl by someone the step did not wait on
 
 
 class Roster(BaseModel):
@@ -170,7 +184,59 @@ class ReleaseWindow(BaseModel):
     end: datetime
 
 
-class DeployInput(BaseModel):
+class StartIntent(BaseModel):
+    """What a start carries: only the caller's intent, signed like an action (SPEC §9). Who approves,
+    which job runs and which repos are written come from the workers' config (`Rules`), never from here.
+    The workflow receives it as sent (a plain mapping) and checks its signature over exactly that."""
+
+    process: Process
+    service: str = Field(min_length=1, max_length=100)
+    environment: str = Field(min_length=1, max_length=100)
+    params: dict[str, str]
+    version: str | None = None
+    release: str | None = None  # the release window's name (release process); None: the next eligible
+    actor: str = Field(min_length=1)  # the requester: a code owner of the service
+    channel: str | None = None
+    issued_at: str | None = None
+    nonce: str | None = None
+    signature: str | None = None
+
+
+class PersonSpec(BaseModel):
+    """A person as the workers know them: the keys whose signatures are theirs, and their other names."""
+
+    model_config = ConfigDict(frozen=True)
+    ssh_keys: tuple[str, ...] = ()  # OpenSSH public key lines: the config's, then GitHub's signing keys
+    github_login: str | None = None
+    jenkins_user: str | None = None
+
+
+class RulesInput(BaseModel):
+    service: str
+    environment: str
+
+
+class Rules(BaseModel):
+    """The rules of one deploy, as the worker pool's config gives them (read by an activity)."""
+
+    config_path: str
+    config_sha256: str
+    refusal: str | None = None  # the service or environment is not configured on the workers
+    service: ServiceSpec | None = None
+    cloud: Cloud | None = None
+    settings: DeploySettings = Field(default_factory=lambda: DeploySettings())
+    windows: list[ReleaseWindow] = Field(default_factory=list)
+    lead_time_days: int = 14
+    people: dict[str, PersonSpec] = Field(default_factory=dict)
+    bridge_keys: tuple[str, ...] = ()
+    require_signed: bool = True
+    max_signature_age: timedelta = timedelta(minutes=5)
+    notes: list[str] = Field(default_factory=list)  # what could not be read (a GitHub user's keys …)
+
+
+class DeployPlan(BaseModel):
+    """A deploy as the workflow runs it: the start's intent joined with the workers' rules."""
+
     process: Process
     service: ServiceSpec
     environment: str
@@ -205,7 +271,7 @@ class Pccr(BaseModel):
 class DeployStatus(BaseModel):
     workflow_id: str
     process: Process
-    cloud: Cloud
+    cloud: Cloud | None  # None only until the workers' rules are read, in the first second
     service: str
     environment: str
     step: Step
@@ -225,6 +291,7 @@ class DeployStatus(BaseModel):
     waiting_for: str | None = None  # one line: what the deploy waits for now (the outside world or people)
     waiting_since: datetime | None = None  # since when it waits for that
     rosters: list[Roster] = Field(default_factory=list)
+    config_sha256: str | None = None  # the workers' config file the rules were last read from
     audit: list[AuditEntry] = Field(default_factory=list)
 
 
@@ -311,6 +378,7 @@ class InputActionResult(BaseModel):
     answered_elsewhere: bool = False  # nothing was pending any more: someone answered in Jenkins
     detail: str = ""
     refused: str | None = None  # not answered: which input to answer is unclear (the line says why)
+    answered_by: str | None = None  # answered_elsewhere: the Jenkins user the console names
 
 
 InputState = Literal["not_reached", "pending", "unclear", "answered", "ended"]
@@ -329,6 +397,8 @@ class WatchInputResult(BaseModel):
     build_result: str | None = None
     state: InputState = "answered"
     detail: str = ""  # one line: what Jenkins shows (`unclear`: which inputs wait, and why none is ours)
+    answered_by: str | None = None  # `answered`: the Jenkins user the console names ("Approved by …")
+    answer: str | None = None  # `answered`: proceed | abort | stop, as the console says
 
     @property
     def pending(self) -> bool:

@@ -6,20 +6,30 @@ and the CLI's pre-checks all call these; nothing here does I/O or reads the cloc
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from workflows.models import Action, ActionInput, Cloud, JobParameter, ReleaseWindow, Role, Step
 from workflows.steps import CANCELLERS, StepDef, sre_group, step_def
 
+#: The approving roles (SPEC §9): in one deploy a person holds at most one of them.
+APPROVING: dict[Role, str] = {
+    Role.VP: "vp",
+    Role.GATEKEEPER: "pccr-gatekeeper",
+    Role.ASSIGNED_SRE: "sre",
+}
+
 
 @dataclass(frozen=True)
 class Parties:
-    """The people around one deploy: its code owners, the groups' rosters, the SRE once assigned."""
+    """The people around one deploy: its code owners, the groups' rosters, the SRE once assigned, and the
+    approving role each person already held in it (whole-chain separation of duties)."""
 
     code_owners: tuple[str, ...]
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     assigned_sre: str | None = None
+    held: Mapping[str, str] = field(default_factory=dict)
 
     def members(self, role: Role) -> tuple[str, ...]:
         if role is Role.CODE_OWNER:
@@ -36,7 +46,22 @@ def eligible(defn: StepDef | None, parties: Parties) -> list[str]:
     members = parties.members(defn.actor)
     if defn.actor is Role.CODE_OWNER:
         return list(members)
-    return [m for m in members if m not in parties.code_owners]
+    role = APPROVING.get(defn.actor)
+    return [
+        m
+        for m in members
+        if m not in parties.code_owners and (role is None or parties.held.get(m, role) == role)
+    ]
+
+
+def role_clash(actor: str, role: str, parties: Parties) -> str | None:
+    """Why `actor` may not take approving `role` here: they already held another one in this deploy."""
+    held = parties.held.get(actor)
+    if held is None or held == role:
+        return None
+    return (
+        f"separation of duties: {actor} already acted as {held} on this deploy and may not also act as {role}"
+    )
 
 
 def may_cancel(actor: str, parties: Parties) -> bool:
@@ -116,6 +141,11 @@ def _refusal(action: Action, msg: ActionInput, s: Situation) -> str | None:
         )
     may = eligible(defn, s.parties)
     if msg.actor not in may:
+        role = APPROVING.get(defn.actor)
+        if role and msg.actor in s.parties.members(defn.actor):
+            clash = role_clash(msg.actor, role, s.parties)
+            if clash:
+                return clash
         return (
             f"{msg.actor} may not {action.value} at {s.step.value}: "
             f"it waits on {defn.actor.value} ({_who(may)})"
@@ -139,6 +169,11 @@ def _assign_refusal(msg: ActionInput, s: Situation) -> str | None:
         return "assign needs the SRE: pass --sre USER_ID"
     if msg.sre in s.parties.code_owners:
         return f"separation of duties: {msg.sre} is a code owner of {s.service} and cannot be its SRE"
+    if msg.sre == msg.actor and msg.actor not in s.parties.code_owners:
+        return f"separation of duties: {msg.actor} assigns the SRE and cannot assign themselves"
+    clash = role_clash(msg.sre, APPROVING[Role.ASSIGNED_SRE], s.parties)
+    if clash:
+        return f"{clash.removesuffix(' and may not also act as sre')} and cannot be its SRE"
     roster = s.parties.groups.get(group, ())
     if msg.sre not in roster:
         return f"{msg.sre} is not in {group}; assign one of: {_who(roster)}"

@@ -239,6 +239,7 @@ class FakeGitHub(LocalServer):
         self._sha_counter = itertools.count(1)
         self.rate_limit = 5000
         self.rate_remaining = 5000
+        self._signing_keys: dict[str, list[dict[str, Any]]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -388,6 +389,12 @@ class FakeGitHub(LocalServer):
             r = self._repo(repo)
             p = self._pull(r, number)
             p.reviews.append(_Review(next(self._ids), by, "APPROVED", self._head_sha(r, p), time.time()))
+
+    def add_signing_key(self, login: str, key: str, title: str = "laptop") -> None:
+        """A public SSH signing key on `login`'s account (GET /users/{login}/ssh_signing_keys lists it)."""
+        with self._lock:
+            keys = self._signing_keys.setdefault(login.lower(), [])
+            keys.append({"id": next(self._ids), "key": key, "title": title, "created_at": _now_iso()})
 
     def merge_directly(self, repo: str, number: int, by: str = "someone") -> None:
         """A person merges the PR on GitHub (bypassing any protection)."""
@@ -926,6 +933,8 @@ class FakeGitHub(LocalServer):
             return _Response(200, self._user_doc(self.login))
         if len(segs) == 2 and segs[0] == "users":
             return _Response(200, self._user_doc(segs[1]))
+        if len(segs) == 3 and segs[0] == "users" and segs[2] == "ssh_signing_keys":
+            return self._page(req, list(self._signing_keys.get(segs[1].lower(), [])))
         if segs == ["rate_limit"]:
             core = {
                 "limit": self.rate_limit,
