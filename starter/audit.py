@@ -187,7 +187,7 @@ async def _lenient_intent(event: HistoryEvent, converter: DataConverter) -> Star
 
     process = raw.get("process")
     params = raw.get("params")
-    return StartIntent(
+    return StartIntent.model_construct(
         process=Process(process)
         if isinstance(process, str) and process in Process._value2member_map_
         else Process.OOW,

@@ -281,6 +281,7 @@ async def start_deploy(
         "Deploy",
         signed(intent, wid, "start", signing_key(key, actor)),
         id=wid,
+        result_type=DeployResult,
         task_queue=config.task_queue,
         search_attributes=None
         if not indexed
@@ -309,7 +310,7 @@ async def admitted(handle: Any) -> None:
     except RPCError as err:
         if "completed" not in err.message.lower():
             raise
-        result = await handle.result(result_type=DeployResult)  # refused before the update arrived
+        result = await handle.result()  # refused before the update arrived
         raise Refused(result.reason or f"the workers ended the deploy {result.outcome.value}") from None
 
 

@@ -67,3 +67,11 @@ async def to_merge(client: Client, wid: str, sre: str = SREG1) -> DeployStatus:
     await act(client, wid, Action.APPROVE, GATE1, Step.PCCR_REVIEW)
     await act(client, wid, Action.ASSIGN, GATE1, Step.SRE_ASSIGNMENT, sre=sre)
     return await wait_for_step(client, wid, Step.VERSION_PR_MERGE, sre)
+
+
+async def start_oow(client: Client, d: Deployment, environment: str = "kprod") -> str:
+    """An OOW com deploy of the test's service, opened by the owner."""
+    wid, _ = await start_deploy(
+        client, d.config, Process.OOW, d.service, environment, dict(PARAMS), None, OWNER
+    )
+    return wid

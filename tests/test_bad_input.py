@@ -580,8 +580,8 @@ def situations(draw: st.DrawFn) -> policy.Situation:
     )
 
 
-messages = st.builds(
-    ActionInput,
+messages = st.builds(  # unvalidated: the policy must hold up even for what a validator would stop
+    ActionInput.model_construct,
     actor=ids | st.text(min_size=1, max_size=40) | tricky_text.filter(bool),
     step=st.sampled_from(list(Step)),
     comment=st.none() | text,
@@ -595,7 +595,7 @@ messages = st.builds(
 @given(action=st.sampled_from(list(Action)), msg=messages, situation=situations())
 @example(
     action=Action.APPROVE,
-    msg=ActionInput(actor="U0OUTSIDE\nU0GATE1", step=Step.PCCR_REVIEW),
+    msg=ActionInput.model_construct(actor="U0OUTSIDE\nU0GATE1", step=Step.PCCR_REVIEW),
     situation=policy.Situation(
         service="payments-api",
         cloud=Cloud.COM,
@@ -614,5 +614,6 @@ def test_policy_refusal_never_raises_and_says_none_or_one_line(
 def test_strategies_cover_what_they_claim():
     """Guard against a strategy that silently stopped producing its cases."""
     assert not would_be_accepted(Action.APPROVE, {"actor": OWNER, "step": "pccr_review"})
-    assert would_be_accepted(Action.APPROVE, {"actor": GATE1, "step": "pccr_review", "x": 1})
+    assert would_be_accepted(Action.APPROVE, {"actor": GATE1, "step": "pccr_review", "comment": "ok"})
+    assert not would_be_accepted(Action.APPROVE, {"actor": GATE1, "step": "pccr_review", "x": 1})  # unknown key
     assert not would_be_accepted(Action.APPROVE, {"actor": GATE1, "step": "pccr_review", "comment": 3})

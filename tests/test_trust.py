@@ -428,3 +428,51 @@ async def test_a_version_pr_merged_on_github_by_the_sre_is_theirs(
         entry = next(e for e in st.audit if e.action == "merged_on_github")
         assert (entry.actor, entry.identity, entry.out_of_policy) == (SREG1, "github:sreg-one", False)
         await send_action(client, wid, Action.CANCEL, {"actor": OWNER, "step": "trigger"})
+
+
+async def test_a_malformed_start_is_rejected_and_opens_nothing(
+    client: Client, deployment: Deployment, worker: None, slack: FakeSlack
+):
+    """A start typed by hand into `temporal workflow start` with a bad intent (an unknown key, no actor)."""
+    for n, bad in enumerate(
+        ({"process": "oow", "service": deployment.service}, {**_intent(deployment), "job": "x"})
+    ):
+        handle = await client.start_workflow(
+            "Deploy",
+            bad,
+            id=f"deploy-bad-{n}-{deployment.task_queue}",
+            task_queue=deployment.task_queue,
+            result_type=DeployResult,
+        )
+        result = await handle.result()
+        assert result.outcome is Outcome.REJECTED and result.reason.startswith("bad start: ")
+    assert not [m for m in slack.messages if deployment.task_queue in str(m)]
+
+
+def _intent(d: Deployment) -> dict:
+    return {
+        "process": "oow",
+        "service": d.service,
+        "environment": "kprod",
+        "params": dict(PARAMS),
+        "actor": OWNER,
+    }
+
+
+async def test_start_learns_the_refusal_even_after_the_deploy_ended(
+    client: Client, deployment: Deployment, worker: None
+):
+    """`deployctl start` asks for the workers' verdict; a deploy already ended by then still answers."""
+    from starter.cli import admitted
+
+    handle = await client.start_workflow(
+        "Deploy",
+        _intent(deployment),  # unsigned
+        id=f"deploy-late-{deployment.task_queue}",
+        task_queue=deployment.task_queue,
+        result_type=DeployResult,
+    )
+    assert (await handle.result()).outcome is Outcome.REJECTED
+    with pytest.raises(Refused) as err:
+        await admitted(handle)
+    assert str(err.value).startswith("unsigned action")

@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows import search_attributes as sa
     from workflows.lock import LOCK_UPDATE, LockCall, LockRequest, LockUpdate, lock_id
     from workflows.models import (
+        MAX_ID,
         AbortBuildInput,
         Action,
         ActionInput,
@@ -74,6 +75,10 @@ with workflow.unsafe.imports_passed_through():
     from workflows.steps import StepDef, sre_group, step_def, steps_for, triage_group
 
 DEFAULT_TIMEOUT = timedelta(days=1)
+MAX_REFUSED = (
+    200  # refused actions kept in the audit trail; more are only counted (status `refused_not_kept`)
+)
+DIFF_SHOWN = 2500  # characters of the diff in the owner's DM (a section block holds at most 3,000)
 
 # The activity option sets, named by what they are (not by the system they talk to).
 # A short call (Jenkins, GitHub, the deploy lock): retried with backoff for up to 30 minutes, then the
@@ -143,7 +148,7 @@ class DeployWorkflow:
     def __init__(self, input: Any) -> None:
         self._raw: dict[str, Any] = dict(input) if isinstance(input, dict) else {}
         intent, self._bad_start = _intent(input)
-        self._intent = intent or StartIntent(
+        self._intent = intent or StartIntent.model_construct(
             process=Process.OOW, service="unknown", environment="unknown", params={}, actor="unknown"
         )
         # Until the workers' rules are read (`_admit`), the deploy is a placeholder that takes no action.
@@ -162,6 +167,7 @@ class DeployWorkflow:
         self._rules: Rules | None = None
         self._keys = trust.Keys(people={}, bridge=())
         self._nonces: set[str] = set()
+        self._refused_kept = self._refused_dropped = 0
         self._held: dict[str, str] = {}  # person → the approving role they held in this deploy
         self._steps = steps_for(self._in.process, Cloud.COM, False)
         self._step: Step = self._steps[0].step
@@ -540,9 +546,9 @@ class DeployWorkflow:
         self._say(
             "thread",
             f"Version PR {pr.url} was {'merged' if merged else 'closed'} directly on GitHub"
-            + (f" by {pr.merged_by}" if merged and pr.merged_by else "")
+            + (f" by {messages.slack_escape(pr.merged_by)}" if merged and pr.merged_by else "")
             + "."
-            + (f" :warning: {why}." if why else ""),
+            + (f" :warning: {messages.slack_escape(why)}." if why else ""),
         )
         if not merged:
             self._finish(
@@ -596,8 +602,18 @@ class DeployWorkflow:
     def _detail(self, defn: StepDef) -> str:
         b = self._build
         if defn.step is Step.DIFF_VALIDATION and b.diff is not None:
-            shown = b.diff if len(b.diff) <= 2500 else b.diff[:2500] + "\n… (truncated; see the console)"
-            return f"Build #{b.number}: {b.url}console\n```\n{shown}\n```\ndiff sha256 `{b.diff_sha256}`"
+            cut = len(b.diff) > DIFF_SHOWN
+            shown = messages.slack_code(b.diff[:DIFF_SHOWN])
+            note = (
+                f"\n:warning: The diff is cut here: {DIFF_SHOWN:,} of its {len(b.diff):,} characters are shown. "
+                f"Read the whole diff in the console before you approve: {b.url}console"
+                if cut
+                else ""
+            )
+            return (
+                f"Build #{b.number}: {b.url}console\n```\n{shown}\n```{note}\n"
+                f"The button approves the whole diff, sha256 `{b.diff_sha256}`"
+            )
         if defn.step is Step.DEPLOY_APPROVAL:
             return f"The deploy job waits for your approval: {b.url} (diff sha256 `{b.diff_sha256}`)"
         return ""
@@ -714,7 +730,7 @@ class DeployWorkflow:
                 "thread",
                 f"`{defn.step.value}`: <@{msg.actor}> {accepted.action.value.replace('_', ' ')}"
                 + (f" <@{msg.sre}>" if msg.sre else "")
-                + (f" — {msg.comment}" if msg.comment else ""),
+                + (f" — {messages.slack_escape(msg.comment)}" if msg.comment else ""),
             )
             done = True
             if defn.step is Step.VP_APPROVAL and self._pccr is not None:
@@ -740,7 +756,7 @@ class DeployWorkflow:
         hears it, and status waits on it until someone acts again."""
         asked = next(e for e in reversed(self._audit) if e.action == action.value and e.accepted)
         self._record(asked.model_copy(update={"time": workflow.now(), "accepted": False, "reason": reason}))
-        self._say("thread", f"`{self._step.value}`: {reason}")
+        self._say("thread", f"`{self._step.value}`: {messages.slack_escape(reason)}")
         self._outside = (reason, workflow.now())
 
     async def _merge(self, msg: ActionInput) -> bool:
@@ -899,7 +915,7 @@ class DeployWorkflow:
                 self._outside = (result.detail, workflow.now())
             if result.state == "unclear":
                 self._note(result.detail, "input_unclear")
-                self._say("thread", f"`deploy_approval`: {result.detail}")
+                self._say("thread", f"`deploy_approval`: {messages.slack_escape(result.detail)}")
             self._publish()
 
     def _out_of_band(self, system: str, name: str | None) -> tuple[str, str, str | None]:
@@ -939,8 +955,9 @@ class DeployWorkflow:
         )
         self._say(
             "thread",
-            f"The deploy job's input was answered directly in Jenkins by {self._jenkins_answer or 'someone'}; "
-            "following the build." + (f" :warning: {why}." if why else ""),
+            "The deploy job's input was answered directly in Jenkins by "
+            f"{messages.slack_escape(self._jenkins_answer or 'someone')}; following the build."
+            + (f" :warning: {messages.slack_escape(why)}." if why else ""),
         )
         self._busy = True
         await self._enter(step_def(self._steps, Step.DEPLOYING))  # type: ignore[arg-type]
@@ -1024,10 +1041,13 @@ class DeployWorkflow:
         assert self._outcome is not None
         self._set_pccr_state("done" if self._outcome is Outcome.SUCCEEDED else self._outcome.value)
         self._publish()
-        self._say("thread", f"{self._name} ended *{self._outcome.value}*: {self._reason}")
-        self._close_dms(f"This deploy ended *{self._outcome.value}*: {self._reason}")
+        shown = messages.slack_escape(self._reason or "")
+        self._say("thread", f"{self._name} ended *{self._outcome.value}*: {shown}")
+        self._close_dms(f"This deploy ended *{self._outcome.value}*: {shown}")
         self._update_root(None)
-        self._pccr_comment(f"Deploy ended **{self._outcome.value}**: {self._reason}")
+        self._pccr_comment(
+            f"Deploy ended **{self._outcome.value}**: {messages.github_text(self._reason or '')}"
+        )
         if self._pccr is not None and self._pccr.backend == "github":
             self._queue(_Notice(kind="pccr_close", text="", step=self._step))
 
@@ -1059,8 +1079,14 @@ class DeployWorkflow:
             )
 
         def validate(payload: Any) -> None:
-            _, reason = self._judge(action, payload, self._parse(payload))
+            try:
+                msg = self._parse(payload)
+            except ApplicationError as err:
+                self._refusal_seen(action, payload, "update", err.message, None)
+                raise
+            verdict, reason = self._judge(action, payload, msg)
             if reason:
+                self._refusal_seen(action, payload, "update", reason, verdict)
                 raise ApplicationError(reason, type="Refused", non_retryable=True)
 
         def signal(payload: Any) -> None:
@@ -1068,12 +1094,13 @@ class DeployWorkflow:
                 msg = self._parse(payload)
             except ApplicationError as err:
                 actor = payload.get("actor") if isinstance(payload, dict) else None
+                self._refusal_seen(action, payload, "signal", err.message, None)
                 self._record(
                     AuditEntry(
                         time=workflow.now(),
                         step=self._step,
                         action=action.value,
-                        actor=str(actor or "unknown"),
+                        actor=policy.one_line(str(actor or "unknown"), MAX_ID),
                         channel="signal",
                         accepted=False,
                         reason=err.message,
@@ -1151,14 +1178,35 @@ class DeployWorkflow:
         self._pccr_comment(
             f"<@{msg.actor}> {action.value.replace('_', ' ')} at `{self._step.value}`"
             + (f" (SRE <@{msg.sre}>)" if msg.sre else "")
-            + (f": {msg.comment}" if msg.comment else "")
+            + (f": {messages.github_text(msg.comment)}" if msg.comment else "")
         )
         self._publish()
 
     def _refused(
         self, action: Action, msg: ActionInput, kind: str, reason: str, verdict: trust.Verdict
     ) -> None:
+        self._refusal_seen(action, msg.model_dump(), kind, reason, verdict)
         self._record(self._entry(action, msg, kind, accepted=False, reason=reason, verdict=verdict))
+
+    def _refusal_seen(
+        self, action: Action, payload: Any, kind: str, reason: str, verdict: trust.Verdict | None
+    ) -> None:
+        """Every refusal is visible to operators, a refused Update too (it leaves no history): one JSON log
+        line and the `deployctl_refusals{reason}` counter, by kind of reason (SPEC §10)."""
+        actor = payload.get("actor") if isinstance(payload, dict) else None
+        line = {
+            "refused": action.value,
+            "via": kind,
+            "actor": policy.one_line(str(actor), MAX_ID) if actor is not None else None,
+            "step": self._step.value,
+            "reason": reason,
+            "identity": verdict.identity if verdict else "claimed",
+            "workflow_id": self._wid(),
+        }
+        workflow.logger.warning(json.dumps(line, ensure_ascii=False))
+        workflow.metric_meter().create_counter(
+            "deployctl_refusals", "actions refused, by kind of reason"
+        ).add(1, {"reason": policy.refusal_kind(reason), "action": action.value})
 
     def _hold(self, action: Action, msg: ActionInput) -> None:
         """Whole-chain separation of duties: remember the approving role an accepted action took."""
@@ -1204,6 +1252,13 @@ class DeployWorkflow:
         return defn.actor.value if defn and defn.actor and actor in parties.members(defn.actor) else None
 
     def _record(self, entry: AuditEntry) -> None:
+        """Into the audit trail. Refused actions beyond MAX_REFUSED are counted, not kept: a flood of them
+        cannot grow the status past what Temporal carries (SPEC §10)."""
+        if not entry.accepted and entry.actor != SYSTEM:
+            if self._refused_kept >= MAX_REFUSED:
+                self._refused_dropped += 1
+                return
+            self._refused_kept += 1
         self._audit.append(entry)
 
     def _note(
@@ -1259,7 +1314,7 @@ class DeployWorkflow:
                 raise
             line = f"{what}: failing after {QUIET_TRIES} tries ({_cause(err)}); deployctl keeps trying"
             self._note(line, "waiting")
-            self._say("thread", f"{self._name} waits. {line}.")
+            self._say("thread", f"{self._name} waits. {messages.slack_escape(line)}.")
             if shown:
                 self._activity_wait = (line, workflow.now())
                 self._publish()
@@ -1324,6 +1379,7 @@ class DeployWorkflow:
             waiting_since=waiting_for[1] if waiting_for else None,
             rosters=self._rosters,
             config_sha256=self._config_sha() or None,
+            refused_not_kept=self._refused_dropped,
             audit=self._audit,
         )
 
@@ -1431,7 +1487,7 @@ class DeployWorkflow:
             return
         waiting = self._waiting_on()
         if self._outcome is not None:
-            state = f"Ended *{self._outcome.value}*: {self._reason}"
+            state = f"Ended *{self._outcome.value}*: {messages.slack_escape(self._reason or '')}"
         else:
             state = f"Now at `{self._step.value}`, waiting on " + (
                 " ".join(f"<@{u}>" for u in waiting) or "nobody"

@@ -93,3 +93,26 @@ def rules_line(rules: Rules, changed_from: str | None = None) -> str:
         f"; groups {groups}; {keys} signing keys of {len(rules.people)} people, "
         f"{len(rules.bridge_keys)} Slack bridge keys; {signed}"
     )
+
+
+# Text from people or builds is shown in Slack and on GitHub as text, never as markup (SPEC §10).
+
+
+def slack_escape(text: str) -> str:
+    """Slack mrkdwn: `&`, `<`, `>` as entities, so no `<!channel>`, `<@U…>` or `<url|label>` comes
+    through from a comment, a build's output or another system's message."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def slack_code(text: str) -> str:
+    """Text for inside a ``` block: escaped, and no run of three backticks can end the block early."""
+    return slack_escape(text).replace("```", "`\u200b`\u200b`")
+
+
+def github_text(text: str) -> str:
+    """A comment quoted into a GitHub PCCR comment: no HTML (`<!-- deployctl:… -->` markers), no
+    @mentions, no images or links, on one quoted line."""
+    flat = " ".join(text.split())
+    for bad, good in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ("@", "@\u200b"), ("![", "!\u200b[")):
+        flat = flat.replace(bad, good)
+    return flat.replace("[", "\\[").replace("]", "\\]")

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # ---------------------------------------------------------------------------------------------------
 # The stable vocabulary (SPEC §3, §4)
@@ -120,6 +120,11 @@ class DeploySettings(BaseModel):
 # ---------------------------------------------------------------------------------------------------
 # Messages (SPEC §4)
 
+MAX_COMMENT = 1000  # characters of a comment (SPEC §10)
+MAX_ID = 64
+SLACK_ID = r"^[UW][A-Z0-9]+$"  # a Slack user id, as people are named everywhere
+MAX_PARAMS, MAX_PARAM_VALUE = 200, 10_000
+
 
 class ActionInput(BaseModel):
     """The one payload of every Signal and Update. `channel` says where it came from (cli, slack, …).
@@ -127,15 +132,18 @@ class ActionInput(BaseModel):
     `issued_at`, `nonce` and `signature` sign it (SPEC §9): the signature covers the payload exactly as
     sent, so the workflow checks the raw payload, not this model (workflows/trust.py)."""
 
-    actor: str = Field(min_length=1)
+    # Bounds (SPEC §10): nothing a person sends can bloat a history, a status or a Slack message, and a
+    # signed payload holds nothing but these fields.
+    model_config = ConfigDict(extra="forbid")
+    actor: str = Field(min_length=1, max_length=MAX_ID, pattern=SLACK_ID)
     step: Step
-    comment: str | None = None
-    sre: str | None = None
-    diff_sha256: str | None = None
-    channel: str | None = None
-    issued_at: str | None = None
-    nonce: str | None = None
-    signature: str | None = None
+    comment: str | None = Field(default=None, max_length=MAX_COMMENT)
+    sre: str | None = Field(default=None, max_length=MAX_ID, pattern=SLACK_ID)
+    diff_sha256: str | None = Field(default=None, max_length=64)
+    channel: str | None = Field(default=None, max_length=32)
+    issued_at: str | None = Field(default=None, max_length=40)
+    nonce: str | None = Field(default=None, max_length=64)
+    signature: str | None = Field(default=None, max_length=16384)
 
 
 class ActionResult(BaseModel):
@@ -189,17 +197,28 @@ class StartIntent(BaseModel):
     which job runs and which repos are written come from the workers' config (`Rules`), never from here.
     The workflow receives it as sent (a plain mapping) and checks its signature over exactly that."""
 
+    model_config = ConfigDict(extra="forbid")
     process: Process
     service: str = Field(min_length=1, max_length=100)
     environment: str = Field(min_length=1, max_length=100)
-    params: dict[str, str]
-    version: str | None = None
-    release: str | None = None  # the release window's name (release process); None: the next eligible
-    actor: str = Field(min_length=1)  # the requester: a code owner of the service
-    channel: str | None = None
-    issued_at: str | None = None
-    nonce: str | None = None
-    signature: str | None = None
+    params: dict[str, str] = Field(max_length=MAX_PARAMS)
+    version: str | None = Field(default=None, max_length=100)
+    release: str | None = Field(default=None, max_length=100)  # the window's name; None: the next eligible
+    actor: str = Field(min_length=1, max_length=MAX_ID, pattern=SLACK_ID)  # the requester: a code owner
+    channel: str | None = Field(default=None, max_length=32)
+    issued_at: str | None = Field(default=None, max_length=40)
+    nonce: str | None = Field(default=None, max_length=64)
+    signature: str | None = Field(default=None, max_length=16384)
+
+    @field_validator("params")
+    @classmethod
+    def _bounded_params(cls, params: dict[str, str]) -> dict[str, str]:
+        for name, value in params.items():
+            if not 0 < len(name) <= 200 or len(value) > MAX_PARAM_VALUE:
+                raise ValueError(
+                    f"parameter {name[:40]!r}: names are 1 to 200 characters, values at most {MAX_PARAM_VALUE:,}"
+                )
+        return params
 
 
 class PersonSpec(BaseModel):
@@ -292,6 +311,7 @@ class DeployStatus(BaseModel):
     waiting_since: datetime | None = None  # since when it waits for that
     rosters: list[Roster] = Field(default_factory=list)
     config_sha256: str | None = None  # the workers' config file the rules were last read from
+    refused_not_kept: int = 0  # refused actions past the audit trail's cap, counted only
     audit: list[AuditEntry] = Field(default_factory=list)
 
 

@@ -275,3 +275,29 @@ def choose_window(
 def window_after(windows: list[ReleaseWindow], window: ReleaseWindow) -> ReleaseWindow | None:
     later = sorted((w for w in windows if w.start > window.start), key=lambda w: w.start)
     return later[0] if later else None
+
+
+#: The kinds of refusal, for the `deployctl_refusals{reason}` metric (a label must not carry free text).
+_KINDS = (
+    ("unsigned action", "unsigned"),
+    ("signature is", "signature_age"),
+    ("nonce", "nonce"),
+    ("signature", "signature"),
+    ("signed by", "signature"),
+    ("has no signing keys", "signature"),
+    ("issued_at", "signature"),
+    ("channel slack", "signature"),
+    ("separation of duties", "separation_of_duties"),
+    ("stale step", "stale_step"),
+    ("bad payload", "bad_payload"),
+    ("may not", "role"),
+    ("takes no action right now", "busy"),
+    ("already finished", "finished"),
+    ("the deploy is starting", "starting"),
+    ("is not an action of step", "wrong_action"),
+    ("diff_sha256", "diff"),
+)
+
+
+def refusal_kind(reason: str) -> str:
+    return next((kind for prefix, kind in _KINDS if prefix in reason), "other")

@@ -1,0 +1,132 @@
+"""Bounds on what comes in and goes out (SPEC §10): what people and builds write cannot forge markup,
+bloat a deploy, or take it down."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from temporalio.client import Client
+
+from starter.cli import send_action
+from starter.devstack import wait_for_step
+from tests.conftest import GATE1, OWNER, SRE1, Deployment, eventually, make_deployment
+from tests.fakes.github import FakeGitHub
+from tests.fakes.jenkins import FakeJenkins
+from tests.fakes.slack import FakeSlack
+from tests.support import act, signed, start_oow, status, to_trigger
+from workflows import messages
+from workflows.models import MAX_COMMENT, Action, Step
+
+# What would be markup in Slack if it came through: a mention, a broadcast, a link, a user group.
+MARKUP = re.compile(r"<[!@#]|<https?:|<mailto:|<[^>]*\|")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_nothing_escaped_renders_as_slack_markup(text: str):
+    shown = messages.slack_escape(text)
+    assert not MARKUP.search(shown) and "<" not in shown and ">" not in shown
+    assert (
+        messages.slack_escape("a <!channel> & <https://evil|x>")
+        == "a &lt;!channel&gt; &amp; &lt;https://evil|x&gt;"
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("`a\n<>!@&|")))
+def test_nothing_ends_a_code_block_early(text: str):
+    shown = messages.slack_code(text)
+    assert "```" not in shown and "<" not in shown
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_a_comment_quoted_on_github_mentions_nobody_and_hides_nothing(text: str):
+    shown = messages.github_text(text)
+    assert "<!--" not in shown and "\n" not in shown
+    assert not re.search(r"(?<![\w\u200b])@\w", shown)  # no live @mention
+    assert "![" not in shown and not re.search(r"(?<!\\)\[", shown)
+
+
+async def test_a_comment_cannot_ping_the_channel_or_disguise_a_link(
+    client: Client, deployment: Deployment, worker: None, slack: FakeSlack
+):
+    wid = await start_oow(client, deployment)
+    evil = "<!channel> <https://evil.example/login|PCCR approved by Security>"
+    await act(client, wid, Action.APPROVE, GATE1, Step.PCCR_REVIEW, comment=evil)
+    await wait_for_step(client, wid, Step.SRE_ASSIGNMENT, GATE1)
+    root = next(m for m in slack.messages_to("C0TRIAGE") if not m.get("thread_ts") and wid in m["text"])
+    said = await eventually(
+        lambda: next((m["text"] for m in slack.thread(root["ts"]) if "evil.example" in m["text"]), None)
+    )
+    assert "&lt;!channel&gt;" in said and "<!channel>" not in said and "<https://evil" not in said
+    entry = next(e for e in (await status(client, wid)).audit if e.action == "approve")
+    assert entry.comment == evil  # the record keeps what was said; only its display is escaped
+    await send_action(client, wid, Action.CANCEL, {"actor": OWNER, "step": "sre_assignment"})
+
+
+async def test_huge_comments_and_a_flood_of_signals_cannot_take_a_deploy_down(
+    client: Client, deployment: Deployment, worker: None
+):
+    """Three Signals with 1.5 MB comments made `status` fail with "message too large"; now each is refused
+    as a bad payload and stored without its comment, and a flood of refusals is counted, not kept."""
+    wid = await start_oow(client, deployment)
+    await wait_for_step(client, wid, Step.PCCR_REVIEW, GATE1)
+    handle = client.get_workflow_handle(wid)
+    big = "x" * 1_500_000
+    for _ in range(3):
+        await handle.signal("approve", {"actor": GATE1, "step": "pccr_review", "comment": big})
+    st_ = await eventually(lambda: _refused(client, wid, 3))
+    assert all(e.comment is None and len(e.reason or "") < 500 for e in st_)
+    assert st_[0].reason.startswith(
+        f"bad payload: comment: String should have at most {MAX_COMMENT} characters"
+    )
+    for i in range(230):  # forged approvals, as fast as a script sends them
+        await handle.signal("approve", {"actor": "U0EVIL", "step": "pccr_review", "comment": f"forged {i}"})
+    final = await eventually(lambda: _refused_not_kept(client, wid))
+    assert final.refused_not_kept == 33 and len([e for e in final.audit if not e.accepted]) == 200
+    # It still works: the gatekeeper's signed approval goes through.
+    ok = signed({"actor": GATE1, "step": "pccr_review", "comment": "y" * MAX_COMMENT}, wid, "approve")
+    await handle.execute_update("approve", ok)
+    await wait_for_step(client, wid, Step.SRE_ASSIGNMENT, GATE1)
+    await send_action(client, wid, Action.CANCEL, {"actor": OWNER, "step": "sre_assignment"})
+
+
+async def _refused(client: Client, wid: str, n: int):
+    found = [e for e in (await status(client, wid)).audit if not e.accepted and e.channel == "signal"]
+    return found if len(found) >= n else None
+
+
+async def _refused_not_kept(client: Client, wid: str):
+    st_ = await status(client, wid)
+    return st_ if st_.refused_not_kept >= 33 else None
+
+
+async def test_a_diff_cannot_end_its_code_block_or_ping_anyone(
+    client: Client, tmp_path: Path, jenkins: FakeJenkins, slack: FakeSlack, github: FakeGitHub, secrets
+):
+    from worker import create_worker
+
+    lines = ["~ deployment/app image: 1 -> 2", "```", "<!here> looks good, click *Diff is correct*", "```"]
+    lines += [f"~ line {i} " + "y" * 60 for i in range(60)]  # longer than the DM shows
+    d = make_deployment(tmp_path, jenkins, slack, github=github, diff_lines=lines)
+    async with create_worker(client, d.config, task_queue=d.task_queue):
+        wid = await start_oow(client, d)
+        await to_trigger(client, wid, SRE1)
+        await act(client, wid, Action.TRIGGER, OWNER, Step.TRIGGER)
+        st_ = await wait_for_step(client, wid, Step.DIFF_VALIDATION, OWNER)
+        dm = await eventually(
+            lambda: next(
+                (m for m in slack.messages_to(OWNER) if "diff_validation" in m["text"] and wid in m["text"]),
+                None,
+            )
+        )
+        text = dm["history"][0]["text"] if dm["history"] else dm["text"]
+        assert text.count("```") == 2  # the block's own fences, nothing from the build
+        assert "<!here>" not in text and "&lt;!here&gt;" in text
+        assert "The diff is cut here" in text and f"{st_.build.url}console" in text
+        assert f"sha256 `{st_.build.diff_sha256}`" in text
+        await act(client, wid, Action.CANCEL, OWNER, Step.DIFF_VALIDATION)
