@@ -15,14 +15,21 @@ change them. Activities whose details matter should therefore heartbeat through 
 `temporalio.activity.heartbeat`.
 
 Outside an activity (a plain call in a script or a test) the sleep just sleeps and the rest does nothing.
+
+And what every activity class shares about secrets (SPEC §2, §10): a client's error text may carry a
+URL with credentials or the token itself, and what an activity raises lands in the workflow's history,
+its `outcome_reason` and the Slack thread. `scrub()` takes them out of a text; `scrubbed()` out of an
+error; each class passes every message built from a client's error through one of them, with its own
+token(s).
 """
 
 from __future__ import annotations
 
 import contextvars
+import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -127,3 +134,68 @@ def heartbeating(limit: float = KEEP_ALIVE_LIMIT) -> Iterator[None]:
     finally:
         done.set()
         helper.join()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Secrets out of error text
+
+#: What stands in for a secret or a URL's user name and password.
+MASK = "***"
+
+#: `scheme://userinfo@`: the userinfo runs to the last `@` before the URL's path, query, fragment or the
+#: end of the word (as `urllib.parse.urlsplit` and urllib3 split an authority).
+_USERINFO = re.compile(r"(?i)([a-z][a-z0-9+.\-]*://)[^/?#\s]*@")
+
+
+def _secret_pattern(secret: str) -> str:
+    """A regex for `secret` as it may appear in text: each character as itself or percent-encoded (its
+    UTF-8 bytes, hex in either case; `+` for a space, as in a form), so `quote()`, `quote_plus()` and
+    partly encoded forms are all found."""
+    out = []
+    for ch in secret:
+        forms = [re.escape(ch), "".join(f"%(?i:{b:02x})" for b in ch.encode("utf-8", "surrogatepass"))]
+        if ch == " ":
+            forms.append(r"\+")
+        out.append("(?:" + "|".join(forms) + ")")
+    return "".join(out)
+
+
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` without credentials: every value of `secrets` (and its URL-quoted forms) becomes `***`,
+    and every URL's user name and password too (`scheme://user:pass@host` → `scheme://***@host`).
+    Empty secrets are ignored."""
+    values = sorted({s for s in secrets if s}, key=len, reverse=True)  # the longest first, where they overlap
+    if values:
+        text = re.sub("|".join(_secret_pattern(v) for v in values), MASK, text)
+    return _USERINFO.sub(lambda m: m[1] + MASK + "@", text)
+
+
+def _scrub_value(value: Any, secrets: Sequence[str]) -> Any:
+    if isinstance(value, str):
+        return scrub(value, secrets)
+    if isinstance(value, dict):
+        return {_scrub_value(k, secrets): _scrub_value(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_scrub_value(v, secrets) for v in value)
+    return value
+
+
+def scrubbed(error: BaseException, secrets: Iterable[str] = ()) -> BaseException:
+    """`error` as it may leave an activity: an ApplicationError whose message or (text) details hold a
+    secret or a URL's credentials is rebuilt with them scrubbed (same type, retryability, retry delay and
+    category; no cause); any other error, and one with nothing to scrub, is returned as it is."""
+    if not isinstance(error, ApplicationError):
+        return error
+    values = [s for s in secrets if s]
+    message = scrub(error.message, values)
+    details = tuple(_scrub_value(d, values) for d in error.details)
+    if message == error.message and details == tuple(error.details):
+        return error
+    return ApplicationError(
+        message,
+        *details,
+        type=error.type,
+        non_retryable=error.non_retryable,
+        next_retry_delay=error.next_retry_delay,
+        category=error.category,
+    )

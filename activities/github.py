@@ -22,7 +22,9 @@ retry policy does the rest. Failures are classified where they happen:
   other 403 → non-retryable `GithubForbidden`.
 - other 4xx (422 validation errors included) → non-retryable `GithubRejected`.
 - 5xx → retryable `GithubUnavailable`; connection errors and timeouts → retryable `GithubUnreachable`.
-Messages name the API URL and the repository, never the token.
+Messages name the API URL and the repository, never the token: every message built from a client's
+error, and GitHub's reason for refusing a merge, is scrubbed (`activities.common.scrub`) of the token
+(plain or URL-quoted) and of any URL's user name and password.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError
 from urllib3.util.retry import Retry
 
-from activities.common import heartbeat, heartbeating, sleep_unless_cancelled
+from activities.common import heartbeat, heartbeating, scrub, scrubbed, sleep_unless_cancelled
 from workflows.models import (
     CommentInput,
     IssueRef,
@@ -73,7 +75,7 @@ DEFAULT_LABEL_COLOR = "c5def5"
 
 #: Versions written to the version file: no quotes, spaces, `#` or line breaks, so every quoting
 #: style of the `version:` line can carry them unchanged.
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+\-]{0,127}$")
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+\-]{0,127}")  # fullmatch: no trailing "\n"
 _LINE_BREAK = re.compile(r"(\r\n|\n|\r)")
 _VERSION_LINE = re.compile(
     r"""^(?P<indent>[ \t]*)(?P<key>version|"version"|'version')(?P<colon>[ \t]*:)(?P<space>[ \t]*)"""
@@ -232,12 +234,15 @@ class GithubActivities:
         self._known_labels: dict[str, set[str]] = {}
 
     def __repr__(self) -> str:
-        return f"GithubActivities(api_url={self.api_url!r})"
+        return f"GithubActivities(api_url={scrub(self.api_url)!r})"
 
     def signing_keys(self, login: str) -> list[str]:
         """The public SSH signing keys GitHub lists for `login` (GET /users/{login}/ssh_signing_keys)."""
-        _, data = self._client().requester.requestJsonAndCheck(
-            "GET", f"/users/{login}/ssh_signing_keys", parameters={"per_page": 100}
+        _, data = self._call(
+            f"reading the SSH signing keys of {login}",
+            lambda: self._client().requester.requestJsonAndCheck(
+                "GET", f"/users/{login}/ssh_signing_keys", parameters={"per_page": 100}
+            ),
         )
         return [str(item["key"]).strip() for item in data or [] if isinstance(item, dict) and item.get("key")]
 
@@ -260,10 +265,15 @@ class GithubActivities:
         return client
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._token, "***") if self._token else text
+        """`text` without our token and without any URL's user name and password."""
+        return scrub(text, (self._token,))
 
     def _failure(self, exc: BaseException, what: str) -> BaseException:
-        """Turn whatever the client raised into a classified ApplicationError (see module docstring)."""
+        """Turn whatever the client raised into a classified ApplicationError (see module docstring),
+        its message scrubbed of our token and of any URL's credentials (it reaches the history)."""
+        return scrubbed(self._classify(exc, what), (self._token,))
+
+    def _classify(self, exc: BaseException, what: str) -> BaseException:
         if isinstance(exc, ApplicationError | CancelledError):
             return exc
         where = f"GitHub at {self.api_url}"
@@ -362,7 +372,7 @@ class GithubActivities:
     @activity.defn
     def open_version_pr(self, inp: OpenVersionPrInput) -> VersionPr:
         """Branch `inp.branch` off `inp.base_branch`, set `version:` in `inp.path` on it, open the PR."""
-        if not _VERSION.match(inp.version):
+        if not _VERSION.fullmatch(inp.version):
             raise ApplicationError(
                 f"version {inp.version!r} is not a plain version (letters, digits, . _ + -)",
                 type="InvalidVersion",
@@ -404,7 +414,7 @@ class GithubActivities:
             activity.logger.info("Opened PR #%s in %s", pr.number, inp.repo)
             return self._version_pr(pr)
         except GithubException as exc:
-            message = github_message(exc)
+            message = self._scrub(github_message(exc))
             if exc.status == 422 and "already exists" in message.lower():
                 found = self._find_pr(repo, inp.branch, inp.base_branch, what)
                 if found is not None:
@@ -520,7 +530,9 @@ class GithubActivities:
         except Exception as exc:
             raise self._failure(exc, what) from None
         if not status.merged:
-            return MergePrResult(merged=False, refused_reason=status.message or "GitHub did not merge it")
+            return MergePrResult(
+                merged=False, refused_reason=self._scrub(status.message or "") or "GitHub did not merge it"
+            )
         activity.logger.info("Merged PR #%s of %s: %s", inp.number, inp.repo, status.sha)
         return MergePrResult(merged=True, sha=status.sha)
 

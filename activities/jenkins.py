@@ -13,6 +13,8 @@ Failures are classified where they happen:
 - 404 → non-retryable `JenkinsNotFound`; other 4xx → non-retryable `JenkinsRejected`.
 - 429 → retryable, honouring `Retry-After`; 5xx → retryable `JenkinsUnavailable`; connection errors and
   timeouts → retryable `JenkinsUnreachable`.
+Every message built from a client's error is scrubbed (`activities.common.scrub`): it carries neither the
+token (plain or URL-quoted) nor a URL's user name and password.
 python-jenkins reports statuses in three ways (`JenkinsException("…[403]…")`, `NotFoundException`, or its
 own "does not exist" re-raised from either); the status is recovered from the exception chain.
 
@@ -38,7 +40,7 @@ import requests
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError
 
-from activities.common import heartbeat, heartbeating, sleep_unless_cancelled
+from activities.common import heartbeat, heartbeating, scrub, scrubbed, sleep_unless_cancelled
 from workflows.models import (
     AbortBuildInput,
     BuildRef,
@@ -256,7 +258,7 @@ class JenkinsActivities:
         self._our_names: frozenset[str] | None = None
 
     def __repr__(self) -> str:
-        return f"JenkinsActivities(url={self.url!r}, user={self.user!r})"
+        return f"JenkinsActivities(url={scrub(self.url)!r}, user={self.user!r})"
 
     # -- plumbing ----------------------------------------------------------------------------------
 
@@ -268,10 +270,15 @@ class JenkinsActivities:
         return client
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._token, "***") if self._token else text
+        """`text` without our token and without any URL's user name and password."""
+        return scrub(text, (self._token,))
 
     def _failure(self, exc: BaseException, what: str) -> BaseException:
-        """Turn whatever the client raised into a classified ApplicationError (see module docstring)."""
+        """Turn whatever the client raised into a classified ApplicationError (see module docstring),
+        its message scrubbed of our token and of any URL's credentials (it reaches the history)."""
+        return scrubbed(self._classify(exc, what), (self._token,))
+
+    def _classify(self, exc: BaseException, what: str) -> BaseException:
         if isinstance(exc, ApplicationError | CancelledError):
             return exc
         rsp = _http_response(exc)
@@ -358,7 +365,7 @@ class JenkinsActivities:
             return rsp.json()
         except ValueError:
             raise ApplicationError(
-                f"{what}: Jenkins at {self.url} answered with non-JSON", type="JenkinsError"
+                self._scrub(f"{what}: Jenkins at {self.url} answered with non-JSON"), type="JenkinsError"
             ) from None
 
     def _build_info(self, job: str, number: int, what: str) -> dict[str, Any]:
@@ -590,9 +597,11 @@ class JenkinsActivities:
                 rechecks += 1
                 if rechecks >= 3:
                     raise ApplicationError(
-                        f"{what}: Jenkins at {self.url} took the answer but input {posted} is still pending; "
-                        f"user {self.user!r} may not be allowed to answer it (submitter list, Job/Build, "
-                        "Job/Cancel)",
+                        self._scrub(
+                            f"{what}: Jenkins at {self.url} took the answer but input {posted} is still "
+                            f"pending; user {self.user!r} may not be allowed to answer it (submitter list, "
+                            "Job/Build, Job/Cancel)"
+                        ),
                         type="JenkinsInputRejected",
                         non_retryable=True,
                     )

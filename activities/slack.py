@@ -14,7 +14,8 @@ The worker builds the client once (`make_web_client`) and the activities share i
   `SlackError`, non-retryable, with the Slack error code in the message.
 
 The token never appears in a message: errors are rebuilt from the method name, the HTTP status and the
-Slack error code (and redacted once more for safety).
+Slack error code, and scrubbed (`activities.common.scrubbed`: message and details) of the client's token,
+plain or URL-quoted, and of any URL's user name and password.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from slack_sdk.http_retry.state import RetryState
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.common import scrubbed
 from workflows.models import (
     SlackPostInput,
     SlackPostResult,
@@ -234,12 +236,15 @@ class SlackActivities:
         try:
             return call()
         except SlackApiError as err:
-            raise self._classify_api_error(method, err) from None
+            raise scrubbed(self._classify_api_error(method, err), self._secrets()) from None
         except (OSError, http.client.HTTPException) as err:  # URLError, timeouts, resets, refused
-            raise ApplicationError(
-                self._redact(f"Slack {method} unreachable: {type(err).__name__}: {err}"),
-                {"method": method, "error": type(err).__name__, "status": None},
-                type="SlackUnavailable",
+            raise scrubbed(
+                ApplicationError(
+                    f"Slack {method} unreachable: {type(err).__name__}: {err}",
+                    {"method": method, "error": type(err).__name__, "status": None},
+                    type="SlackUnavailable",
+                ),
+                self._secrets(),
             ) from None
 
     def _classify_api_error(self, method: str, err: SlackApiError) -> ApplicationError:
@@ -253,21 +258,21 @@ class SlackActivities:
         if status == 429 or code in ("ratelimited", "rate_limited"):
             wait = _retry_after_seconds(getattr(resp, "headers", None))
             return ApplicationError(
-                self._redact(f"Slack {method} rate limited: {code} (HTTP {status}, Retry-After {wait}s)"),
+                f"Slack {method} rate limited: {code} (HTTP {status}, Retry-After {wait}s)",
                 details,
                 type="SlackRateLimited",
                 next_retry_delay=timedelta(seconds=wait) if wait else None,
             )
         if status >= 500 or code in TRANSIENT_ERRORS:
             return ApplicationError(
-                self._redact(f"Slack {method} failed: {code} (HTTP {status})"),
+                f"Slack {method} failed: {code} (HTTP {status})",
                 details,
                 type="SlackUnavailable",
             )
         return ApplicationError(
-            self._redact(f"Slack {method} failed: {code}"), details, type="SlackError", non_retryable=True
+            f"Slack {method} failed: {code}", details, type="SlackError", non_retryable=True
         )
 
-    def _redact(self, text: str) -> str:
-        token = self._client.token
-        return text.replace(token, "[redacted]") if token else text
+    def _secrets(self) -> tuple[str, ...]:
+        """The client's token: what no message may carry."""
+        return (self._client.token,) if self._client.token else ()

@@ -5,6 +5,9 @@ all of it with pydantic and turns every problem into a `ConfigError` whose text 
 file, the key and what to do. The CLI and the worker print that line and exit 2. A file that is valid
 key by key but cannot work is refused too: a group that a configured environment's or service's deploys
 wait on must be configured, and must have someone in it who may act (not only the service's code owners).
+Every URL (`ui_url`, `[jenkins] url`, `[github] api_url`, `[slack] api_url` and the variables that
+override them) is refused with a user name or password in it, and with plain `http://` to anything but a
+loopback address (SPEC §10); the refusal shows the URL with its userinfo as `***`.
 
 Secrets are never part of `Config`: `secret()` reads them from the environment when they are needed,
 so they cannot reach a workflow input, a history, a repr or a log through the configuration.
@@ -13,6 +16,7 @@ so they cannot reach a workflow input, a history, a repr or a log through the co
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 import tomllib
@@ -194,11 +198,56 @@ def _name(value: str) -> str:
     return value
 
 
-def _url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f'{value!r} is not an http(s) URL: write it like "https://host[:port][/path]"')
+_URL_HELP = 'write it like "https://host[:port][/path]"'
+#: Everything a refused URL may carry as a user name or password: from after `scheme://` (or the start)
+#: to its last `@`. An error line shows it as `***`, so it never echoes a password or token.
+_SHOWN_USERINFO = re.compile(r"^(\s*[A-Za-z][A-Za-z0-9+.\-]*://|\s*//)?.*@", re.DOTALL)
+
+
+def _shown_url(value: str) -> str:
+    """`value` as an error line shows it: whatever may be its user name and password replaced by ***."""
+    return _SHOWN_USERINFO.sub(lambda m: (m[1] or "") + "***@", value, count=1)
+
+
+def _loopback(host: str) -> bool:
+    """`localhost`, or an address in 127.0.0.0/8 or ::1."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _url(value: str, credentials: str) -> str:
+    """An http(s) URL with a host, without a user name or password (SPEC §10; `credentials` says where
+    they belong instead), and plain http only to a loopback address."""
+    shown = _shown_url(value)
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # raises ValueError for a port that is not a number in 0-65535
+    except ValueError:
+        raise ValueError(
+            f"{shown!r} is not a valid URL (its host or port is malformed): {_URL_HELP}"
+        ) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{shown!r} is not an http(s) URL: {_URL_HELP}")
+    if "@" in parts.netloc:
+        raise ValueError(
+            f"{shown!r} has a user name or password in it (user:password@), which would reach logs and "
+            f"error messages: remove them from the URL; {credentials}"
+        )
+    if parts.scheme == "http" and not _loopback(parts.hostname):
+        raise ValueError(
+            f"{shown!r} is plain http to {parts.hostname}, which is not a loopback address: use https://, "
+            "or http:// only to 127.0.0.1 (127.0.0.0/8), ::1 or localhost"
+        )
     return value
+
+
+def _url_key(credentials: str) -> AfterValidator:
+    """The check of one URL key, whose user and token belong where `credentials` says."""
+    return AfterValidator(lambda value: _url(value, credentials))
 
 
 def _repo(value: str) -> str:
@@ -310,7 +359,15 @@ def _timeout_step(value: str) -> str:
 
 SlackUserId = Annotated[StrictStr, AfterValidator(_user_id)]
 Name = Annotated[StrictStr, AfterValidator(_name)]
-Url = Annotated[StrictStr, AfterValidator(_url)]
+UiUrl = Annotated[StrictStr, _url_key("the link is for people, who sign in to the Web UI themselves")]
+JenkinsUrl = Annotated[
+    StrictStr,
+    _url_key(
+        "the user is [jenkins] user (or JENKINS_USER) and the token comes from JENKINS_TOKEN in the environment"
+    ),
+]
+GithubUrl = Annotated[StrictStr, _url_key("the token comes from GITHUB_TOKEN in the environment")]
+SlackUrl = Annotated[StrictStr, _url_key("the token comes from SLACK_BOT_TOKEN in the environment")]
 Text = Annotated[StrictStr, AfterValidator(_not_blank)]
 InputId = Annotated[StrictStr, AfterValidator(_input_id)]
 Repo = Annotated[StrictStr, AfterValidator(_repo)]
@@ -344,7 +401,7 @@ class _Table(BaseModel):
 
 
 class JenkinsConfig(_Table):
-    url: Url
+    url: JenkinsUrl
     user: Text
     diff_begin: Text = DeploySettings.model_fields["diff_begin"].default
     diff_end: Text = DeploySettings.model_fields["diff_end"].default
@@ -365,7 +422,7 @@ class JenkinsConfig(_Table):
 
 
 class GithubConfig(_Table):
-    api_url: Url = "https://api.github.com"
+    api_url: GithubUrl = "https://api.github.com"
     configs_repo: Repo
     base_branch: Text = "master"
     version_file: Text
@@ -392,7 +449,7 @@ class GithubConfig(_Table):
 
 
 class SlackConfig(_Table):
-    api_url: Url = "https://slack.com/api/"
+    api_url: SlackUrl = "https://slack.com/api/"
     triage_channel: Text
     #: The Slack bridge's public keys: the workers take its signature as a verified click, for channel
     #: `slack` only (SPEC §9).
@@ -483,7 +540,7 @@ class Config(_Table):
     """The whole `deployctl.toml`, with environment overrides applied. Holds no secrets."""
 
     task_queue: Text = "deployctl"
-    ui_url: Url = DeploySettings.model_fields["ui_url"].default
+    ui_url: UiUrl = DeploySettings.model_fields["ui_url"].default
     jenkins: JenkinsConfig
     github: GithubConfig
     slack: SlackConfig

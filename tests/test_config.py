@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from starter.cli import render_releases
 from starter.config import (
@@ -25,7 +29,7 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "deployctl.example.toml"
 
 MINIMAL = """
 [jenkins]
-url = "http://jenkins.example:8080/"
+url = "https://jenkins.example:8443/"
 user = "deploy-bot"
 
 [github]
@@ -132,7 +136,7 @@ def test_minimal_file_gets_defaults(tmp_path: Path) -> None:
     config = load_text(tmp_path, MINIMAL)
     assert config.task_queue == "deployctl"
     assert config.ui_url == "http://127.0.0.1:8233"
-    assert config.jenkins.url == "http://jenkins.example:8080"  # trailing slash dropped
+    assert config.jenkins.url == "https://jenkins.example:8443"  # trailing slash dropped
     assert config.jenkins.diff_begin == "=== DEPLOY DIFF BEGIN ==="
     assert config.jenkins.input_id is None
     assert config.github.api_url == "https://api.github.com"
@@ -230,19 +234,19 @@ def test_path_from_env_and_default(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def test_env_overrides(tmp_path: Path) -> None:
     env = {
-        "DEPLOYCTL_UI_URL": "http://ui.example:8233/",
+        "DEPLOYCTL_UI_URL": "https://ui.example:8233/",
         "JENKINS_URL": "http://127.0.0.1:9999",
         "JENKINS_USER": "other-bot",
         "GITHUB_API_URL": "http://127.0.0.1:9998/api/v3",
         "SLACK_API_URL": "http://127.0.0.1:9997/api",
     }
     config = load_config(EXAMPLE, env=env)
-    assert config.ui_url == "http://ui.example:8233"
+    assert config.ui_url == "https://ui.example:8233"
     assert config.jenkins.url == "http://127.0.0.1:9999"
     assert config.jenkins.user == "other-bot"
     assert config.github.api_url == "http://127.0.0.1:9998/api/v3"
     assert config.slack.api_url == "http://127.0.0.1:9997/api/"
-    assert config.settings().ui_url == "http://ui.example:8233"
+    assert config.settings().ui_url == "https://ui.example:8233"
 
 
 def test_empty_env_var_does_not_override() -> None:
@@ -252,17 +256,188 @@ def test_empty_env_var_does_not_override() -> None:
 
 
 def test_env_supplies_a_key_missing_from_the_file(tmp_path: Path) -> None:
-    text = MINIMAL.replace('url = "http://jenkins.example:8080/"\n', "")
+    text = MINIMAL.replace('url = "https://jenkins.example:8443/"\n', "")
     assert "jenkins.url" in config_error(tmp_path, text)
     assert "JENKINS_URL" in config_error(tmp_path, text)
-    config = load_text(tmp_path, text, env={"JENKINS_URL": "http://ci.example"})
-    assert config.jenkins.url == "http://ci.example"
+    config = load_text(tmp_path, text, env={"JENKINS_URL": "https://ci.example"})
+    assert config.jenkins.url == "https://ci.example"
 
 
 def test_bad_env_override_names_the_variable(tmp_path: Path) -> None:
     message = config_error(tmp_path, example_text(), env={"JENKINS_URL": "jenkins.example"})
     assert "environment variable JENKINS_URL" in message
     assert "http(s) URL" in message
+
+
+# ---------------------------------------------------------------------------------------------------
+# URLs (SPEC §10): no credentials in them, and plain http only to a loopback address
+
+#: Every URL key, the line that sets it in the example file, and the variable that overrides it.
+URL_KEYS = {
+    "ui_url": ('ui_url = "http://127.0.0.1:8233"', "DEPLOYCTL_UI_URL"),
+    "jenkins.url": ('url = "http://127.0.0.1:8080"', "JENKINS_URL"),
+    "github.api_url": ('api_url = "https://api.github.com"', "GITHUB_API_URL"),
+    "slack.api_url": ('api_url = "https://slack.com/api/"', "SLACK_API_URL"),
+}
+#: Where each key's credentials belong instead (the "what to do" of its refusal).
+URL_CREDENTIALS = {
+    "ui_url": "who sign in to the Web UI themselves",
+    "jenkins.url": "the token comes from JENKINS_TOKEN",
+    "github.api_url": "the token comes from GITHUB_TOKEN",
+    "slack.api_url": "the token comes from SLACK_BOT_TOKEN",
+}
+URL_TOKEN = "s3cr3t-T0ken_9f2c"
+
+
+def with_url(key: str, url: str) -> str:
+    """The example file with `key` set to `url`."""
+    line, _ = URL_KEYS[key]
+    return edited(line, f"{line.split(' = ')[0]} = {json.dumps(url)}")
+
+
+CREDENTIAL_URLS = [
+    f"https://deploy-bot:{URL_TOKEN}@ci.example/",
+    f"https://{URL_TOKEN}@ci.example",
+    f"https://:{URL_TOKEN}@ci.example",
+    f"https://deploy-bot:{URL_TOKEN}@127.0.0.1:8080",
+    f"http://deploy-bot:{URL_TOKEN}@127.0.0.1:8080",
+    f"https://deploy-bot:p@{URL_TOKEN}@ci.example/path",  # an @ in the password: the last one ends it
+    "https://@ci.example",  # empty userinfo is still userinfo
+    "https://deploy-bot@ci.example",
+]
+
+
+@pytest.mark.parametrize("url", CREDENTIAL_URLS)
+@pytest.mark.parametrize("key", URL_KEYS)
+def test_urls_with_credentials_are_refused_without_echoing_them(tmp_path: Path, key: str, url: str) -> None:
+    message = config_error(tmp_path, with_url(key, url))
+    assert message.startswith(f"{tmp_path / 'deployctl.toml'}: {key}: '"), message
+    assert "has a user name or password in it" in message and URL_CREDENTIALS[key] in message, message
+    assert URL_TOKEN not in message and "deploy-bot@" not in message and "deploy-bot:" not in message
+    assert "://***@" in message, message
+
+
+@pytest.mark.parametrize("url", CREDENTIAL_URLS)
+@pytest.mark.parametrize("key", URL_KEYS)
+def test_env_urls_with_credentials_are_refused_without_echoing_them(
+    tmp_path: Path, key: str, url: str
+) -> None:
+    _, var = URL_KEYS[key]
+    message = config_error(tmp_path, example_text(), env={var: url})
+    assert f": environment variable {var}: '" in message, message
+    assert "has a user name or password in it" in message and URL_CREDENTIALS[key] in message, message
+    assert URL_TOKEN not in message and "deploy-bot@" not in message and "deploy-bot:" not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://ci.example",
+        "http://ci.example:8080/jenkins",
+        "http://10.0.0.7:8080",
+        "http://0.0.0.0:8080",
+        "http://[::2]:8080",
+        "http://[::ffff:127.0.0.1]:8080",  # loopback only as an IPv4-mapped address: not in the list
+        "http://127.0.0.1.nip.io",
+        "http://localhost.example",
+        "http://128.0.0.1",
+    ],
+)
+@pytest.mark.parametrize("key", URL_KEYS)
+def test_plain_http_to_anything_but_loopback_is_refused(tmp_path: Path, key: str, url: str) -> None:
+    message = config_error(tmp_path, with_url(key, url))
+    assert message.startswith(f"{tmp_path / 'deployctl.toml'}: {key}: {url!r} is plain http to "), message
+    assert "use https://, or http:// only to 127.0.0.1 (127.0.0.0/8), ::1 or localhost" in message
+    _, var = URL_KEYS[key]
+    message = config_error(tmp_path, example_text(), env={var: url})
+    assert f": environment variable {var}: {url!r} is plain http to " in message, message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080",
+        "http://127.255.0.9",
+        "http://[::1]:8080/api/",
+        "http://localhost:8080",
+        "HTTP://LocalHost",
+        "https://ci.example",
+        "https://10.0.0.7:8443/jenkins",
+        "https://ci.example/a@b",  # an @ in the path is not userinfo
+    ],
+)
+@pytest.mark.parametrize("key", URL_KEYS)
+def test_https_and_loopback_http_load(tmp_path: Path, key: str, url: str) -> None:
+    _, var = URL_KEYS[key]
+    load_text(tmp_path, with_url(key, url))
+    load_text(tmp_path, example_text(), env={var: url})
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("ftp://deploy-bot:{t}@ci.example", "'ftp://***@ci.example' is not an http(s) URL"),
+        ("deploy-bot:{t}@ci.example", "'***@ci.example' is not an http(s) URL"),
+        ("https://deploy-bot:{t}/x@ci.example", "'https://***@ci.example' is not a valid URL"),
+        ("https://ci.example:99999", "'https://ci.example:99999' is not a valid URL"),
+        ("https://:8443", "'https://:8443' is not an http(s) URL"),
+    ],
+)
+def test_other_bad_urls_never_echo_a_password_either(tmp_path: Path, url: str, expected: str) -> None:
+    message = config_error(tmp_path, with_url("jenkins.url", url.format(t=URL_TOKEN)))
+    assert f"jenkins.url: {expected}" in message, message
+    assert URL_TOKEN not in message
+
+
+def test_the_url_refusal_lines(tmp_path: Path) -> None:
+    """The whole lines, as the CLI and the worker print them."""
+    path = tmp_path / "deployctl.toml"
+    assert config_error(tmp_path, with_url("jenkins.url", f"https://deploy-bot:{URL_TOKEN}@ci.example")) == (
+        f"{path}: jenkins.url: 'https://***@ci.example' has a user name or password in it (user:password@), "
+        "which would reach logs and error messages: remove them from the URL; the user is [jenkins] user "
+        "(or JENKINS_USER) and the token comes from JENKINS_TOKEN in the environment"
+    )
+    github = f"https://x:{URL_TOKEN}@ghe.example/api/v3"
+    assert config_error(tmp_path, example_text(), env={"GITHUB_API_URL": github}) == (
+        f"{path}: environment variable GITHUB_API_URL: 'https://***@ghe.example/api/v3' has a user name or "
+        "password in it (user:password@), which would reach logs and error messages: remove them from the "
+        "URL; the token comes from GITHUB_TOKEN in the environment"
+    )
+    assert config_error(tmp_path, with_url("slack.api_url", "http://slack.example/api/")) == (
+        f"{path}: slack.api_url: 'http://slack.example/api/' is plain http to slack.example, which is not a "
+        "loopback address: use https://, or http:// only to 127.0.0.1 (127.0.0.0/8), ::1 or localhost"
+    )
+    assert config_error(tmp_path, example_text(), env={"DEPLOYCTL_UI_URL": "http://ui.example:8233"}) == (
+        f"{path}: environment variable DEPLOYCTL_UI_URL: 'http://ui.example:8233' is plain http to ui.example, "
+        "which is not a loopback address: use https://, or http:// only to 127.0.0.1 (127.0.0.0/8), ::1 or "
+        "localhost"
+    )
+
+
+_token_chars = st.characters(blacklist_categories=("Cs", "Cc", "Zs", "Zl", "Zp"), blacklist_characters="*")
+
+
+@given(
+    var=st.sampled_from([var for _, var in URL_KEYS.values()]),
+    scheme=st.sampled_from(["https", "http", "HTTPS", "ftp", ""]),
+    user=st.sampled_from(["", "deploy-bot", "x"]),
+    token=st.text(_token_chars, min_size=6, max_size=40).map(lambda t: "tk" + t),
+    host=st.sampled_from(["ci.example", "127.0.0.1:8080", "[::1]", "localhost:1"]),
+    tail=st.sampled_from(["", "/", "/api/v3", "?a=b"]),
+)
+def test_a_refused_url_never_shows_its_token(
+    var: str, scheme: str, user: str, token: str, host: str, tail: str
+) -> None:
+    url = f"{scheme}://" * bool(scheme) + f"{user}:{token}@{host}{tail}"
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            load_config(write(Path(tmp), example_text()), env={var: url})
+        except ConfigError as err:
+            message = one_line(err)
+            assert token not in message, message
+            assert f"environment variable {var}" in message, message
+        else:  # only when the token's own characters end the authority early: then it holds no @
+            assert any(c in token for c in "/?#"), url
 
 
 def test_env_does_not_leak_into_os_environ(tmp_path: Path) -> None:
@@ -694,16 +869,20 @@ def test_test_configs_can_work(tmp_path: Path) -> None:
     from starter.devstack import config_text, release_calendar
     from tests.conftest import CONFIG_TEMPLATE
 
-    load_text(tmp_path, config_text("http://j", "http://s", "http://g") + release_calendar(None))
+    load_text(
+        tmp_path,
+        config_text("http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3")
+        + release_calendar(None),
+    )
     for valkyr in ("false", "true"):
         load_text(
             tmp_path,
             CONFIG_TEMPLATE.format(
                 task_queue="q",
-                jenkins_url="http://j",
+                jenkins_url="http://127.0.0.1:1",
                 jenkins_extra="",
-                slack_url="http://s",
-                github_url="http://g",
+                slack_url="http://127.0.0.1:2/api/",
+                github_url="http://127.0.0.1:3/api/v3",
                 service="svc",
                 job="deploy-svc",
                 pccr_backend="builtin",
