@@ -221,6 +221,7 @@ def test_open_version_pr_rejects_odd_versions_and_missing_files(
     fake: FakeGitHub, acts: GithubActivities
 ) -> None:
     app_error(acts.open_version_pr, version_pr(version='1.0"\nx: 1'), "InvalidVersion", non_retryable=True)
+    app_error(acts.open_version_pr, version_pr(version="1.4.2\n"), "InvalidVersion", non_retryable=True)
     app_error(
         acts.open_version_pr, version_pr(path="channel-gov/nope.yaml"), "GithubNotFound", non_retryable=True
     )
