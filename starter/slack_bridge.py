@@ -4,6 +4,15 @@ Bolt (`slack_bolt.App`, sync) receives what Slack sends, over HTTP on POST `/sla
 and five-minute freshness checked by Bolt's RequestVerification before any listener runs: a bad request
 is answered 401 and never reaches Temporal) or over Socket Mode when `SLACK_APP_TOKEN` is set.
 
+Over HTTP a verified request is acted on once: its (timestamp, signature) goes into a `ReplayCache`
+for as long as it would pass the freshness check, and a repeat is answered 200 (`X-Slack-No-Retry: 1`)
+without reaching a listener. Each connection must deliver its request within `READ_TIMEOUT` seconds,
+and a body over `MAX_BODY` is refused 413 from its headers alone.
+
+`/deploy status` answers only the deploy's people (its requester, code owners, the people and groups on
+its rosters, its SRE); anyone else, and anyone asking about a deploy that does not exist, gets the same
+one line.
+
 A click is acknowledged first (Slack wants its answer within three seconds, whatever Temporal does),
 then sent as the Update the button names, with the clicker's id from the signed payload as the actor.
 The workflow judges it; the bridge holds no rule. A refusal (wrong person, self-approval, stale step,
@@ -24,23 +33,28 @@ import os
 import re
 import secrets
 import signal
+import socket
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from concurrent.futures import TimeoutError as FutureTimeout
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from slack_bolt import Ack, App, BoltRequest, Respond
+from slack_bolt import Ack, App, BoltRequest, BoltResponse, Respond
 from slack_bolt.error import BoltError
+from slack_bolt.middleware import Middleware
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.slack import make_web_client
+from starter.audit import _opening as opening_of  # the start's intent and the workers' first rules
 from starter.cli import Refused, send_action
 from starter.config import Config, ConfigError, secret
 from workflows import messages
@@ -56,7 +70,12 @@ BRIDGE_KEY_ENV = "DEPLOYCTL_BRIDGE_KEY"  # the bridge's private key: it signs th
 COMMAND = "/deploy"
 MAX_BODY = 1 << 20  # Slack's payloads are far smaller; anything bigger is not Slack
 UPDATE_TIMEOUT = 60.0  # an Update needs a worker; do not hold a listener thread longer than this
-QUERY_TIMEOUT = 20.0
+QUERY_TIMEOUT = 20.0  # the whole `/deploy status` look-up: the query, then the history if need be
+QUERY_RPC_TIMEOUT = 10.0  # the status query alone (no worker: it waits this long, then the history)
+READ_TIMEOUT = 10.0  # seconds a connection has to deliver a request (headers and body); then it is closed
+REPLAY_WINDOW = 300  # seconds Bolt accepts a request's timestamp either side of now (INTEGRATIONS §3)
+REPLAY_CACHE_SIZE = 10_000  # verified requests remembered at most (Slack sends a few a minute)
+MAX_SHOWN_ID = 120  # characters of a workflow id echoed back
 
 HELP = (
     "*deployctl* — deploys wait on the people named in their DMs; click a button there to act.\n"
@@ -114,10 +133,85 @@ class TemporalRunner:
             self._loop.close()
 
 
+class ReplayCache:
+    """The verified HTTP requests seen, by (timestamp, signature), for as long as they could pass
+    Bolt's five-minute freshness check: from the later of their timestamp and their arrival, `window`
+    seconds (plus one). Bounded: past `max_size` the oldest go first. Thread-safe (the server is threaded).
+    """
+
+    def __init__(
+        self,
+        window: float = REPLAY_WINDOW,
+        max_size: int = REPLAY_CACHE_SIZE,
+        clock: Callable[[], float] = time.time,  # the wall clock, as Bolt's check uses
+    ) -> None:
+        self._window, self._max, self._clock = window, max_size, clock
+        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()  # key -> when it may be forgotten
+        self._lock = threading.Lock()
+
+    def first(self, timestamp: str, signature: str) -> bool:
+        """True the first time this (timestamp, signature) is seen (it is remembered from now on); False
+        for a repeat while it is remembered."""
+        now = self._clock()
+        try:
+            sent = float(timestamp)
+        except ValueError:
+            sent = now
+        key = (timestamp, signature)
+        with self._lock:
+            while self._seen:  # forget from the oldest; one kept longer may hold a few expired behind it
+                oldest, until = next(iter(self._seen.items()))
+                if until > now:
+                    break
+                del self._seen[oldest]
+            known = self._seen.get(key)
+            if known is not None and known > now:
+                return False
+            self._seen.pop(key, None)
+            self._seen[key] = max(sent, now) + self._window + 1
+            while len(self._seen) > self._max:
+                self._seen.popitem(last=False)
+            return True
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._seen)
+
+
+class _ReplayGuard(Middleware):
+    """After Bolt verified the signature (its own middleware runs first): a repeat of a request already
+    acted on is answered 200 and goes no further. Only HTTP requests carry signatures to key on; Socket
+    Mode's envelopes are Slack's own, acknowledged by envelope id."""
+
+    def __init__(self, cache: ReplayCache) -> None:
+        self._cache = cache
+
+    def process(
+        self, *, req: BoltRequest, resp: BoltResponse, next: Callable[[], BoltResponse]
+    ) -> BoltResponse | None:
+        timestamp = _header(req, "x-slack-request-timestamp")
+        signature = _header(req, "x-slack-signature")
+        if req.mode != "http" or not timestamp or not signature or self._cache.first(timestamp, signature):
+            return next()
+        retry = _header(req, "x-slack-retry-num")
+        log.info(
+            "a request already acted on came again (timestamp %s%s): answered 200, not acted on",
+            timestamp,
+            f", Slack's retry {retry}" if retry else "",
+        )
+        return BoltResponse(status=200, body="", headers={"X-Slack-No-Retry": "1"})
+
+
+def _header(req: BoltRequest, name: str) -> str:
+    values = req.headers.get(name) or []
+    return str(values[0]) if values else ""
+
+
 class BridgeApp(App):
-    """The Bolt app, plus what it needs closed: the Temporal loop."""
+    """The Bolt app, plus what it needs closed (the Temporal loop) and the HTTP replay cache."""
 
     temporal: TemporalRunner
+    replays: ReplayCache
 
     def close(self) -> None:
         self.temporal.close()
@@ -147,6 +241,8 @@ def create_app(
         process_before_response=False,  # ack() answers Slack at once; the listener goes on in a thread
     )
     app.temporal = TemporalRunner(temporal_client_factory)
+    app.replays = ReplayCache()
+    app.use(_ReplayGuard(app.replays))
     bridge = _Bridge(
         app.temporal, web_client, bridge_key or os.environ.get(BRIDGE_KEY_ENV, "").strip() or None
     )
@@ -162,7 +258,8 @@ def create_app(
         words = str(command.get("text") or "").split()
         if len(words) == 2 and words[0].lower() == "status":
             ack()
-            respond(text=bridge.status_text(words[1]), response_type="ephemeral")
+            user = str(command.get("user_id") or "")  # from the request whose signature Bolt verified
+            respond(text=bridge.status_text(words[1], user), response_type="ephemeral")
         else:
             ack(text=usage, response_type="ephemeral")
 
@@ -266,17 +363,92 @@ class _Bridge:
 
     # --------------------------------------------------------------------------------------- /deploy
 
-    def status_text(self, workflow_id: str) -> str:
+    def status_text(self, workflow_id: str, user: str) -> str:
+        """`/deploy status` for `user`: the summary when they are one of the deploy's people
+        (`deploy_people`); otherwise, and when there is no such deploy, one line that says nothing
+        about it, the same for every id."""
+        if not user or len(workflow_id) > 255:  # longer than any deploy id deployctl makes
+            return not_part_text(workflow_id)
         try:
-            st = self._temporal.run(
-                lambda client: client.get_workflow_handle(workflow_id).query(
-                    "status", result_type=DeployStatus
-                ),
-                QUERY_TIMEOUT,
-            )
-        except Exception as err:
-            return f":warning: No status for `{workflow_id}`: {_trouble(err)}"
+            seen = self._temporal.run(lambda client: _look_up(client, workflow_id, user), QUERY_TIMEOUT)
+        except Exception as err:  # Temporal unreachable: true of every id, so it tells nothing of this one
+            if isinstance(err, RPCError) and err.status is RPCStatusCode.NOT_FOUND:
+                return not_part_text(workflow_id)
+            why = f"{err}; try again, or use the CLI" if isinstance(err, TimeoutError) else _trouble(err)
+            return f":warning: deployctl cannot read deploys right now: {why}"
+        st, trouble, people = seen
+        if user not in people:
+            return not_part_text(workflow_id)
+        if st is None:
+            return f":warning: No status for `{_shown(workflow_id)}` right now: {_trouble(trouble)}"
         return status_summary(st)
+
+
+_Seen = tuple[DeployStatus | None, BaseException | None, frozenset[str]]
+
+
+async def _look_up(client: Client, workflow_id: str, user: str) -> _Seen:
+    """The deploy's status (or why the query failed) and its people, as far as needed to tell whether
+    `user` is one of them: the status first; the history (requester, the workers' code owners) only when
+    the status does not name them, or did not come. NOT_FOUND (no such deploy) propagates."""
+    handle = client.get_workflow_handle(workflow_id)
+    st: DeployStatus | None = None
+    trouble: BaseException | None = None
+    try:
+        st = await handle.query(
+            "status", result_type=DeployStatus, rpc_timeout=timedelta(seconds=QUERY_RPC_TIMEOUT)
+        )
+    except RPCError as err:
+        if err.status is RPCStatusCode.NOT_FOUND:
+            raise
+        trouble = err
+    except Exception as err:  # WorkflowQueryFailedError, a timeout: no worker answered
+        trouble = err
+    people = deploy_people(st)
+    if user in people:
+        return st, None, people
+    try:
+        intent, _, rules = await opening_of(handle.fetch_history_events(page_size=50), client.data_converter)
+    except RPCError as err:
+        if err.status is RPCStatusCode.NOT_FOUND:
+            raise
+        log.warning("history of %s not read: %s", workflow_id, err)
+        return st, trouble or err, people
+    requester = [intent.actor] if intent is not None else []
+    owners = rules.service.code_owners if rules is not None and rules.service is not None else ()
+    return st, trouble, deploy_people(st, requester, owners)
+
+
+def deploy_people(
+    st: DeployStatus | None, requester: Iterable[str] = (), code_owners: Iterable[str] = ()
+) -> frozenset[str]:
+    """Who may see a deploy's status: its requester and code owners, everyone eligible on any of its
+    rosters or in any group resolved there, and its assigned SRE."""
+    people = {*requester, *code_owners}
+    if st is not None:
+        people.update(e.actor for e in st.audit if e.action == "start" and e.accepted)  # the requester
+        for roster in st.rosters:
+            people.update(roster.eligible)
+            for members in roster.groups.values():
+                people.update(members)
+        if st.sre:
+            people.add(st.sre)
+    return frozenset(p for p in people if p)
+
+
+def not_part_text(workflow_id: str) -> str:
+    """The one line for someone who is not one of a deploy's people, and for a deploy that does not
+    exist: nothing about the deploy, not even whether there is one."""
+    return (
+        f":lock: You are not part of deploy `{_shown(workflow_id)}`: `{COMMAND} status` answers only a "
+        "deploy's requester, code owners, rosters and SRE."
+    )
+
+
+def _shown(workflow_id: str) -> str:
+    """An id someone typed, echoed as text: no markup, no closing backtick, bounded."""
+    text = workflow_id if len(workflow_id) <= MAX_SHOWN_ID else workflow_id[:MAX_SHOWN_ID] + "…"
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("`", "'")
 
 
 def status_summary(st: DeployStatus) -> str:
@@ -339,8 +511,10 @@ def _obj(body: dict[str, Any], key: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _trouble(err: BaseException) -> str:
+def _trouble(err: BaseException | None) -> str:
     """One line for a failure that is not a refusal."""
+    if isinstance(err, WorkflowQueryFailedError):
+        return f"its workers could not answer ({err}); try again, or use the CLI"
     if isinstance(err, RPCError):
         if err.status is RPCStatusCode.NOT_FOUND:
             return "no such deploy (check the workflow id)"
@@ -353,12 +527,67 @@ def _trouble(err: BaseException) -> str:
 # ------------------------------------------------------------------------------------------ HTTP mode
 
 
-def make_http_server(app: App, host: str, port: int) -> ThreadingHTTPServer:
-    """A threaded HTTP server that hands POST /slack/events to Bolt (GET /healthz answers ok)."""
+def make_http_server(app: App, host: str, port: int, *, timeout: float = READ_TIMEOUT) -> ThreadingHTTPServer:
+    """A threaded HTTP server that hands POST /slack/events to Bolt (GET /healthz answers ok).
+
+    Each request (its headers and body; on a kept-alive connection, also the wait for it) must arrive
+    within `timeout` seconds, or the connection is closed unanswered: a client that sends nothing, or
+    part of a request, or drips it, holds a thread that long at most. A body over MAX_BODY is refused
+    413 from its Content-Length alone, unread; chunked bodies (Slack sends none) are refused 400.
+    """
+
+    read_timeout = timeout
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "deployctl-slack"
+        timeout = read_timeout  # each socket read and write (StreamRequestHandler), besides the deadline
+
+        def setup(self) -> None:
+            super().setup()
+            self._clock_lock = threading.Lock()
+            self._clock: threading.Timer | None = None
+            self._cut = False
+
+        def handle_one_request(self) -> None:
+            """One request, read against the clock: past `timeout` the watchdog shuts the socket."""
+            self._clock = threading.Timer(read_timeout, self._too_slow)
+            self._clock.daemon = True
+            self._clock.start()
+            try:
+                super().handle_one_request()
+            finally:
+                self._request_read()
+
+        def _too_slow(self) -> None:
+            with self._clock_lock:
+                if self._clock is None:  # the request was read in time after all
+                    return
+                self._cut, self._clock = True, None
+            self.close_connection = True
+            log.debug(
+                "%s: no whole request within %gs; connection closed", self.address_string(), read_timeout
+            )
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)  # wakes the blocked read with an EOF
+            except OSError:
+                pass
+
+        def _request_read(self) -> bool:
+            """The request is in: stop the clock. False when the watchdog already cut the connection."""
+            with self._clock_lock:
+                if self._clock is not None:
+                    self._clock.cancel()
+                    self._clock = None
+                if self._cut:
+                    self.close_connection = True
+                return not self._cut
+
+        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+            if self._cut:  # a request line or headers cut off by the watchdog: nobody to answer
+                self.close_connection = True
+                return
+            super().send_error(code, message, explain)
 
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("%s %s", self.address_string(), format % args)
@@ -375,10 +604,20 @@ def make_http_server(app: App, host: str, port: int) -> ThreadingHTTPServer:
             if not sent_type:
                 self.send_header("Content-Type", "text/plain; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(body)
 
+        def _refuse(self, status: int, text: str) -> None:
+            """Answer and close, leaving the rest of the request unread (unless the watchdog cut it)."""
+            if self._request_read():
+                self.close_connection = True
+                self._send(status, text.encode() + b"\n")
+
         def do_GET(self) -> None:
+            if not self._request_read():
+                return
             if urlsplit(self.path).path == "/healthz":
                 self._send(200, b"ok\n")
             else:
@@ -386,19 +625,27 @@ def make_http_server(app: App, host: str, port: int) -> ThreadingHTTPServer:
 
         def do_POST(self) -> None:
             parts = urlsplit(self.path)
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                length = -1
-            if parts.path != EVENTS_PATH:
-                self.rfile.read(max(length, 0))
-                self._send(404, b"not found\n")
+            if self.headers.get("Transfer-Encoding"):
+                self._refuse(400, "send the body with a Content-Length")
                 return
-            if length < 0 or length > MAX_BODY:
-                self.close_connection = True
-                self._send(413, b"request too large\n")
+            declared = {v.strip() for v in self.headers.get_all("Content-Length") or ["0"]}
+            given = declared.pop() if len(declared) == 1 else ""  # two different lengths: neither
+            length = int(given) if given.isascii() and given.isdigit() else -1
+            if length < 0:
+                self._refuse(400, "bad Content-Length")
+                return
+            if length > MAX_BODY:
+                self._refuse(413, f"request too large (at most {MAX_BODY} bytes)")
                 return
             raw = self.rfile.read(length)
+            if not self._request_read():
+                return
+            if len(raw) < length:  # the client gave up half way
+                self._refuse(400, "incomplete body")
+                return
+            if parts.path != EVENTS_PATH:
+                self._send(404, b"not found\n")
+                return
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError:

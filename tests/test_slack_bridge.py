@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 import uuid
@@ -17,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 import pytest
@@ -28,9 +29,18 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities.slack import make_web_client
+from starter import slack_bridge
 from starter.cli import cli, send_action, start_deploy
 from starter.devstack import wait_for_step
-from starter.slack_bridge import EVENTS_PATH, BridgeApp, create_app, make_http_server
+from starter.slack_bridge import (
+    EVENTS_PATH,
+    MAX_BODY,
+    READ_TIMEOUT,
+    BridgeApp,
+    ReplayCache,
+    create_app,
+    make_http_server,
+)
 from tests import keys
 from tests.conftest import (
     GATE1,
@@ -45,7 +55,7 @@ from tests.conftest import (
 )
 from tests.fakes.jenkins import FakeJenkins
 from tests.fakes.slack import FakeSlack, sign_request
-from workflows import signing
+from workflows import messages, signing
 from workflows.models import (
     Action,
     ActionInput,
@@ -100,11 +110,11 @@ def make_bridge(
 ) -> Iterator[Callable[..., Bridge]]:
     started: list[tuple[BridgeApp, Any]] = []
 
-    def make(factory: Factory | None = None) -> Bridge:
+    def make(factory: Factory | None = None, **http: Any) -> Bridge:
         web = make_web_client(SLACK_TOKEN, slack.url)
         # Token verification on: Bolt calls auth.test at start-up, against the fake.
         app = create_app(deployment.config, factory or temporal_factory(env), web, SIGNING_SECRET)
-        server = make_http_server(app, "127.0.0.1", 0)
+        server = make_http_server(app, "127.0.0.1", 0, **http)
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         started.append((app, server))
         return Bridge(app, f"http://127.0.0.1:{server.server_address[1]}{EVENTS_PATH}", web, slack)
@@ -274,6 +284,16 @@ def slash_body(slack: FakeSlack, user: str, text: str) -> tuple[bytes, str]:
     return body, url
 
 
+async def ask_status(b: Bridge, slack: FakeSlack, user: str, about: str) -> str:
+    """`/deploy status <about>` as `user`: the ephemeral answer's text."""
+    body, url = slash_body(slack, user, f"status {about}")
+    response = await post(b.url, body, sign_request(body, SIGNING_SECRET))
+    assert response.status_code == 200
+    answer = await response_posted(slack, url)
+    assert answer["response_type"] == "ephemeral"
+    return str(answer["text"])
+
+
 async def response_posted(slack: FakeSlack, url: str) -> dict:
     path = url.split(f":{slack.port}", 1)[1]
     return await eventually(
@@ -331,8 +351,9 @@ async def test_whole_deploy_by_clicks(
     assert all(b["type"] != "actions" for b in done["blocks"])
     assert done["blocks"][-1]["text"]["text"] == done["text"]
 
-    # Slack retries the same click (re-signed): it acts once.
-    response = await post(bridge.url, approve_body, sign_request(approve_body, SIGNING_SECRET))
+    # Slack retries the same click (re-signed, so not a replay the bridge drops): it acts once.
+    resigned = sign_request(approve_body, SIGNING_SECRET, timestamp=int(time.time()) + 7)
+    response = await post(bridge.url, approve_body, resigned)
     assert response.status_code == 200
     await ephemeral(slack, GATE1, wid, "stale step: the deploy is at sre_assignment, not pccr_review")
     st = await status(client, wid)
@@ -376,7 +397,8 @@ async def test_whole_deploy_by_clicks(
     await click(bridge, slack, OWNER, await post_buttons(bridge, OWNER, st), Action.TRIGGER)
     st = await wait_for_step(client, wid, Step.DIFF_VALIDATION, OWNER, timeout=30)
     ts_diff = await post_buttons(bridge, OWNER, st)
-    assert st.build.diff and st.build.diff in slack.message(ts_diff)["blocks"][1]["text"]["text"]
+    shown = slack.message(ts_diff)["blocks"][1]["text"]["text"]
+    assert st.build.diff and messages.slack_code(st.build.diff) in shown  # as text (SPEC §10)
     await click(bridge, slack, OWNER, ts_diff, Action.VALIDATE_DIFF)
     st = await wait_for_step(client, wid, Step.DEPLOY_APPROVAL, SRE1, timeout=30)
     ts_deploy = await post_buttons(bridge, SRE1, st)
@@ -406,7 +428,8 @@ async def test_whole_deploy_by_clicks(
     )
 
     # A click on a finished deploy is refused, and says so.
-    response = await post(bridge.url, deploy_body, sign_request(deploy_body, SIGNING_SECRET))
+    resigned = sign_request(deploy_body, SIGNING_SECRET, timestamp=int(time.time()) + 7)
+    response = await post(bridge.url, deploy_body, resigned)
     assert response.status_code == 200
     await ephemeral(slack, SRE1, wid, "is finished; approve changes nothing")
 
@@ -501,6 +524,184 @@ async def test_socket_mode_click_and_status(
         server.server_close()
         await asyncio.to_thread(handler.close)
         app.close()
+
+
+# ------------------------------------------------------------- replays, slow clients, who sees what
+
+
+async def test_a_replayed_request_reaches_temporal_once(
+    client: Client, deployment: Deployment, worker: None, bridge: Bridge, slack: FakeSlack
+):
+    """The same signed request (same timestamp and signature) posted three times at once: one Update.
+    The repeats are answered 200 with `X-Slack-No-Retry: 1` (Slack stops retrying what was acted on)
+    and never reach Temporal: no refused duplicates in the audit, no ephemeral to the clicker."""
+    wid = await start(client, deployment)
+    st = await wait_for_step(client, wid, Step.PCCR_REVIEW, GATE1)
+    ts = await post_buttons(bridge, GATE1, st)
+    body = form(click_payload(slack, GATE1, ts, Action.APPROVE))
+    headers = sign_request(body, SIGNING_SECRET)
+    retry = {**headers, "X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"}
+    responses = await asyncio.gather(
+        post(bridge.url, body, headers), post(bridge.url, body, headers), post(bridge.url, body, retry)
+    )
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    assert sorted(r.headers.get("x-slack-no-retry", "") for r in responses) == ["", "1", "1"]
+    assert [r.text for r in responses if r.headers.get("x-slack-no-retry")] == ["", ""]
+    # The cache answers only what verifies: a different body under the same headers is still a 401.
+    forged = body.replace(GATE1.encode(), GATE2.encode())
+    assert (await post(bridge.url, forged, headers)).status_code == 401
+
+    await wait_for_step(client, wid, Step.SRE_ASSIGNMENT, GATE2)
+    await eventually(lambda: said(slack, ts, f"✅ <@{GATE1}> approved at pccr_review"))
+    await asyncio.sleep(1.0)  # time enough for a duplicate to have reached the workflow, had one got through
+    st = await status(client, wid)
+    from_slack = [(e.step.value, e.action, e.actor, e.accepted) for e in st.audit if e.channel == "slack"]
+    assert from_slack == [("pccr_review", "approve", GATE1, True)]
+    assert ephemerals_about(slack, wid) == []
+    await send_action(client, wid, Action.CANCEL, ActionInput(actor=OWNER, step=Step.SRE_ASSIGNMENT))
+
+
+def test_replay_cache_expiry_bounds_and_threads():
+    now = [1_000_000.0]
+    cache = ReplayCache(window=300, max_size=3, clock=lambda: now[0])
+    assert cache.first("1000000", "v0=a") and not cache.first("1000000", "v0=a")
+    assert cache.first("1000000", "v0=b") and cache.first("1000001", "v0=a")  # another signature, time
+    now[0] += 290
+    assert not cache.first("1000000", "v0=a")  # still fresh enough for Bolt, so still a replay
+    # Kept until the request could no longer pass the five-minute check, counted from the later of
+    # its timestamp and its arrival (a timestamp ahead of our clock is kept the longer).
+    assert cache.first(str(int(now[0]) + 200), "v0=ahead")
+    now[0] += 20
+    assert cache.first("1000000", "v0=a")  # 310 s on: Bolt refuses it as stale, the cache forgot it
+    assert not cache.first(str(int(now[0]) + 180), "v0=ahead")
+    for i in range(10):
+        cache.first(str(int(now[0])), f"v0={i}")
+    assert len(cache) == 3  # bounded: the oldest go first
+
+    cache = ReplayCache()
+    results: list[bool] = []
+    threads = [threading.Thread(target=lambda: results.append(cache.first("1", "v0=x"))) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False] * 15 + [True]
+
+
+def exchange(port: int, data: bytes, wait: float = 6.0) -> tuple[bytes, float]:
+    """Send `data` on a raw connection, then read until the server closes it: what came back, and the
+    seconds it took (socket.timeout after `wait` if the server never closes)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+        s.sendall(data)
+        started = time.monotonic()
+        return read_to_close(s), time.monotonic() - started
+
+
+def read_to_close(s: socket.socket) -> bytes:
+    got = b""
+    try:
+        while chunk := s.recv(65536):
+            got += chunk
+    except ConnectionResetError:  # closed with our bytes unread: closed all the same
+        pass
+    return got
+
+
+async def test_http_read_timeout_and_body_cap(make_bridge: Callable[..., Bridge]):
+    b = make_bridge(timeout=1.0)
+    port = urlsplit(b.url).port
+    assert port
+    default = make_http_server(b.app, "127.0.0.1", 0)  # what `deployctl slack` runs with
+    assert default.RequestHandlerClass.timeout == READ_TIMEOUT == 10.0
+    default.server_close()
+
+    def head(path: str, length: int | str, extra: str = "") -> bytes:
+        return (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            f"Content-Length: {length}\r\n{extra}\r\n"
+        ).encode()
+
+    # A client that sends nothing, half its headers, or part of its body holds a thread about a second.
+    for data in (b"", b"POST /slack/events HTTP/1.1\r\nHost: 127.0.0.1\r\n", head(EVENTS_PATH, 100) + b"pay"):
+        got, took = await asyncio.to_thread(exchange, port, data)
+        assert got == b"" and 0.5 < took < 4, (data, got, took)
+
+    # Or drips it, a byte at a time, each well within the per-read timeout: cut at the deadline.
+    def drip() -> tuple[bytes, float]:
+        with socket.create_connection(("127.0.0.1", port), timeout=6) as s:
+            started = time.monotonic()
+            try:
+                for byte in head(EVENTS_PATH, 10) + b"payload=xx":
+                    s.sendall(bytes([byte]))
+                    time.sleep(0.2)
+            except OSError:  # the server shut the connection
+                pass
+            return read_to_close(s), time.monotonic() - started
+
+    got, took = await asyncio.to_thread(drip)
+    assert got == b"" and took < 4, (got, took)
+
+    # Bigger than any Slack payload: 413 at once, from the headers alone, on any path.
+    for path in (EVENTS_PATH, "/elsewhere"):
+        for length in (MAX_BODY + 1, 10**12):
+            got, _ = await asyncio.to_thread(exchange, port, head(path, length))
+            assert got.startswith(b"HTTP/1.1 413 "), got
+            assert b"Connection: close" in got  # (had it waited for the body, the timeout had closed it)
+    for bad in (head(EVENTS_PATH, "-1"), head(EVENTS_PATH, 5, "Content-Length: 6\r\n")):
+        got, _ = await asyncio.to_thread(exchange, port, bad)
+        assert got.startswith(b"HTTP/1.1 400 "), (bad, got)
+    got, _ = await asyncio.to_thread(exchange, port, head(EVENTS_PATH, 5, "Transfer-Encoding: chunked\r\n"))
+    assert got.startswith(b"HTTP/1.1 400 ")
+    # And it still serves.
+    got, _ = await asyncio.to_thread(
+        exchange, port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    assert got.startswith(b"HTTP/1.1 200 ") and got.endswith(b"\r\n\r\nok\n")
+
+
+async def test_status_only_for_the_deploys_people(
+    client: Client, deployment: Deployment, worker: None, bridge: Bridge, slack: FakeSlack
+):
+    wid = await start(client, deployment)
+    await wait_for_step(client, wid, Step.PCCR_REVIEW, GATE1)
+
+    async def ask(user: str, about: str) -> str:
+        return await ask_status(bridge, slack, user, about)
+
+    # Someone not in the deploy's roster or groups learns nothing about it, not even that it exists.
+    outsider = await ask(OUTSIDER, wid)
+    assert "not part of" in outsider and len(outsider.splitlines()) == 1
+    for detail in ("pccr_review", "step", "waiting", "PCCR", "<@", "<http"):
+        assert detail not in outsider
+    nowhere = "deploy-nope-kprod-00000000"
+    assert (await ask(OUTSIDER, nowhere)).replace(nowhere, wid) == outsider
+    # Its people see it: a gatekeeper (in the roster) and the requester (its code owner).
+    for user in (GATE1, OWNER):
+        text = await ask(user, wid)
+        assert "step: `pccr_review`" in text and f"<@{GATE1}>" in text, (user, text)
+    # A member's typo (or a deploy that is gone) gets the same line as everyone: nothing to tell apart.
+    assert (await ask(GATE1, nowhere)).replace(nowhere, wid) == outsider
+    await send_action(client, wid, Action.CANCEL, ActionInput(actor=OWNER, step=Step.PCCR_REVIEW))
+
+
+async def test_status_while_no_worker_answers(
+    client: Client, deployment: Deployment, bridge: Bridge, slack: FakeSlack, monkeypatch
+):
+    """No worker answers the query: the history still names the requester and the workers' code owners,
+    who are told why there is no status; anyone else gets the one line, as for a deploy that is not."""
+    from worker import create_worker
+
+    async with create_worker(client, deployment.config, task_queue=deployment.task_queue):
+        wid = await start(client, deployment)
+        await wait_for_step(client, wid, Step.PCCR_REVIEW, GATE1)
+    monkeypatch.setattr(slack_bridge, "QUERY_RPC_TIMEOUT", 1.0)
+    try:
+        owner = await ask_status(bridge, slack, OWNER, wid)
+        assert owner.startswith(f":warning: No status for `{wid}` right now: ") and "step" not in owner
+        outsider = await ask_status(bridge, slack, OUTSIDER, wid)
+        assert outsider == slack_bridge.not_part_text(wid)
+    finally:
+        await client.get_workflow_handle(wid).terminate("test over")
 
 
 # ------------------------------------------------------------------------------- blocks and clicks
