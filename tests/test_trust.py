@@ -370,39 +370,68 @@ async def test_github_signing_keys_count_for_their_person(
         await send_action(client, wid, Action.CANCEL, {"actor": OWNER, "step": "sre_assignment"})
 
 
-async def test_a_whole_deploy_through_the_temporal_cli_with_deployctl_sign(
-    env: WorkflowEnvironment, client: Client, deployment: Deployment, worker: None
-):
-    """Every step of a com deploy as someone at a terminal would do it: `deployctl sign` prints the
-    payload, `temporal workflow update execute --input` sends it."""
-    d = deployment
-    wid = await start(client, d)
+def _terminal(env: WorkflowEnvironment, client: Client, d: Deployment, wid: str):
+    """One person at a terminal: `deployctl sign` prints the payload, the `temporal` CLI sends it (an
+    Update, or with `signal=True` a Signal)."""
 
-    async def step(action: str, actor: str, at: Step, *extra: str) -> None:
+    async def step(action: str, actor: str, at: Step, *extra: str, signal: bool = False) -> None:
         await wait_for_step(client, wid, at, actor, timeout=30)
         signed_run = await deployctl(env, d, "sign", action, wid, "--as", actor, *extra)
         assert signed_run.code == 0, signed_run.err
         payload = json.loads(signed_run.out)
         assert payload["actor"] == actor and payload["signature"].startswith("-----BEGIN SSH SIGNATURE-----")
+        how = ("signal",) if signal else ("update", "execute")
         sent = await temporal(
-            env, "workflow", "update", "execute", "--workflow-id", wid, "--name", action.replace("-", "_"),
+            env, "workflow", *how, "--workflow-id", wid, "--name", action.replace("-", "_"),
             "--input", json.dumps(payload),
         )  # fmt: skip
         assert sent.code == 0, sent.err
 
+    return step
+
+
+async def _signed_throughout(client: Client, wid: str, people: int) -> None:
+    result = await client.get_workflow_handle(wid, result_type=DeployResult).result()
+    assert result.outcome is Outcome.SUCCEEDED, result.reason
+    final = await status(client, wid)
+    acted = [e for e in final.audit if e.accepted and e.actor != "deployctl"]
+    assert len(acted) == people and all(e.identity.startswith("ssh:SHA256:") for e in acted)
+    assert {e.channel for e in acted[1:]} == {"temporal"}
+
+
+async def test_a_whole_deploy_through_the_temporal_cli_with_deployctl_sign(
+    env: WorkflowEnvironment, client: Client, deployment: Deployment, worker: None
+):
+    """Every step of a com deploy as someone at a terminal would do it."""
+    d = deployment
+    wid = await start(client, d)
+    step = _terminal(env, client, d, wid)
     await step("approve", GATE1, Step.PCCR_REVIEW)
     await step("assign", GATE1, Step.SRE_ASSIGNMENT, "--sre", SRE1)
-    await step("approve", SRE1, Step.CLEARANCE)
+    await step("approve", SRE1, Step.CLEARANCE, signal=True)
     await step("trigger", OWNER, Step.TRIGGER)
     st = await wait_for_step(client, wid, Step.DIFF_VALIDATION, OWNER)
     await step("validate-diff", OWNER, Step.DIFF_VALIDATION, "--diff-sha256", st.build.diff_sha256 or "")
     await step("approve", SRE1, Step.DEPLOY_APPROVAL)
-    result = await client.get_workflow_handle(wid, result_type=DeployResult).result()
-    assert result.outcome is Outcome.SUCCEEDED
-    final = await status(client, wid)
-    people = [e for e in final.audit if e.accepted and e.actor != "deployctl"]
-    assert len(people) == 7 and all(e.identity.startswith("ssh:SHA256:") for e in people)
-    assert {e.channel for e in people[1:]} == {"temporal"}
+    await _signed_throughout(client, wid, 7)
+
+
+async def test_a_whole_gov_deploy_through_the_temporal_cli_with_deployctl_sign(
+    env: WorkflowEnvironment, client: Client, deployment: Deployment, worker: None
+):
+    from tests.support import SREG1, start_gov
+
+    d = deployment
+    wid = await start_gov(client, d)
+    step = _terminal(env, client, d, wid)
+    await step("approve", GATE1, Step.PCCR_REVIEW)
+    await step("assign", GATE1, Step.SRE_ASSIGNMENT, "--sre", SREG1)
+    await step("merge", SREG1, Step.VERSION_PR_MERGE)
+    await step("trigger", SREG1, Step.TRIGGER)
+    st = await wait_for_step(client, wid, Step.DIFF_VALIDATION, OWNER)
+    await step("validate-diff", OWNER, Step.DIFF_VALIDATION, "--diff-sha256", st.build.diff_sha256 or "")
+    await step("approve", SREG1, Step.DEPLOY_APPROVAL, signal=True)
+    await _signed_throughout(client, wid, 7)
 
 
 async def test_a_version_pr_merged_on_github_by_the_sre_is_theirs(
