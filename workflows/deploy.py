@@ -612,7 +612,7 @@ class DeployWorkflow:
             )
             return (
                 f"Build #{b.number}: {b.url}console\n```\n{shown}\n```{note}\n"
-                f"The button approves the whole diff, sha256 `{b.diff_sha256}`"
+                f"The button approves the whole diff: diff sha256 `{b.diff_sha256}`"
             )
         if defn.step is Step.DEPLOY_APPROVAL:
             return f"The deploy job waits for your approval: {b.url} (diff sha256 `{b.diff_sha256}`)"
