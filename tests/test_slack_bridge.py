@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -865,3 +865,59 @@ def test_cli_slack_needs_its_secrets(deployment: Deployment):
     )
     assert out.exit_code == 2
     assert out.output.strip().splitlines()[0].startswith("deployctl: DEPLOYCTL_BRIDGE_KEY is not set")
+
+
+async def _by_clicks(client: Client, bridge: Bridge, slack: FakeSlack, wid: str, script) -> None:
+    """Each step's person clicks its button in the DM the workflow sent them."""
+    for user, step, action, sre in script:
+        st = await wait_for_step(client, wid, step, user, timeout=60)
+        await click(bridge, slack, user, await own_dm(slack, user, st), action, sre)
+    result = await client.get_workflow_handle(wid, result_type=DeployResult).result()
+    assert result.outcome is Outcome.SUCCEEDED, result.reason
+    final = await status(client, wid)
+    clicks = [e for e in final.audit if e.accepted and e.actor != "deployctl" and e.action != "start"]
+    fp = signing.fingerprint(keys.public(keys.BRIDGE))
+    assert len(clicks) == len(script) and all(e.identity == f"slack-bridge:{fp}" for e in clicks)
+
+
+async def test_whole_gov_and_release_deploys_by_clicks(
+    client: Client, tmp_path, jenkins: FakeJenkins, slack: FakeSlack, github, secrets, make_bridge
+):
+    """The gov process (version PR merged by the SRE's click) and a release planned, accepted and run
+    in its window, every action a signed click through the bridge."""
+    from starter.devstack import release_calendar
+    from tests.conftest import make_deployment
+    from tests.support import SREG1, start_gov
+    from worker import create_worker
+
+    bridge = make_bridge()
+    d = make_deployment(
+        tmp_path, jenkins, slack, github=github, extra=release_calendar(timedelta(seconds=20))
+    )
+    async with create_worker(client, d.config, task_queue=d.task_queue):
+        gov = await start_gov(client, d)
+        rel, _ = await start_deploy(
+            client, d.config, Process.RELEASE, d.service, "kstg", dict(PARAMS), None, OWNER
+        )
+        await _by_clicks(
+            client, bridge, slack, gov,
+            [
+                (GATE1, Step.PCCR_REVIEW, Action.APPROVE, None),
+                (GATE1, Step.SRE_ASSIGNMENT, Action.ASSIGN, SREG1),
+                (SREG1, Step.VERSION_PR_MERGE, Action.MERGE, None),
+                (SREG1, Step.TRIGGER, Action.TRIGGER, None),
+                (OWNER, Step.DIFF_VALIDATION, Action.VALIDATE_DIFF, None),
+                (SREG1, Step.DEPLOY_APPROVAL, Action.APPROVE, None),
+            ],
+        )  # fmt: skip
+        await _by_clicks(
+            client, bridge, slack, rel,
+            [
+                (OWNER, Step.SRE_ASSIGNMENT, Action.ASSIGN, SRE1),
+                (GATE1, Step.RELEASE_ACCEPTANCE, Action.APPROVE, None),
+                (SRE1, Step.CLEARANCE, Action.APPROVE, None),
+                (OWNER, Step.TRIGGER, Action.TRIGGER, None),
+                (OWNER, Step.DIFF_VALIDATION, Action.VALIDATE_DIFF, None),
+                (SRE1, Step.DEPLOY_APPROVAL, Action.APPROVE, None),
+            ],
+        )  # fmt: skip

@@ -505,3 +505,31 @@ async def test_start_learns_the_refusal_even_after_the_deploy_ended(
     with pytest.raises(Refused) as err:
         await admitted(handle)
     assert str(err.value).startswith("unsigned action")
+
+
+async def test_a_whole_release_deploy_through_the_temporal_cli_with_deployctl_sign(
+    env: WorkflowEnvironment, client: Client, tmp_path: Path, jenkins: FakeJenkins, slack, github, secrets
+):
+    """Planned by the owner (who assigns the SRE), accepted by a gatekeeper, run in its window: every
+    action signed by `deployctl sign` and sent by the `temporal` CLI."""
+    from starter.devstack import release_calendar
+    from tests.conftest import make_deployment
+    from worker import create_worker
+
+    d = make_deployment(
+        tmp_path, jenkins, slack, github=github, extra=release_calendar(timedelta(seconds=20))
+    )
+    async with create_worker(client, d.config, task_queue=d.task_queue):
+        wid, _ = await start_deploy(
+            client, d.config, Process.RELEASE, d.service, "kstg", dict(PARAMS), None, OWNER
+        )
+        step = _terminal(env, client, d, wid)
+        await step("assign", OWNER, Step.SRE_ASSIGNMENT, "--sre", SRE1)
+        await step("approve", GATE1, Step.RELEASE_ACCEPTANCE, signal=True)
+        await wait_for_step(client, wid, Step.CLEARANCE, SRE1, timeout=60)  # the window opens
+        await step("approve", SRE1, Step.CLEARANCE)
+        await step("trigger", OWNER, Step.TRIGGER)
+        st = await wait_for_step(client, wid, Step.DIFF_VALIDATION, OWNER)
+        await step("validate-diff", OWNER, Step.DIFF_VALIDATION, "--diff-sha256", st.build.diff_sha256 or "")
+        await step("approve", SRE1, Step.DEPLOY_APPROVAL)
+        await _signed_throughout(client, wid, 7)
