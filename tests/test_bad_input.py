@@ -615,5 +615,7 @@ def test_strategies_cover_what_they_claim():
     """Guard against a strategy that silently stopped producing its cases."""
     assert not would_be_accepted(Action.APPROVE, {"actor": OWNER, "step": "pccr_review"})
     assert would_be_accepted(Action.APPROVE, {"actor": GATE1, "step": "pccr_review", "comment": "ok"})
-    assert not would_be_accepted(Action.APPROVE, {"actor": GATE1, "step": "pccr_review", "x": 1})  # unknown key
+    assert not would_be_accepted(
+        Action.APPROVE, {"actor": GATE1, "step": "pccr_review", "x": 1}
+    )  # unknown key
     assert not would_be_accepted(Action.APPROVE, {"actor": GATE1, "step": "pccr_review", "comment": 3})
