@@ -130,3 +130,35 @@ async def test_a_diff_cannot_end_its_code_block_or_ping_anyone(
         assert "The diff is cut here" in text and f"{st_.build.url}console" in text
         assert f"sha256 `{st_.build.diff_sha256}`" in text
         await act(client, wid, Action.CANCEL, OWNER, Step.DIFF_VALIDATION)
+
+
+async def test_a_refused_update_is_logged_as_one_json_line(
+    client: Client, deployment: Deployment, worker: None, caplog
+):
+    """A refused Update leaves no history; the worker's log says who tried what, and why."""
+    import json
+    import logging
+
+    from starter.cli import Refused
+
+    wid = await start_oow(client, deployment)
+    await wait_for_step(client, wid, Step.PCCR_REVIEW, GATE1)
+    caplog.set_level(logging.WARNING, logger="temporalio.workflow")
+    try:
+        await send_action(client, wid, Action.APPROVE, {"actor": "U0EVIL", "step": "pccr_review"}, sign=False)
+    except Refused:
+        pass
+    else:
+        raise AssertionError("an unsigned approve was accepted")
+
+    def logged():
+        for r in caplog.records:
+            msg = r.getMessage()
+            if '"refused": "approve"' in msg:
+                return json.JSONDecoder().raw_decode(msg[msg.index("{") :])[0]
+        return None
+
+    line = await eventually(logged)
+    assert line["actor"] == "U0EVIL" and line["via"] == "update" and line["step"] == "pccr_review"
+    assert line["reason"].startswith("unsigned action") and line["identity"] == "claimed"
+    await send_action(client, wid, Action.CANCEL, {"actor": OWNER, "step": "pccr_review"})
