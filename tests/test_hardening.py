@@ -162,3 +162,26 @@ async def test_a_refused_update_is_logged_as_one_json_line(
     assert line["actor"] == "U0EVIL" and line["via"] == "update" and line["step"] == "pccr_review"
     assert line["reason"].startswith("unsigned action") and line["identity"] == "claimed"
     await send_action(client, wid, Action.CANCEL, {"actor": OWNER, "step": "pccr_review"})
+
+
+async def test_the_gatekeeper_sees_every_parameter_they_approve(
+    client: Client, deployment: Deployment, worker: None, slack: FakeSlack
+):
+    from starter.cli import start_deploy
+    from tests.conftest import PARAMS
+    from workflows.models import Process
+
+    d = deployment
+    params = {**PARAMS, "IMAGE_TAG": "<!channel> 1.4.2 ```"}
+    wid, _ = await start_deploy(client, d.config, Process.OOW, d.service, "kprod", params, None, OWNER)
+    await wait_for_step(client, wid, Step.PCCR_REVIEW, GATE1)
+    dm = await eventually(
+        lambda: next(
+            (m for m in slack.messages_to(GATE1) if wid in m["text"] and "pccr_review" in m["text"]), None
+        )
+    )
+    text = dm["text"]
+    assert f"Jenkins job `{d.job}`, with exactly these parameters:" in text
+    assert "DRY_RUN: false" in text and "REPLICAS: 3" in text
+    assert "IMAGE_TAG: &lt;!channel&gt; 1.4.2" in text and "<!channel>" not in text and text.count("```") == 2
+    await send_action(client, wid, Action.CANCEL, {"actor": OWNER, "step": "pccr_review"})

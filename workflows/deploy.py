@@ -601,6 +601,8 @@ class DeployWorkflow:
 
     def _detail(self, defn: StepDef) -> str:
         b = self._build
+        if defn.step in (Step.PCCR_REVIEW, Step.RELEASE_ACCEPTANCE, Step.VP_APPROVAL):
+            return messages.params_detail(self._in.service.jenkins_job, self._in.params, self._in.version)
         if defn.step is Step.DIFF_VALIDATION and b.diff is not None:
             cut = len(b.diff) > DIFF_SHOWN
             shown = messages.slack_code(b.diff[:DIFF_SHOWN])

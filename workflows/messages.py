@@ -116,3 +116,13 @@ def github_text(text: str) -> str:
     for bad, good in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ("@", "@\u200b"), ("![", "!\u200b[")):
         flat = flat.replace(bad, good)
     return flat.replace("[", "\\[").replace("]", "\\]")
+
+
+def params_detail(job: str, params: dict[str, str], version: str | None, limit: int = 2500) -> str:
+    """What a reviewer approves: the job and every parameter of the PCCR, as text (SPEC §10)."""
+    rows = "\n".join(f"{name}: {value}" for name, value in sorted(params.items())) or "(no parameters)"
+    cut = len(rows) > limit
+    head = f"Jenkins job `{slack_escape(job)}`" + (f", version `{slack_escape(version)}`" if version else "")
+    return f"{head}, with exactly these parameters:\n```\n{slack_code(rows[:limit])}\n```" + (
+        "\n:warning: The parameters are cut here; the PCCR holds them all." if cut else ""
+    )
