@@ -102,7 +102,7 @@ def _actor(actor: str | None) -> str:
 KEY_ENV = "DEPLOYCTL_SIGNING_KEY"
 
 
-def signing_key(key: str | None, actor: str) -> str | None:
+def signing_key(key: str | None, actor: str, strict: bool = False) -> str | None:
     """The key that signs for `actor`: `--key`, else $DEPLOYCTL_SIGNING_KEY; None: send unsigned.
 
     A private key file, or the public half of a key held by ssh-agent (as git's user.signingkey). A
@@ -114,17 +114,14 @@ def signing_key(key: str | None, actor: str) -> str | None:
     where = Path(path).expanduser()
     if where.is_dir():
         mine = where / actor
-        return str(mine) if mine.is_file() and actor else None  # none of theirs: sent unsigned
+        if mine.is_file() and actor:
+            return str(mine)
+        if strict:  # at the CLI a missing key is a usage error, not a silent unsigned send
+            raise UsageError(f"{path} holds no key for {actor}: pass --key FILE")
+        return None  # none of theirs: sent unsigned
     if not where.exists():
         raise UsageError(f"signing key {path} not found: pass --key FILE or set {KEY_ENV}")
     return str(where)
-
-
-def _have_key(key: str | None, actor: str) -> None:
-    """A key directory without the actor's key is a usage error at the CLI (not a silent unsigned send)."""
-    path = key or os.environ.get(KEY_ENV, "").strip()
-    if path and Path(path).expanduser().is_dir() and signing_key(key, actor) is None:
-        raise UsageError(f"{path} holds no key for {actor}: pass --key FILE")
 
 
 def signed(payload: dict[str, Any], workflow_id: str, action: str, key: str | None) -> dict[str, Any]:
@@ -206,7 +203,7 @@ def start(
     config = _config_or_exit(ctx)
 
     async def go() -> None:
-        _have_key(key, _actor(actor))
+        signing_key(key, _actor(actor), strict=True)
         client = await connect()
         wid, link = await start_deploy(
             client,
@@ -409,7 +406,7 @@ async def _send(
     msg = ActionInput(
         actor=who, step=Step(step), comment=comment, sre=sre, diff_sha256=diff_sha256, channel="cli"
     )
-    _have_key(key, who)
+    signing_key(key, who, strict=True)
     await send_action(client, workflow_id, action, msg, key=key)
     click.echo(f"{action.value} accepted at {step} on {workflow_id}")
 

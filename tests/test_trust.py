@@ -23,19 +23,12 @@ from tests.conftest import GATE1, GATE2, OWNER, PARAMS, SRE1, Deployment, eventu
 from tests.fakes.github import FakeGitHub
 from tests.fakes.jenkins import FakeJenkins
 from tests.fakes.slack import FakeSlack
-from tests.support import act, refused, signed, status, to_trigger
+from tests.support import act, refused, signed, start_oow, status, to_trigger
 from tests.test_cli import deployctl, temporal
 from workflows import signing
 from workflows.models import Action, DeployResult, Outcome, Process, Step
 
 BOB = "U0BOB"  # has a key on the workers, holds no role
-
-
-async def start(client: Client, d: Deployment, actor: str = OWNER, **kw) -> str:
-    wid, _ = await start_deploy(
-        client, d.config, Process.OOW, d.service, "kprod", dict(PARAMS), None, actor, **kw
-    )
-    return wid
 
 
 def approve(wid: str, actor: str = GATE1, by: str | None = None, **extra) -> dict:
@@ -52,8 +45,8 @@ async def test_forged_identities_are_refused_and_change_nothing(
     client: Client, deployment: Deployment, worker: None, tmp_path: Path
 ):
     d = deployment
-    wid = await start(client, d)
-    other = await start(client, d)
+    wid = await start_oow(client, d)
+    other = await start_oow(client, d)
     await wait_for_step(client, wid, Step.PCCR_REVIEW, GATE1)
     stranger_key, _ = throwaway_key(tmp_path, "stranger")
     now = datetime.now(UTC)
@@ -121,7 +114,7 @@ async def _refused_signals(client: Client, wid: str, n: int):
 
 async def test_a_signed_action_is_accepted_once(client: Client, deployment: Deployment, worker: None):
     d = deployment
-    wid = await start(client, d)
+    wid = await start_oow(client, d)
     await wait_for_step(client, wid, Step.PCCR_REVIEW, GATE1)
     payload = approve(wid, comment="looks right")
     await client.get_workflow_handle(wid).execute_update("approve", payload)
@@ -149,12 +142,12 @@ async def test_an_unsigned_start_is_refused_and_opens_nothing(
 ):
     monkeypatch.delenv("DEPLOYCTL_SIGNING_KEY")
     with pytest.raises(Refused) as err:
-        await start(client, deployment)
+        await start_oow(client, deployment)
     assert str(err.value).startswith("unsigned action")
     # Someone else's key, signing in the owner's name.
     monkeypatch.setenv("DEPLOYCTL_SIGNING_KEY", keys.private(BOB))
     with pytest.raises(Refused) as err:
-        await start(client, deployment)
+        await start_oow(client, deployment)
     assert "signature does not verify with any key of U0OWNER1" in str(err.value)
     assert not [m for m in slack.messages_to("C0TRIAGE") if deployment.service in m["text"]]
 
@@ -230,7 +223,7 @@ async def test_whole_chain_separation_of_duties(
     _with_gatekeeper_in_sre(d)
     d = Deployment(load_config(str(d.config_path)), d.config_path, d.service, d.job, d.task_queue)
     async with create_worker(client, d.config, task_queue=d.task_queue):
-        wid = await start(client, d)
+        wid = await start_oow(client, d)
         await act(client, wid, Action.APPROVE, GATE1, Step.PCCR_REVIEW)
         st = await wait_for_step(client, wid, Step.SRE_ASSIGNMENT, GATE2)
         assert GATE1 in st.waiting_on  # a gatekeeper may still assign; just not themselves
@@ -259,7 +252,7 @@ async def test_a_vp_is_not_also_the_gatekeeper(
     )
     d.config_path.write_text(text)
     async with create_worker(client, load_config(str(d.config_path)), task_queue=d.task_queue):
-        wid = await start(client, d)
+        wid = await start_oow(client, d)
         await act(client, wid, Action.APPROVE, "U0VP1", Step.VP_APPROVAL)
         st = await wait_for_step(client, wid, Step.PCCR_REVIEW, GATE1)
         assert st.waiting_on == [GATE1]
@@ -270,7 +263,7 @@ async def test_a_vp_is_not_also_the_gatekeeper(
 
 
 async def _at_deploy_approval(client: Client, d: Deployment) -> tuple[str, int]:
-    wid = await start(client, d)
+    wid = await start_oow(client, d)
     st = await to_trigger(client, wid, SRE1)
     await act(client, wid, Action.TRIGGER, OWNER, Step.TRIGGER)
     st = await wait_for_step(client, wid, Step.DIFF_VALIDATION, OWNER)
@@ -327,7 +320,7 @@ async def test_claimed_identities_when_the_team_accepts_them(
         tmp_path, jenkins, slack, github=github, extra="\n[security]\nrequire_signed_actions = false\n"
     )
     async with create_worker(client, d.config, task_queue=d.task_queue):
-        wid = await start(client, d)
+        wid = await start_oow(client, d)
         await wait_for_step(client, wid, Step.PCCR_REVIEW, GATE1)
         await client.get_workflow_handle(wid).execute_update(
             "approve", {"actor": GATE1, "step": "pccr_review"}
@@ -355,7 +348,7 @@ async def test_github_signing_keys_count_for_their_person(
     d.config_path.write_text(text)
     github.add_signing_key("gate-two", gh_public)
     async with create_worker(client, load_config(str(d.config_path)), task_queue=d.task_queue):
-        wid = await start(client, d)
+        wid = await start_oow(client, d)
         await wait_for_step(client, wid, Step.PCCR_REVIEW, GATE2)
         mine = sign_payload({"actor": GATE2, "step": "pccr_review"}, wid, "approve", str(gh_key))
         await client.get_workflow_handle(wid).execute_update("approve", mine)
@@ -404,7 +397,7 @@ async def test_a_whole_deploy_through_the_temporal_cli_with_deployctl_sign(
 ):
     """Every step of a com deploy as someone at a terminal would do it."""
     d = deployment
-    wid = await start(client, d)
+    wid = await start_oow(client, d)
     step = _terminal(env, client, d, wid)
     await step("approve", GATE1, Step.PCCR_REVIEW)
     await step("assign", GATE1, Step.SRE_ASSIGNMENT, "--sre", SRE1)
