@@ -260,7 +260,10 @@ class DeployPlan(BaseModel):
     service: ServiceSpec
     environment: str
     cloud: Cloud
-    params: dict[str, str]
+    params: dict[str, str]  # what the PCCR gives: never a password parameter (SPEC §10)
+    #: The job's password parameters, by name only: the worker that triggers the build reads their values
+    #: from its environment (`policy.secret_env`); they are shown as `policy.SECRET_SHOWN`.
+    secret_params: list[str] = Field(default_factory=list)
     version: str | None = None
     requested_by: str
     settings: DeploySettings
@@ -281,6 +284,8 @@ class Pccr(BaseModel):
     id: str
     url: str
     state: str = "pending-review"
+    #: What the reviewers approve: the PCCR's parameters, a password parameter as
+    #: "(secret, supplied by the worker)" (SPEC §10; `DeployStatus.secret_params` names them).
     params: dict[str, str] = Field(default_factory=dict)
     backend: str = "builtin"
     number: int | None = None  # the GitHub issue, with the github backend
@@ -311,6 +316,7 @@ class DeployStatus(BaseModel):
     waiting_since: datetime | None = None  # since when it waits for that
     rosters: list[Roster] = Field(default_factory=list)
     config_sha256: str | None = None  # the workers' config file the rules were last read from
+    secret_params: list[str] = Field(default_factory=list)  # the job's password parameters, once read
     refused_not_kept: int = 0  # refused actions past the audit trail's cap, counted only
     audit: list[AuditEntry] = Field(default_factory=list)
 
@@ -351,6 +357,9 @@ class TriggerBaseline(BaseModel):
 class TriggerBuildInput(BaseModel):
     job: str
     params: dict[str, str]
+    #: Password parameters by name: the activity reads each value from `DEPLOYCTL_PARAM_<NAME>` in the
+    #: worker's environment when it runs, so no value is ever in the workflow's history.
+    secret_params: list[str] = Field(default_factory=list)
     not_before: datetime  # a build or queue item of ours is newer than this (idempotency window)
     baseline: TriggerBaseline | None = None  # when given: ours is newer than the baseline (not a clock)
 

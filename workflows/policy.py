@@ -180,9 +180,78 @@ def _assign_refusal(msg: ActionInput, s: Situation) -> str | None:
     return None
 
 
-def params_refusal(definitions: list[JobParameter], params: dict[str, str], job: str) -> str | None:
-    """The PCCR must give a value for every parameter the job defines, and nothing else."""
-    defined = [p.name for p in definitions]
+# Password parameters (SPEC §10): never in a params file, a PCCR, a history, a log or an audit. The
+# worker that triggers the build reads each one's value from its own environment, at that moment.
+
+#: What a reviewer, the status, the audit and the Web UI see in place of a password parameter's value.
+SECRET_SHOWN = "(secret, supplied by the worker)"
+#: The worker reads password parameter NAME from the environment variable `secret_env(NAME)`.
+SECRET_ENV_PREFIX = "DEPLOYCTL_PARAM_"
+
+
+def is_password(p: JobParameter) -> bool:
+    """A parameter whose value Jenkins keeps secret: core's `PasswordParameterDefinition` (Jenkins reports
+    the simple class name as `type`, so the Mask Passwords plugin's class of that name is one too), or any
+    other `…PasswordParameterDefinition`: taking one for a secret is the safe mistake."""
+    return p.type.endswith("PasswordParameterDefinition")
+
+
+def secret_env(name: str) -> str:
+    """The environment variable a worker reads password parameter `name` from: `DEPLOYCTL_PARAM_` and the
+    name upper-cased, every character other than A-Z, 0-9 and `_` replaced by `_` (`db-password` →
+    `DEPLOYCTL_PARAM_DB_PASSWORD`, `Db.Pass` → `DEPLOYCTL_PARAM_DB_PASS`)."""
+    return SECRET_ENV_PREFIX + "".join(
+        c if ("A" <= c <= "Z" or "0" <= c <= "9" or c == "_") else "_" for c in name.upper()
+    )
+
+
+def password_names(definitions: list[JobParameter]) -> list[str]:
+    """The job's password parameters, in the job's order."""
+    return [p.name for p in definitions if is_password(p)]
+
+
+def shown_params(params: Mapping[str, str], secrets: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """The parameters as people see them: every password parameter as `SECRET_SHOWN`, whatever was given."""
+    return {**dict(params), **dict.fromkeys(secrets, SECRET_SHOWN)}
+
+
+def secret_refusal(definitions: list[JobParameter], params: Mapping[str, str], job: str) -> str | None:
+    """A password parameter of the job in the params (its value must come from the worker), or two
+    password parameters that would read the same environment variable; None when neither."""
+    secrets = password_names(definitions)
+    given = sorted(n for n in secrets if n in params)
+    if given:
+        names, envs = ", ".join(given), ", ".join(secret_env(n) for n in given)
+        what = "is a password parameter" if len(given) == 1 else "are password parameters"
+        them = "it" if len(given) == 1 else "them"
+        return (
+            f"{names} {what} of job {job}: the worker supplies {them} from {envs}; "
+            f"take {them} out of the params file"
+        )
+    by_env: dict[str, list[str]] = {}
+    for n in secrets:
+        by_env.setdefault(secret_env(n), []).append(n)
+    clash = next(((env, ns) for env, ns in sorted(by_env.items()) if len(ns) > 1), None)
+    if clash:
+        env, ns = clash
+        return (
+            f"password parameters {', '.join(ns)} of job {job} would all be read from {env}: "
+            "rename one of them in the job"
+        )
+    return None
+
+
+def params_refusal(
+    definitions: list[JobParameter], params: dict[str, str], job: str, passwords: bool = True
+) -> str | None:
+    """The PCCR must give a value for every parameter the job defines, and nothing else; a password
+    parameter's value comes from the worker, never from the PCCR (`secret_refusal`). `passwords=False`
+    is the rule before that (deploys started then replay by it: a password was one more parameter)."""
+    if passwords:
+        secret = secret_refusal(definitions, params, job)
+        if secret:
+            return secret
+    defined = [p.name for p in definitions if not (passwords and is_password(p))]
     missing = [n for n in defined if n not in params]
     unknown = sorted(n for n in params if n not in defined)
     problems = []
