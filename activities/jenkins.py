@@ -15,6 +15,12 @@ Failures are classified where they happen:
   timeouts → retryable `JenkinsUnreachable`.
 Every message built from a client's error is scrubbed (`activities.common.scrub`): it carries neither the
 token (plain or URL-quoted) nor a URL's user name and password.
+
+Password parameters (SPEC §10): `trigger_build` is given their names only. It reads each value from
+`DEPLOYCTL_PARAM_<NAME>` in this worker's environment when it runs (`workflows.policy.secret_env`), sends
+them in the POST's form body (never in a URL, which proxies and access logs keep), and scrubs them from
+every error it raises, as it does the token. Jenkins never shows a password value back (`api/json`
+lists the parameter with no `value`), so matching a build's parameters treats a hidden value as a match.
 python-jenkins reports statuses in three ways (`JenkinsException("…[403]…")`, `NotFoundException`, or its
 own "does not exist" re-raised from either); the status is recovered from the exception chain.
 
@@ -27,13 +33,14 @@ decision; any other answer is reported as `answered_elsewhere`.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, timedelta
 from typing import Any, TypeVar
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import jenkins
 import requests
@@ -61,6 +68,7 @@ from workflows.models import (
     WatchInputInput,
     WatchInputResult,
 )
+from workflows.policy import is_password, secret_env
 
 T = TypeVar("T")
 
@@ -273,10 +281,11 @@ class JenkinsActivities:
         """`text` without our token and without any URL's user name and password."""
         return scrub(text, (self._token,))
 
-    def _failure(self, exc: BaseException, what: str) -> BaseException:
+    def _failure(self, exc: BaseException, what: str, secrets: tuple[str, ...] = ()) -> BaseException:
         """Turn whatever the client raised into a classified ApplicationError (see module docstring),
-        its message scrubbed of our token and of any URL's credentials (it reaches the history)."""
-        return scrubbed(self._classify(exc, what), (self._token,))
+        its message scrubbed of our token, of `secrets` and of any URL's credentials (it reaches the
+        history)."""
+        return scrubbed(self._classify(exc, what), (self._token, *secrets))
 
     def _classify(self, exc: BaseException, what: str) -> BaseException:
         if isinstance(exc, ApplicationError | CancelledError):
@@ -325,16 +334,19 @@ class JenkinsActivities:
             )
         return ApplicationError(f"{what}: {type(exc).__name__}: {self._scrub(str(exc))}", type="JenkinsError")
 
-    def _call(self, what: str, fn: Callable[[Any], T], read: bool = False) -> T:
-        """One call to Jenkins, its failure classified. A read (idempotent) that meets a transient failure
-        (5xx, connection) is tried again here a few times first, so a flaky Jenkins does not restart a
-        long poll from Temporal's growing backoff; writes are retried only by Temporal, after their checks."""
+    def _call(
+        self, what: str, fn: Callable[[Any], T], read: bool = False, secrets: tuple[str, ...] = ()
+    ) -> T:
+        """One call to Jenkins, its failure classified (and scrubbed of `secrets`, values the call sends).
+        A read (idempotent) that meets a transient failure (5xx, connection) is tried again here a few
+        times first, so a flaky Jenkins does not restart a long poll from Temporal's growing backoff;
+        writes are retried only by Temporal, after their checks."""
         for pause in (*READ_RETRY_PAUSES, None) if read else (None,):
             try:
                 with heartbeating(limit=2 * self.timeout + 5):  # a slow answer must not time the attempt out
                     return fn(self._client())
             except Exception as exc:
-                failure = self._failure(exc, what)
+                failure = self._failure(exc, what, secrets)
                 transient = isinstance(failure, ApplicationError) and failure.type in TRANSIENT
                 if pause is not None and transient:
                     sleep_unless_cancelled(pause)
@@ -424,13 +436,19 @@ class JenkinsActivities:
 
         The parameter names must be exactly those the job defines: Jenkins silently drops unknown ones and
         fills in defaults for missing ones, which would start a build with other parameters than asked.
+        `inp.secret_params` must be password parameters of the job (a secret is never sent to a parameter
+        Jenkins would show); their values come from this worker's environment (`_worker_secrets`).
         """
-        job, wanted = inp.job, dict(inp.params)
+        job = inp.job
         what = f"triggering {job!r}"
         queue = self._call(what, lambda c: c.get_queue_info(), read=True)
         info = self._get_json(f"{job_path(job)}api/json?tree={quote(_TRIGGER_TREE)}", what)
 
-        defined = [p.name for p in parameter_definitions(info)]
+        definitions = parameter_definitions(info)
+        self._check_secret_params(inp, definitions, what)
+        # Jenkins never shows a password's value back: a queue item or build matches on its name alone.
+        wanted = {**inp.params, **dict.fromkeys(inp.secret_params, "")}
+        defined = [p.name for p in definitions]
         unknown, missing = sorted(set(wanted) - set(defined)), sorted(set(defined) - set(wanted))
         if unknown or missing:
             raise ApplicationError(
@@ -476,9 +494,70 @@ class JenkinsActivities:
                 queue_id=b.get("queueId"), number=b["number"], url=b.get("url"), reused=True
             )
 
-        queue_id = self._call(what, lambda c: c.build_job(job, wanted or None))
+        if inp.secret_params:
+            secrets = self._worker_secrets(inp, what)  # read now, not before: nothing else needs them
+            queue_id = self._call(
+                what,
+                lambda c: self._build_with_secrets(c, job, inp.params, secrets),
+                secrets=tuple(secrets.values()),
+            )
+        else:
+            queue_id = self._call(what, lambda c: c.build_job(job, wanted or None))
         activity.logger.info("Triggered %s: queue item %s", job, queue_id)
         return TriggerBuildResult(queue_id=queue_id, reused=False)
+
+    @staticmethod
+    def _check_secret_params(inp: TriggerBuildInput, definitions: list[JobParameter], what: str) -> None:
+        """Non-retryable `SecretParamNotPassword` when one of `inp.secret_params` is not (or no longer) a
+        password parameter of the job: the worker's secret would go where Jenkins shows it."""
+        kinds = {p.name: p for p in definitions}
+        not_password = sorted(n for n in inp.secret_params if n not in kinds or not is_password(kinds[n]))
+        if not_password:
+            raise ApplicationError(
+                f"{what}: {', '.join(not_password)} is no longer a password parameter of the job; the "
+                "worker's secret is not sent to a parameter Jenkins shows",
+                type="SecretParamNotPassword",
+                non_retryable=True,
+            )
+
+    @staticmethod
+    def _worker_secrets(inp: TriggerBuildInput, what: str) -> dict[str, str]:
+        """The values of the password parameters `inp.secret_params`, from this process's environment.
+        Non-retryable `SecretParamMissing` when a variable is unset or blank on this worker; the error
+        names the variables, never a value."""
+        values: dict[str, str] = {}
+        missing: list[str] = []
+        for name in inp.secret_params:
+            value = os.environ.get(secret_env(name), "")
+            if value.strip():
+                values[name] = value
+            else:
+                missing.append(secret_env(name))
+        if missing:
+            names = [n for n in inp.secret_params if secret_env(n) in missing]
+            one = len(missing) == 1
+            raise ApplicationError(
+                f"{what}: this worker has no {', '.join(missing)} in its environment (the value of password "
+                f"parameter{'' if one else 's'} {', '.join(names)} of the job): set {'it' if one else 'them'} "
+                "on every worker and restart the workers",
+                type="SecretParamMissing",
+                non_retryable=True,
+            )
+        return values
+
+    @staticmethod
+    def _build_with_secrets(c: Any, job: str, params: dict[str, str], secrets: dict[str, str]) -> int:
+        """`build_job`, but the password parameters go in the form body, the others in the query string
+        as python-jenkins sends them. Jenkins reads both (`buildWithParameters` takes each parameter from
+        the request's parameters, query or form); only a URL is written to access logs."""
+        url = f"{c.server}{job_path(job)}buildWithParameters" + (f"?{urlencode(params)}" if params else "")
+        response = c.jenkins_request(requests.Request("POST", url, data=secrets))
+        location = response.headers.get("Location")
+        if not location:
+            raise jenkins.EmptyResponseException(
+                f"Header 'Location' not found in response from server[{c.server}]"
+            )
+        return int(location.rstrip("/").split("/")[-1])
 
     @activity.defn
     def trigger_baseline(self, inp: JobParametersInput) -> TriggerBaseline:

@@ -8,6 +8,7 @@ import os
 from datetime import UTC, datetime
 
 from starter.config import SECRET_NAMES
+from workflows.policy import SECRET_ENV_PREFIX
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
@@ -37,10 +38,19 @@ class JsonFormatter(logging.Formatter):
         return line
 
 
+def secret_values(env: dict[str, str] | None = None) -> list[str]:
+    """The values of every secret deployctl reads from the environment: the tokens, and the password
+    parameters a worker supplies (`DEPLOYCTL_PARAM_*`, SPEC §10)."""
+    env = dict(os.environ) if env is None else env
+    return [env.get(name, "") for name in SECRET_NAMES] + [
+        value for name, value in sorted(env.items()) if name.startswith(SECRET_ENV_PREFIX)
+    ]
+
+
 def setup_logging(level: str | None = None) -> None:
     """Log JSON lines to stderr; every secret deployctl reads from the environment is masked."""
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter([os.environ.get(name, "") for name in SECRET_NAMES]))
+    handler.setFormatter(JsonFormatter(secret_values()))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level or os.environ.get("DEPLOYCTL_LOG_LEVEL", "INFO"))
