@@ -41,6 +41,7 @@ from workflows.models import (
     DeploySettings,
     DeployStatus,
     IssueRef,
+    JobParametersResult,
     Outcome,
     Pccr,
     Process,
@@ -54,7 +55,7 @@ from workflows.models import (
     TriggerBuildResult,
     VersionPr,
 )
-from workflows.policy import choose_window
+from workflows.policy import choose_window, password_names, shown_params
 from workflows.steps import steps_for
 
 FORMATS = ("md", "json", "html")
@@ -132,7 +133,8 @@ async def fetch_audit(client: Client, workflow_id: str, *, query_timeout: float 
         intent, started, rules = await _opening(events, client.data_converter)
         if intent is not None:
             record.opened_by = intent.actor
-            record.params = record.params or dict(intent.params)
+            # (a password parameter is never shown: a start refused for carrying one keeps it in its input)
+            record.params = record.params or shown_params(intent.params, st.secret_params)
         record.started = started
         if rules is not None:
             record.triage_channel = rules.settings.triage_channel
@@ -267,6 +269,7 @@ async def record_from_history(
     step: Step | None = None
     waiting: list[str] = []
     build = BuildInfo()
+    secrets: list[str] = []  # the job's password parameters, as the workers read them
     issue: IssueRef | None = None
     version_pr: str | None = None
     thread: str | None = None
@@ -299,6 +302,10 @@ async def record_from_history(
                     config_sha = read.config_sha256
                     if rules is None:
                         rules, rules_time = read, _time(ev)
+            elif name == "job_parameters":
+                defs = await _first(converter, c.result, JobParametersResult)
+                if defs is not None:
+                    secrets = password_names(defs.parameters)
             elif name == "read_diff":
                 diff = await _first(converter, c.result, ReadDiffResult)
                 if diff is not None:
@@ -397,7 +404,11 @@ async def record_from_history(
     pccr: Pccr | None = None
     if ruled:
         pccr = Pccr(
-            id=workflow_id, url=ui, state="unknown", params=dict(intent.params), backend=s.pccr_backend
+            id=workflow_id,
+            url=ui,
+            state="unknown",
+            params=shown_params(intent.params, secrets),
+            backend=s.pccr_backend,
         )
         if s.pccr_backend != "builtin":
             pccr = pccr.model_copy(update={"url": issue.url if issue else ""})
@@ -426,6 +437,7 @@ async def record_from_history(
         ui_url=ui,
         sre=sre,
         config_sha256=config_sha,
+        secret_params=secrets,
     )
     return AuditRecord(
         status=st,
@@ -435,7 +447,7 @@ async def record_from_history(
         closed=closed,
         execution=execution,
         triage_channel=s.triage_channel,
-        params=dict(intent.params),
+        params=shown_params(intent.params, secrets),
         received=received,
     )
 

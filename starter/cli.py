@@ -258,7 +258,8 @@ async def start_deploy(
     defs = await _inspect_job(client, config, spec.jenkins_job)
     reason = policy.params_refusal(defs.parameters, params, spec.jenkins_job)
     if reason:
-        raise Refused(reason + "; fix the params file")
+        raise Refused(reason if reason.endswith("params file") else reason + "; fix the params file")
+    shown = policy.shown_params(params, policy.password_names(defs.parameters))
     indexed = await has_search_attributes(client)
     wid = new_workflow_id(service, environment)
     first = steps_for(process, cloud, spec.valkyr)[0].step
@@ -291,7 +292,7 @@ async def start_deploy(
             ]
         ),
         static_summary=f"{process.value.upper()} deploy of {service} to {environment} ({cloud.value}-cloud), opened by {actor}",
-        static_details=f"PCCR parameters:\n\n```\n{yaml.safe_dump(params, sort_keys=True).strip()}\n```",
+        static_details=f"PCCR parameters:\n\n```\n{yaml.safe_dump(shown, sort_keys=True).strip()}\n```",
     )
     await admitted(handle)
     return wid, f"{config.ui_url.rstrip('/')}/namespaces/{client.namespace}/workflows/{wid}"

@@ -79,6 +79,9 @@ MAX_REFUSED = (
     200  # refused actions kept in the audit trail; more are only counted (status `refused_not_kept`)
 )
 DIFF_SHOWN = 2500  # characters of the diff in the owner's DM (a section block holds at most 3,000)
+#: Password parameters come from the worker's environment, never from the PCCR (SPEC §10). Deploys
+#: started before took them from the params file, and replay by that rule.
+PASSWORD_PARAMS_PATCH = "password-params-from-worker"
 
 # The activity option sets, named by what they are (not by the system they talk to).
 # A short call (Jenkins, GitHub, the deploy lock): retried with backoff for up to 30 minutes, then the
@@ -222,7 +225,7 @@ class DeployWorkflow:
             assert self._outcome is not None
             return DeployResult(outcome=self._outcome, reason=self._reason)
         if self._in.settings.pccr_backend != "github":  # a GitHub PCCR is linked once its issue exists
-            self._pccr = Pccr(id=workflow.info().workflow_id, url=self._link(), params=self._in.params)
+            self._pccr = Pccr(id=workflow.info().workflow_id, url=self._link(), params=self._shown_params())
         self._metric("deployctl_deploys_started", "deploys started").add(1)
         body = asyncio.create_task(self._process())
         cancelled = asyncio.create_task(workflow.wait_condition(lambda: self._cancel is not None))
@@ -373,7 +376,9 @@ class DeployWorkflow:
         return self._rules.config_sha256 if self._rules else ""
 
     async def _params_refusal(self) -> str | None:
-        """The PCCR must hold a value for every parameter the job defines (read from the job)."""
+        """The PCCR must hold a value for every parameter the job defines (read from the job), except its
+        password parameters: those it must not hold (SPEC §10). The deploy keeps their names only; the
+        worker that triggers the build reads their values from its environment."""
         job = self._in.service.jenkins_job
         defs = await self._call(
             JenkinsActivities.job_parameters,
@@ -382,7 +387,15 @@ class DeployWorkflow:
             summary=None,
             options=SHORT_CALL,
         )
-        return policy.params_refusal(defs.parameters, self._in.params, job)
+        passwords = workflow.patched(PASSWORD_PARAMS_PATCH)
+        if passwords:
+            self._in = self._in.model_copy(update={"secret_params": policy.password_names(defs.parameters)})
+        return policy.params_refusal(defs.parameters, self._in.params, job, passwords=passwords)
+
+    def _shown_params(self) -> dict[str, str]:
+        """The PCCR's parameters as people see them: each password parameter as `(secret, supplied by
+        the worker)`."""
+        return policy.shown_params(self._in.params, self._in.secret_params)
 
     @staticmethod
     def _evidence(verdict: trust.Verdict, accepted: bool) -> dict[str, Any]:
@@ -449,7 +462,10 @@ class DeployWorkflow:
     async def _open_pccr_issue(self) -> None:
         s = self._in.settings
         assert s.pccr_repo
-        params = "\n".join(f"{k}: {json.dumps(v)}" for k, v in sorted(self._in.params.items()))
+        params = "\n".join(
+            f"{k}: {v if k in self._in.secret_params else json.dumps(v)}"
+            for k, v in sorted(self._shown_params().items())
+        )
         body = "\n".join(
             [
                 f"PCCR for {self._name} ({self._in.cloud.value}-cloud), opened by <@{self._in.requested_by}>.",
@@ -477,7 +493,7 @@ class DeployWorkflow:
         self._pccr = Pccr(
             id=f"{s.pccr_repo}#{issue.number}",
             url=issue.url,
-            params=self._in.params,
+            params=self._shown_params(),
             backend="github",
             number=issue.number,
         )
@@ -602,7 +618,9 @@ class DeployWorkflow:
     def _detail(self, defn: StepDef) -> str:
         b = self._build
         if defn.step in (Step.PCCR_REVIEW, Step.RELEASE_ACCEPTANCE, Step.VP_APPROVAL):
-            return messages.params_detail(self._in.service.jenkins_job, self._in.params, self._in.version)
+            return messages.params_detail(
+                self._in.service.jenkins_job, self._shown_params(), self._in.version
+            )
         if defn.step is Step.DIFF_VALIDATION and b.diff is not None:
             cut = len(b.diff) > DIFF_SHOWN
             shown = messages.slack_code(b.diff[:DIFF_SHOWN])
@@ -843,7 +861,13 @@ class DeployWorkflow:
         )
         started = await self._call(
             JenkinsActivities.trigger_build,
-            TriggerBuildInput(job=job, params=self._in.params, not_before=workflow.now(), baseline=baseline),
+            TriggerBuildInput(
+                job=job,
+                params=self._in.params,
+                secret_params=self._in.secret_params,  # names: the worker reads the values
+                not_before=workflow.now(),
+                baseline=baseline,
+            ),
             what=f"Jenkins: triggering {job}",
             summary=f"trigger {job}",
             options=SHORT_CALL,
@@ -1381,6 +1405,7 @@ class DeployWorkflow:
             waiting_since=waiting_for[1] if waiting_for else None,
             rosters=self._rosters,
             config_sha256=self._config_sha() or None,
+            secret_params=self._in.secret_params,
             refused_not_kept=self._refused_dropped,
             audit=self._audit,
         )
