@@ -22,6 +22,10 @@ Deliberate choices where Jenkins behaviour is configurable or version dependent:
 - A POST that would queue a build identical to a waiting queue item (same job, same parameters) gets
   201 with that item's Location, as Jenkins' queue does.
 - Answering an input that is not pending gets 400 with an HTML error page.
+- Password parameters as Jenkins core keeps them (`PasswordParameterDefinition`/`PasswordParameterValue`):
+  `buildWithParameters` takes the value in plain text from the query string or the form body; no
+  `api/json` ever shows it back (a build's or queue item's parameter, and the definition's default,
+  carry `name` and no `value`), and a queue item's `params` text shows `NAME=****`.
 - Inputs are named as Jenkins names them: an explicit `id:` capitalised, or (`input_id=FROM_MESSAGE`,
   a pipeline's `input message: '…'` without `id:`) the capitalised MD5 hex of the message.
   `parallel_inputs` are further inputs pending at the same time, as parallel branches give; answering
@@ -422,7 +426,7 @@ class FakeJenkins(LocalServer):
             "[Pipeline] { (Plan)",
             "[Pipeline] echo",
             "Parameters:",
-            *(f"  {k}={v}" for k, v in b.params.items()),
+            *(f"  {d}" for d in self._short_descriptions(job, b.params)),
             "[Pipeline] sh",
             "+ ./deploy.sh plan",
         ]
@@ -691,6 +695,17 @@ class FakeJenkins(LocalServer):
         return {"_class": "hudson.model.ParametersAction", "parameters": values}
 
     @staticmethod
+    def _short_descriptions(job: _Job, params: dict[str, str]) -> list[str]:
+        """`ParameterValue.getShortDescription()`: `NAME=value`, a password as `NAME=****` (Jenkins core's
+        PasswordParameterValue). The queue item's `params` lists these; the pipeline echoes them too (a
+        job that echoes a password itself would print it: real Jenkins masks nothing in `echo`)."""
+        types = {d["name"]: d["type"] for d in job.parameters}
+        return [
+            f"{k}=****" if types.get(k) == "PasswordParameterDefinition" else f"{k}={v}"
+            for k, v in params.items()
+        ]
+
+    @staticmethod
     def _cause_action(user: str) -> dict[str, Any]:
         return {
             "_class": "hudson.model.CauseAction",
@@ -715,7 +730,7 @@ class FakeJenkins(LocalServer):
             "buildable": False,
             "id": q.id,
             "inQueueSince": _ms(q.in_queue_since),
-            "params": "".join(f"\n{k}={v}" for k, v in q.params.items()),
+            "params": "".join(f"\n{d}" for d in self._short_descriptions(job, q.params)),
             "stuck": False,
             "task": {
                 "_class": _JOB_CLASS,
