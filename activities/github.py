@@ -57,6 +57,7 @@ from workflows.models import (
     PrRefInput,
     VersionPr,
 )
+from workflows.policy import PLAIN_VERSION
 
 T = TypeVar("T")
 
@@ -73,9 +74,8 @@ LABEL_COLORS = {
 }
 DEFAULT_LABEL_COLOR = "c5def5"
 
-#: Versions written to the version file: no quotes, spaces, `#` or line breaks, so every quoting
-#: style of the `version:` line can carry them unchanged.
-_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+\-]{0,127}")  # fullmatch: no trailing "\n"
+#: Versions written to the version file: the policy's plain versions (checked again here, with fullmatch).
+_VERSION = PLAIN_VERSION
 _LINE_BREAK = re.compile(r"(\r\n|\n|\r)")
 _VERSION_LINE = re.compile(
     r"""^(?P<indent>[ \t]*)(?P<key>version|"version"|'version')(?P<colon>[ \t]*:)(?P<space>[ \t]*)"""

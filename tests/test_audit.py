@@ -16,9 +16,12 @@ import struct
 import xml.etree.ElementTree as ET
 import zlib
 from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
 from pathlib import Path
 
+import cmarkgfm
 import pytest
+from cmarkgfm.cmark import Options as cmarkgfm_options
 from pydantic import BaseModel
 from temporalio.api.common.v1 import ActivityType, Payloads, WorkflowType
 from temporalio.api.history.v1 import (
@@ -36,6 +39,7 @@ from starter.audit import (
     FROM_HISTORY,
     FROM_QUERY,
     AuditRecord,
+    ReceivedAction,
     audit_export,
     fetch_audit,
     record_from_history,
@@ -95,6 +99,11 @@ UI = f"http://127.0.0.1:8233/namespaces/default/workflows/{WID}"
 T0 = datetime(2026, 3, 2, 14, 0, 0, tzinfo=UTC)
 BRIDGE_ID = "slack-bridge:SHA256:bridgeBRIDGEbridge0000000000000000000000000"
 GATE2_ID = "ssh:SHA256:gate2+GATE2/gate20000000000000000000000000000000"
+
+
+def _plain(url: str | None) -> str:
+    """A URL as the Markdown audit writes it: text, its `://` escaped so that it is not a link."""
+    return (url or "").replace("://", "\\://")
 
 
 def at(seconds: int) -> datetime:
@@ -303,8 +312,9 @@ def test_markdown_report():
     # Rosters with the group rosters captured then.
     assert f"pccr-gatekeeper: {GATE1}, {GATE2}, {OWNER}; sre: {SRE1}, {SRE2}" in md
     # Links, the diff's sha256 and the diff itself in a code block.
-    assert f"- PCCR: {UI}" in md and f"- Web UI: {UI}" in md
-    assert f"- Build: {st.build.url}" in md and "- Slack thread: thread 1712345678.000100" in md
+    # URLs are text, not links: `://` is escaped (it renders as itself).
+    assert f"- PCCR: {_plain(UI)}" in md and f"- Web UI: {_plain(UI)}" in md
+    assert f"- Build: {_plain(st.build.url)}" in md and "- Slack thread: thread 1712345678.000100" in md
     assert f"sha256: {st.build.diff_sha256}" in md
     assert "```diff\n" + (st.build.diff or "").rstrip("\n") + "\n```" in md
     assert FROM_HISTORY not in md
@@ -315,6 +325,171 @@ def test_markdown_fence_outgrows_backticks_in_the_diff():
     st.build.diff = "a ``` b\n"
     md = render_audit(st, "md")
     assert "````diff\na ``` b\n````" in md
+
+
+# Everything Markdown or HTML could make something of: a link, an image, raw HTML, emphasis, a code span,
+# strikethrough, math, bare links GitHub would make links of, an e-mail address, a table pipe, a backslash
+# and a heading's closing sequence.
+EVIL = (
+    "x](https://evil.example) <img src=x onerror=alert(1)> [y](javascript:alert(1)) ![i](https://evil/p.png) "
+    "*b* __s__ `c` ~~d~~ $m$ &amp; https://evil.example www.evil.example mallory@evil.example | \\ #"
+)
+EVIL_URL = "https://evil.example/[x](https://evil)/<img src=x>"
+
+
+def hostile() -> AuditRecord:
+    """Every value a deploy takes from outside set to EVIL (URLs to EVIL_URL), in a record from history so
+    that the table of received Signals and Updates is rendered too."""
+    st = sample()
+    entry = st.audit[0].model_copy(
+        update={
+            "action": EVIL,
+            "actor": EVIL,
+            "identity": EVIL,
+            "role": EVIL,
+            "channel": EVIL,
+            "reason": EVIL,
+            "comment": EVIL,
+        }
+    )
+    st = st.model_copy(
+        update={
+            "workflow_id": EVIL,
+            "service": EVIL,
+            "environment": EVIL,
+            "sre": EVIL,
+            "version": EVIL,
+            "outcome_reason": EVIL,
+            "config_sha256": EVIL,
+            "ui_url": EVIL_URL,
+            "version_pr": EVIL_URL,
+            "slack_thread": EVIL,
+            "audit": [entry],
+            "pccr": Pccr(
+                id=EVIL, url=EVIL_URL, state=EVIL, backend=EVIL, vp_approved_by=EVIL, params={EVIL: EVIL}
+            ),
+            "build": st.build.model_copy(update={"url": EVIL_URL, "diff_sha256": EVIL, "result": EVIL}),
+            "rosters": [Roster(step=Step.PCCR_REVIEW, time=at(0), eligible=[EVIL], groups={EVIL: [EVIL]})],
+            "release_window": ReleaseWindow(name=EVIL, start=at(0), end=at(60)),
+        }
+    )
+    received = ReceivedAction(
+        time=at(30),
+        kind="signal",
+        action=EVIL,
+        actor=EVIL,
+        step=EVIL,
+        channel=EVIL,
+        comment=EVIL,
+        result=EVIL,
+    )
+    return AuditRecord(
+        status=st, source=FROM_HISTORY, opened_by=EVIL, triage_channel=EVIL, received=[received]
+    )
+
+
+class _Page(HTMLParser):
+    """The tags of an HTML fragment, its text per element kind, and its table rows as lists of cell texts."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.rows: list[list[str]] = []
+        self.texts: dict[str, list[str]] = {}
+        self._open: list[str] = []
+        self._cell: list[str] | None = None
+        self.feed(page)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        self._open.append(tag)
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None:
+            self.rows[-1].append("".join(self._cell))
+            self._cell = None
+        while self._open and self._open.pop() != tag:
+            pass
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+        for tag in set(self._open):
+            self.texts.setdefault(tag, []).append(data)
+
+
+def gfm(md: str) -> str:
+    """The Markdown as GitHub renders it (cmark-gfm with its extensions), raw HTML let through, as the
+    least careful renderer would."""
+    return cmarkgfm.github_flavored_markdown_to_html(md, options=cmarkgfm_options.CMARK_OPT_UNSAFE)
+
+
+def test_markdown_renders_every_outside_value_as_its_text():
+    md = render_audit(hostile(), "md")
+    assert "<img" not in md and "<script" not in md  # no raw HTML in the file itself
+    page = _Page(gfm(md))
+    tags = {tag for tag, _ in page.tags}
+    # Nothing became a link, an image, HTML, emphasis or strikethrough; the only code is the e-mail
+    # address (a code span, so that it is no mailto link) and the diff's block.
+    assert tags <= {
+        "h1",
+        "h2",
+        "h3",
+        "p",
+        "ul",
+        "li",
+        "table",
+        "thead",
+        "tbody",
+        "tr",
+        "th",
+        "td",
+        "code",
+        "pre",
+        "blockquote",
+        "strong",
+    }, tags
+    assert set(page.texts["code"]) == {"mallory@evil.example", sample().build.diff}
+    assert page.texts["strong"] == [FROM_HISTORY]  # the one bold text is ours
+    # Every table row has as many cells as its header: no `|` from outside split a cell.
+    assert [len(row) for row in page.rows] == [2, 2] + [10, 10] + [8, 8] + [3, 3]
+    # And each value renders as exactly itself.
+    assert "".join(page.texts["h1"]) == f"Audit of {EVIL}"
+    assert page.rows[1] == [EVIL, EVIL]
+    assert page.rows[3][2:7] == [EVIL, EVIL, EVIL, EVIL, EVIL] and page.rows[3][8:] == [EVIL, EVIL]
+    assert page.rows[5][2:] == [EVIL] * 6
+    assert page.rows[7][1:] == [EVIL, f"{EVIL}: {EVIL}"]
+    items = page.texts["li"]
+    for line in (
+        f"workflow id: {EVIL}",
+        f"SRE: {EVIL}",
+        f"version: {EVIL}",
+        f"Build: {EVIL_URL}",
+        f"Web UI: {EVIL_URL}",
+        f"Version PR: {EVIL_URL}",
+        f"link: {EVIL_URL}",
+        f"id: {EVIL}",
+    ):
+        assert line in "".join(items), line
+    assert f"sha256: {EVIL}" in "".join(page.texts["p"])
+
+
+def test_html_report_renders_every_outside_value_as_its_text():
+    page_html = render_audit(hostile(), "html")
+    page = _Page(page_html)
+    for tag, attrs in page.tags:
+        assert tag not in {"img", "script", "iframe", "object", "embed", "link", "base", "form"}, tag
+        assert not [a for a in attrs if a.startswith("on")], (tag, attrs)
+        if tag == "a":  # only http(s) links, shown as the URL they go to
+            assert attrs["href"] == EVIL_URL
+    assert "javascript:" not in page_html.split("<body>")[1].replace("javascript:alert(1))", "")
+    assert "".join(page.texts["h1"]) == f"Audit of {EVIL}"
+    assert [EVIL, EVIL] in page.rows  # the parameters table
+    assert "default-src 'none'" in page_html
 
 
 def test_json_report_keeps_the_status_audit_entries():
@@ -920,7 +1095,7 @@ async def test_audit_of_a_finished_gov_deploy(
     assert triggers == [(SREG1, "assigned-sre")]
 
     md = await audit_export(client, wid, "md")
-    assert f"sre-gov: {SREG1}, {SREG2}" in md and f"- Version PR: {pr['html_url']}" in md
+    assert f"sre-gov: {SREG1}, {SREG2}" in md and f"- Version PR: {_plain(pr['html_url'])}" in md
     page = await audit_export(client, wid, "html")
     assert_self_contained(page)
     lanes = [g.get("data-step") for g in svg_of(page).iter(f"{NS}g") if g.get("class") == "lane"]

@@ -6,9 +6,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import httpx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
 
 from starter.cli import send_action
 from starter.devstack import wait_for_step
@@ -16,9 +18,11 @@ from tests.conftest import GATE1, OWNER, SRE1, Deployment, eventually, make_depl
 from tests.fakes.github import FakeGitHub
 from tests.fakes.jenkins import FakeJenkins
 from tests.fakes.slack import FakeSlack
-from tests.support import act, signed, start_oow, status, to_trigger
+from tests.support import act, refused, signed, start_oow, status, to_trigger
+from tests.test_crash import WorkerProcess
+from tests.test_ops import free_port
 from workflows import messages
-from workflows.models import MAX_COMMENT, Action, Step
+from workflows.models import MAX_COMMENT, Action, ActionInput, Step
 
 # What would be markup in Slack if it came through: a mention, a broadcast, a link, a user group.
 MARKUP = re.compile(r"<[!@#]|<https?:|<mailto:|<[^>]*\|")
@@ -162,6 +166,62 @@ async def test_a_refused_update_is_logged_as_one_json_line(
     assert line["actor"] == "U0EVIL" and line["via"] == "update" and line["step"] == "pccr_review"
     assert line["reason"].startswith("unsigned action") and line["identity"] == "claimed"
     await send_action(client, wid, Action.CANCEL, {"actor": OWNER, "step": "pccr_review"})
+
+
+async def test_a_refused_action_is_counted_in_the_refusals_metric(
+    env: WorkflowEnvironment,
+    tmp_path: Path,
+    jenkins: FakeJenkins,
+    slack: FakeSlack,
+    github: FakeGitHub,
+    secrets: dict[str, str],
+):
+    """`deployctl_refusals{reason,action}`, as the worker's Prometheus endpoint serves it: the SDK
+    exports the counter under exactly that name (no prefix, no `_total` suffix), with its own labels
+    added (namespace, task_queue, workflow_type, service_name)."""
+    d = make_deployment(tmp_path, jenkins, slack, github=github)
+    client: Client = env.client
+    port = free_port()
+    worker = WorkerProcess(env, d.config_path, secrets, "--metrics-port", str(port), log=tmp_path / "w.log")
+    await worker.start()
+
+    seen: list[str] = []  # the last scrape's deployctl lines, for a failure's message
+
+    async def counts() -> dict[tuple[str, str], float]:
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+        seen[:] = [line for line in text.splitlines() if "deployctl" in line]
+        out: dict[tuple[str, str], float] = {}
+        for m in re.finditer(r"^deployctl_refusals\{([^}]*)\} (\S+)$", text, re.MULTILINE):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+            assert labels["task_queue"] == d.task_queue and labels["namespace"] == "default"
+            out[labels["reason"], labels["action"]] = float(m.group(2))
+        return out
+
+    try:
+        wid = await start_oow(client, d)
+        await wait_for_step(client, wid, Step.PCCR_REVIEW, GATE1, timeout=60)
+        assert await counts() == {}  # nothing refused yet: no series at all
+        # A stranger's unsigned approve, and the owner approving their own PCCR (signed, but refused).
+        await refused(client, wid, Action.APPROVE, {"actor": "U0EVIL", "step": "pccr_review"}, sign=False)
+        await refused(client, wid, Action.APPROVE, ActionInput(actor=OWNER, step=Step.PCCR_REVIEW))
+        await refused(client, wid, Action.APPROVE, ActionInput(actor=OWNER, step=Step.PCCR_REVIEW))
+
+        async def counted() -> dict[tuple[str, str], float] | None:
+            now = await counts()
+            return now if len(now) == 2 else None
+
+        try:
+            found = await eventually(counted, timeout=30, interval=0.5)
+        except AssertionError as err:
+            raise AssertionError(f"{err}; scraped: {seen}") from None
+        assert found == {
+            ("unsigned", "approve"): 1.0,
+            ("separation_of_duties", "approve"): 2.0,
+        }
+        await send_action(client, wid, Action.CANCEL, {"actor": OWNER, "step": "pccr_review"})
+    finally:
+        await worker.stop()
 
 
 async def test_the_gatekeeper_sees_every_parameter_they_approve(

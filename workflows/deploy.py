@@ -622,18 +622,7 @@ class DeployWorkflow:
                 self._in.service.jenkins_job, self._shown_params(), self._in.version
             )
         if defn.step is Step.DIFF_VALIDATION and b.diff is not None:
-            cut = len(b.diff) > DIFF_SHOWN
-            shown = messages.slack_code(b.diff[:DIFF_SHOWN])
-            note = (
-                f"\n:warning: The diff is cut here: {DIFF_SHOWN:,} of its {len(b.diff):,} characters are shown. "
-                f"Read the whole diff in the console before you approve: {b.url}console"
-                if cut
-                else ""
-            )
-            return (
-                f"Build #{b.number}: {b.url}console\n```\n{shown}\n```{note}\n"
-                f"The button approves the whole diff: diff sha256 `{b.diff_sha256}`"
-            )
+            return messages.diff_detail(b.number, b.url, b.diff, b.diff_sha256, DIFF_SHOWN)
         if defn.step is Step.DEPLOY_APPROVAL:
             return f"The deploy job waits for your approval: {b.url} (diff sha256 `{b.diff_sha256}`)"
         return ""

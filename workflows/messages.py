@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 from workflows.models import Cloud, Process, Rules, Step
@@ -104,9 +105,13 @@ def slack_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+_BACKTICKS = re.compile(r"`{3,}")
+
+
 def slack_code(text: str) -> str:
-    """Text for inside a ``` block: escaped, and no run of three backticks can end the block early."""
-    return slack_escape(text).replace("```", "`\u200b`\u200b`")
+    """Text for inside a ``` block: escaped, and a zero-width space between the backticks of every run
+    of three or more, so that nothing in it can end the block early."""
+    return _BACKTICKS.sub(lambda m: "\u200b".join(m.group(0)), slack_escape(text))
 
 
 def github_text(text: str) -> str:
@@ -122,7 +127,23 @@ def params_detail(job: str, params: dict[str, str], version: str | None, limit: 
     """What a reviewer approves: the job and every parameter of the PCCR, as text (SPEC §10)."""
     rows = "\n".join(f"{name}: {value}" for name, value in sorted(params.items())) or "(no parameters)"
     cut = len(rows) > limit
-    head = f"Jenkins job `{slack_escape(job)}`" + (f", version `{slack_escape(version)}`" if version else "")
+    head = f"Jenkins job `{slack_code(job)}`" + (f", version `{slack_code(version)}`" if version else "")
     return f"{head}, with exactly these parameters:\n```\n{slack_code(rows[:limit])}\n```" + (
         "\n:warning: The parameters are cut here; the PCCR holds them all." if cut else ""
+    )
+
+
+def diff_detail(number: int | None, url: str | None, diff: str, diff_sha256: str | None, limit: int) -> str:
+    """What the owner validates: the build's diff in a code block, cut at `limit` characters (saying so
+    and where to read the rest), and the sha256 the button approves (SPEC §10)."""
+    link = slack_escape(url or "")
+    note = (
+        f"\n:warning: The diff is cut here: {limit:,} of its {len(diff):,} characters are shown. "
+        f"Read the whole diff in the console before you approve: {link}console"
+        if len(diff) > limit
+        else ""
+    )
+    return (
+        f"Build #{number}: {link}console\n```\n{slack_code(diff[:limit])}\n```{note}\n"
+        f"The button approves the whole diff: diff sha256 `{diff_sha256}`"
     )

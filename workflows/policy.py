@@ -6,12 +6,19 @@ and the CLI's pre-checks all call these; nothing here does I/O or reads the cloc
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from workflows.models import Action, ActionInput, Cloud, JobParameter, ReleaseWindow, Role, Step
 from workflows.steps import CANCELLERS, StepDef, sre_group, step_def
+
+#: A version a deploy may pin (SPEC §10): no quotes, spaces, `#` or line breaks, so every quoting style of
+#: the version file's `version:` line can carry it unchanged and no message can make markup of it.
+#: Checked with `fullmatch` (`match`/`$` would let "1.2.3\n" through).
+PLAIN_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+\-]{0,127}")
+
 
 #: The approving roles (SPEC §9): in one deploy a person holds at most one of them.
 APPROVING: dict[Role, str] = {
@@ -293,7 +300,8 @@ def params_as_text(raw: object) -> dict[str, str]:
 def start_refusal(
     cloud: Cloud, valkyr: bool, version: str | None, service: str, actor: str, code_owners: tuple[str, ...]
 ) -> str | None:
-    """Who opens a PCCR (a code owner of the service) and the runbook's two policies on versions."""
+    """Who opens a PCCR (a code owner of the service), the runbook's two policies on versions, and the
+    form of a version (PLAIN_VERSION)."""
     if actor not in code_owners:
         return f"{actor} is not a code owner of {service}; a code owner ({', '.join(code_owners)}) opens its PCCR"
     if valkyr and version:
@@ -303,6 +311,11 @@ def start_refusal(
         )
     if cloud is Cloud.GOV and not version:
         return "a gov-cloud deploy needs --version: the version PR sets it in the configs repo"
+    if version is not None and not PLAIN_VERSION.fullmatch(version):
+        return (
+            f"version {version[:40]!r} is not a plain version: 1 to 128 letters, digits, '.', '_', '+' "
+            "or '-', starting with a letter or digit"
+        )
     return None
 
 
