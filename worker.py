@@ -97,6 +97,7 @@ def build_activities(client: Client, config: Config, env: Mapping[str, str] | No
         slack.usergroup_members,
         github.open_version_pr,
         github.pr_state,
+        github.pr_diff,
         github.watch_pr,
         github.merge_pr,
         github.close_pr,

@@ -9,7 +9,10 @@ None). Each one is idempotent, so a retry after a failure at any point does the 
   attempt whose answer was lost (422 "A pull request already exists"). A stale file sha (409) is re-read
   and retried within the activity.
 - `merge_pr` on a PR that is already merged answers `already_merged`; GitHub refusing the merge (405 not
-  mergeable / missing reviews, 409 head moved, 422) is an answer (`refused_reason`), not an exception.
+  mergeable / missing reviews, 409 head moved, 422) is an answer (`refused_reason`, with the PR's head as
+  GitHub shows it then), not an exception. Given `sha` (the head the SRE was shown), GitHub merges that
+  commit or refuses (409 "Head branch was modified. Review and try the merge again.").
+- `pr_diff` reads the PR's head and its files' patches (`GET pulls/n/files`) at that head: a read only.
 - `close_pr`, `close_pccr` do nothing for what is already closed; the PCCR issue and its comments carry
   an HTML-comment marker (`<!-- deployctl:MARKER -->`) by which a retry finds them.
 
@@ -54,6 +57,8 @@ from workflows.models import (
     MergePrResult,
     OpenIssueInput,
     OpenVersionPrInput,
+    PrDiff,
+    PrDiffInput,
     PrRefInput,
     VersionPr,
 )
@@ -166,6 +171,31 @@ def github_message(exc: GithubException) -> str:
         if isinstance(e, dict)
     ]
     return ": ".join([message, "; ".join(details)]) if details else message
+
+
+def diff_text(files: list[dict[str, Any]]) -> tuple[str, list[str]]:
+    """A PR's diff as GitHub's "List pull request files" gives it: per file a `--- a/old` / `+++ b/new`
+    header, then GitHub's `patch` (the hunks). A file without a patch (binary, or too large for GitHub
+    to include) is said so in its place; those files are also returned."""
+    out: list[str] = []
+    no_patch: list[str] = []
+    for f in files:
+        name, status = str(f.get("filename") or "?"), str(f.get("status") or "modified")
+        old = str(f.get("previous_filename") or name)
+        out.append(f"--- {'/dev/null' if status == 'added' else 'a/' + old}")
+        out.append(f"+++ {'/dev/null' if status == 'removed' else 'b/' + name}")
+        patch = f.get("patch")
+        if patch:
+            out.append(str(patch).rstrip("\n"))
+        elif status == "renamed" and not f.get("changes"):
+            out.append(f"(renamed from {old}; content unchanged)")
+        else:
+            no_patch.append(name)
+            out.append(
+                f"(GitHub shows no patch for {name}: binary or too large; "
+                f"+{f.get('additions') or 0} -{f.get('deletions') or 0} lines)"
+            )
+    return "\n".join(out), no_patch
 
 
 def rate_limit_delay(headers: dict[str, Any], now: float | None = None) -> timedelta | None:
@@ -485,6 +515,52 @@ class GithubActivities:
         pr = self._call(f"reading PR #{inp.number} of {inp.repo}", lambda: repo.get_pull(inp.number))
         return self._version_pr(pr)
 
+    @activity.defn
+    def pr_diff(self, inp: PrDiffInput) -> PrDiff:
+        """The PR's head and the diff at that head, as the SRE is shown it before merging (SPEC §10).
+
+        The head is read before and after the files: if it moved in between, all is read again, so the
+        diff returned is the diff of `head_sha`."""
+        what = f"reading the diff of PR #{inp.number} of {inp.repo}"
+        repo = self._repo(inp.repo)
+        for _ in range(_STALE_SHA_ATTEMPTS):
+            pr = self._call(what, lambda: repo.get_pull(inp.number))
+            head = pr.head.sha
+            files = self._call(what, lambda: self._files(pr))  # noqa: B023 (called at once)
+            again = self._call(what, lambda: repo.get_pull(inp.number)).head.sha
+            if again != head:
+                activity.logger.info("PR #%s moved from %s to %s while we read it", inp.number, head, again)
+                continue
+            text, no_patch = diff_text(files)
+            return PrDiff(
+                head_sha=head,
+                diff=text[: max(inp.limit, 0)],
+                chars=len(text),
+                files=len(files),
+                changed_files=max(pr.changed_files or 0, len(files)),
+                no_patch=no_patch[:50],
+                files_url=f"{pr.html_url}/files",
+            )
+        raise ApplicationError(
+            f"{what}: its head kept moving while it was read ({_STALE_SHA_ATTEMPTS} times)",
+            type="GithubConflict",
+        )
+
+    @staticmethod
+    def _files(pr: PullRequest) -> list[dict[str, Any]]:
+        return [
+            {
+                "filename": f.filename,
+                "previous_filename": f.previous_filename,
+                "status": f.status,
+                "patch": f.patch,
+                "additions": f.additions,
+                "deletions": f.deletions,
+                "changes": f.changes,
+            }
+            for f in pr.get_files()
+        ]
+
     @activity.defn(no_thread_cancel_exception=True)
     def watch_pr(self, inp: PrRefInput) -> VersionPr:
         """Return once the PR is no longer open (merged or closed directly on GitHub).
@@ -510,7 +586,9 @@ class GithubActivities:
         if pr.merged:
             return self._already_merged(pr)
         if pr.state != "open":
-            return MergePrResult(merged=False, refused_reason=f"pull request #{inp.number} is closed")
+            return MergePrResult(
+                merged=False, refused_reason=f"pull request #{inp.number} is closed", head_sha=pr.head.sha
+            )
         kwargs: dict[str, Any] = {"merge_method": inp.method}
         if inp.sha:
             kwargs["sha"] = inp.sha
@@ -526,12 +604,14 @@ class GithubActivities:
             if again.merged:
                 return self._already_merged(again)
             activity.logger.info("GitHub refused %s: %s", what, reason)
-            return MergePrResult(merged=False, refused_reason=reason)
+            return MergePrResult(merged=False, refused_reason=reason, head_sha=again.head.sha)
         except Exception as exc:
             raise self._failure(exc, what) from None
         if not status.merged:
             return MergePrResult(
-                merged=False, refused_reason=self._scrub(status.message or "") or "GitHub did not merge it"
+                merged=False,
+                refused_reason=self._scrub(status.message or "") or "GitHub did not merge it",
+                head_sha=pr.head.sha,
             )
         activity.logger.info("Merged PR #%s of %s: %s", inp.number, inp.repo, status.sha)
         return MergePrResult(merged=True, sha=status.sha)

@@ -23,6 +23,7 @@ from workflows.models import (
     MergePrInput,
     OpenIssueInput,
     OpenVersionPrInput,
+    PrDiffInput,
     PrRefInput,
 )
 
@@ -287,10 +288,52 @@ def test_merge_refused_for_missing_reviews(fake: FakeGitHub, acts: GithubActivit
 
 
 def test_merge_refused_when_the_head_moved(fake: FakeGitHub, acts: GithubActivities, opened: Any) -> None:
-    fake.commit_file(CONFIGS, BRANCH, PATH, WANT + "# late change\n")
+    moved = fake.commit_file(CONFIGS, BRANCH, PATH, WANT + "# late change\n")
+    master = fake.branches(CONFIGS)["master"]
     result = run(acts.merge_pr, MergePrInput(repo=CONFIGS, number=opened.number, sha=opened.head_sha))
     assert not result.merged
     assert result.refused_reason == "Head branch was modified. Review and try the merge again."
+    assert [s for m, p, s in fake.statuses if m == "PUT" and p.endswith("/merge")] == [409]
+    assert result.head_sha == moved  # where the head is now, read after the refusal
+    assert fake.branches(CONFIGS)["master"] == master
+    assert run(acts.merge_pr, MergePrInput(repo=CONFIGS, number=opened.number, sha=moved)).merged
+
+
+def test_pr_diff_is_the_diff_of_its_head(fake: FakeGitHub, acts: GithubActivities, opened: Any) -> None:
+    """`GET pulls/n/files` as GitHub answers it: one entry per file with GitHub's `patch` (hunks only);
+    none for a binary file or one GitHub finds too large, which the diff says in its place."""
+    fake.commit_file(CONFIGS, BRANCH, "channel-gov/new.yaml", "```\n<!channel>\n")
+    fake.commit_file(CONFIGS, BRANCH, "logo.png", "\x00PNG")
+    fake.commit_file(CONFIGS, BRANCH, "README.md", "hi\n" + "big\n" * 50)
+    fake.omit_patch("README.md")
+    head = fake.branches(CONFIGS)[BRANCH]
+    d = run(acts.pr_diff, PrDiffInput(repo=CONFIGS, number=opened.number))
+    assert d.head_sha == head and (d.files, d.changed_files) == (4, 4)
+    assert d.diff.startswith("--- a/README.md\n+++ b/README.md\n(GitHub shows no patch for README.md")
+    assert "--- /dev/null\n+++ b/channel-gov/new.yaml\n@@ -0,0 +1,2 @@\n+```\n+<!channel>\n" in d.diff
+    assert f"--- a/{PATH}\n+++ b/{PATH}\n@@ -1,6 +1,6 @@\n" in d.diff
+    assert "-version: 1.4.1   # set by deployctl\n+version: 1.4.2   # set by deployctl\n" in d.diff
+    assert d.no_patch == ["README.md", "logo.png"] and d.chars == len(d.diff)
+    assert d.files_url == f"{fake.web_url}/{CONFIGS}/pull/{opened.number}/files"
+    short = run(acts.pr_diff, PrDiffInput(repo=CONFIGS, number=opened.number, limit=50))
+    assert short.diff == d.diff[:50] and short.chars == d.chars
+
+
+def test_pr_diff_reads_again_when_the_head_moves_meanwhile(
+    fake: FakeGitHub, acts: GithubActivities, opened: Any
+) -> None:
+    fake.before_next("GET", "/files", lambda: fake.commit_file(CONFIGS, BRANCH, "late.yaml", "late: 1\n"))
+    d = run(acts.pr_diff, PrDiffInput(repo=CONFIGS, number=opened.number))
+    assert d.head_sha == fake.branches(CONFIGS)[BRANCH] != opened.head_sha
+    assert "+++ b/late.yaml\n@@ -0,0 +1 @@\n+late: 1" in d.diff
+    assert len([p for m, p, _, _ in fake.requests if m == "GET" and p.endswith("/files")]) == 2
+
+
+def test_pr_diff_pages_through_the_files(fake: FakeGitHub, acts: GithubActivities, opened: Any) -> None:
+    for i in range(130):  # more than one page of 100
+        fake.commit_file(CONFIGS, BRANCH, f"many/{i:03}.yaml", f"n: {i}\n")
+    d = run(acts.pr_diff, PrDiffInput(repo=CONFIGS, number=opened.number, limit=100_000))
+    assert (d.files, d.changed_files) == (131, 131) and "+++ b/many/129.yaml" in d.diff
 
 
 def test_already_merged_on_github(fake: FakeGitHub, acts: GithubActivities, opened: Any) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
@@ -226,3 +228,84 @@ def _labels(github: FakeGitHub, number: int) -> list[str]:
 def _closed(github: FakeGitHub, number: int) -> dict | None:
     issue = next(i for i in github.issues(PCCR_REPO) if i["number"] == number)
     return issue if issue["state"] == "closed" else None
+
+
+def _merge_dms(slack: FakeSlack, wid: str) -> list[dict]:
+    """The SRE's version_pr_merge DMs of deploy `wid`, oldest first (each as it reads now)."""
+    asked = [(m, m["history"][0]["text"] if m["history"] else m["text"]) for m in slack.messages_to(SREG1)]
+    return [m for m, text in asked if wid in text and "`version_pr_merge`" in text]
+
+
+def _merges(github: FakeGitHub, number: int) -> list[dict]:
+    """The bodies of the merge requests GitHub got for PR `number` of the configs repo."""
+    path = f"/repos/{CONFIGS_REPO}/pulls/{number}/merge"
+    return [json.loads(b) for m, p, _, b in github.requests if m == "PUT" and p.endswith(path)]
+
+
+def _buttons(m: dict) -> bool:
+    return any(b["type"] == "actions" for b in m["blocks"])
+
+
+def _reviewed_again(slack: FakeSlack, wid: str) -> list[dict] | None:
+    """The first DM without its buttons, and a second one: once both are there."""
+    dms = _merge_dms(slack, wid)
+    return dms if len(dms) == 2 and not _buttons(dms[0]) else None
+
+
+async def test_the_merge_is_pinned_to_the_head_the_sre_was_shown(
+    client: Client, deployment: Deployment, worker: None, slack: FakeSlack, github: FakeGitHub
+):
+    """SPEC §10: the SRE's DM shows the version PR's diff and the head commit; a commit pushed to the
+    branch after that is not merged by the SRE's click: GitHub's refusal comes back in one line, master
+    stays as it was, and the SRE is shown the new head and its diff, which they can then merge."""
+    wid = await start_gov(client, deployment)
+    await to_merge(client, wid)
+    branch = f"deployctl/{wid}"
+    pr = next(p for p in github.pulls(CONFIGS_REPO) if p["head"]["ref"] == branch)
+    shown = pr["head"]["sha"]
+    dm = (await eventually(lambda: _merge_dms(slack, wid)))[0]
+    path = f"channel-gov/{deployment.service}.yaml"
+    assert f"+++ b/{path}" in dm["text"] and "-version: 1.4.1  # current" in dm["text"]
+    assert "+version: 1.4.2  # current" in dm["text"]
+    assert f"merges exactly commit `{shown}`" in dm["text"] and _buttons(dm)
+
+    # Someone pushes to the bot's branch after the SRE was shown the diff.
+    late = "```\n<!channel> <https://evil.example|approved> & merged\n```\n"
+    moved = github.commit_file(CONFIGS_REPO, branch, "channel-gov/late.yaml", late, by="mallory")
+    master = github.branches(CONFIGS_REPO)["master"]
+    why = await refused(
+        client, wid, Action.MERGE, ActionInput(actor=SREG1, step=Step.VERSION_PR_MERGE, channel="test")
+    )
+    assert why.startswith(
+        "GitHub refused the merge: Head branch was modified. Review and try the merge again."
+    )
+    assert f"moved from {shown[:12]} to {moved[:12]}" in why
+    merges = _merges(github, pr["number"])
+    assert [m["sha"] for m in merges] == [shown]  # pinned to what the SRE saw
+    assert github.branches(CONFIGS_REPO)["master"] == master  # nothing merged
+    assert not next(p for p in github.pulls(CONFIGS_REPO) if p["number"] == pr["number"])["merged"]
+
+    # The SRE is shown the new head and its diff; the old DM loses its buttons.
+    old, new = await eventually(lambda: _reviewed_again(slack, wid))
+    assert "branch moved" in old["text"] and "nothing was merged" in old["text"]
+    assert _buttons(new) and f"merges exactly commit `{moved}`" in new["text"]
+    assert "+++ b/channel-gov/late.yaml" in new["text"]
+    assert "&lt;!channel&gt; &lt;https://evil.example|approved&gt; &amp; merged" in new["text"]
+    assert "<!channel>" not in new["text"] and "<https://evil" not in new["text"]
+    section = next(b["text"]["text"] for b in new["blocks"] if "late.yaml" in b["text"]["text"])
+    assert section.count("```") == 2  # only the block's own fences: the pushed ``` cannot end it
+    st = await status(client, wid)
+    assert st.step is Step.VERSION_PR_MERGE and st.waiting_on == [SREG1]
+    assert st.waiting_for and st.waiting_for.startswith("GitHub refused the merge: Head branch was modified")
+    refusals = [e for e in st.audit if e.action == "merge" and not e.accepted]
+    assert len(refusals) == 1 and refusals[0].reason == why
+
+    # After the re-review the merge goes through, at the new head.
+    await act(client, wid, Action.MERGE, SREG1, Step.VERSION_PR_MERGE)
+    await wait_for_step(client, wid, Step.TRIGGER, SREG1)
+    merges = _merges(github, pr["number"])
+    assert [m["sha"] for m in merges] == [shown, moved]
+    assert next(p for p in github.pulls(CONFIGS_REPO) if p["number"] == pr["number"])["merged"]
+    assert github.file(CONFIGS_REPO, "master", "channel-gov/late.yaml") == late
+    await send_action(client, wid, Action.CANCEL, ActionInput(actor=OWNER, step=Step.TRIGGER))
+    await client.get_workflow_handle(wid).result()

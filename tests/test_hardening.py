@@ -22,7 +22,7 @@ from tests.support import act, refused, signed, start_oow, status, to_trigger
 from tests.test_crash import WorkerProcess
 from tests.test_ops import free_port
 from workflows import messages
-from workflows.models import MAX_COMMENT, Action, ActionInput, Step
+from workflows.models import MAX_COMMENT, Action, ActionInput, PrDiff, Step
 
 # What would be markup in Slack if it came through: a mention, a broadcast, a link, a user group.
 MARKUP = re.compile(r"<[!@#]|<https?:|<mailto:|<[^>]*\|")
@@ -44,6 +44,49 @@ def test_nothing_escaped_renders_as_slack_markup(text: str):
 def test_nothing_ends_a_code_block_early(text: str):
     shown = messages.slack_code(text)
     assert "```" not in shown and "<" not in shown
+
+
+PR = "https://github.example/acme/configs/pull/7"
+HEAD = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _pr_diff(text: str, read: int = 3000, **kw) -> PrDiff:
+    """A version PR's diff as the `pr_diff` activity returns it: the first `read` characters."""
+    return PrDiff(
+        head_sha=HEAD,
+        diff=text[:read],
+        chars=len(text),
+        files=1,
+        changed_files=1,
+        files_url=f"{PR}/files",
+        **kw,
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("`a\n<>!@&|"), max_size=5000))
+def test_a_pr_diff_cannot_end_its_code_block_or_lose_its_sha(text: str):
+    """The SRE's DM (SPEC §10): the diff as text in one code block it cannot end, cut to one Slack
+    section, saying so with the link to the whole diff; the head commit it merges always shown."""
+    shown = messages.pr_diff_detail(7, PR, _pr_diff(text))
+    assert len(shown) <= 3000  # Slack's section limit: Slack's own cut would take the sha line
+    assert shown.count("```") == 2 and "<" not in shown and not MARKUP.search(shown)
+    assert shown.endswith("you are shown the new diff.") and f"commit `{HEAD}`" in shown
+    if "The diff is cut here" in shown:
+        assert f"on GitHub before you merge: {PR}/files" in shown
+    else:
+        assert f"```\n{messages.slack_code(text) or '(no changes)'}\n```" in shown
+
+
+def test_a_pr_diff_of_markup_is_cut_by_what_it_shows():
+    """`<` is shown as `&lt;`: a diff of them is cut by its escaped length, not its own."""
+    shown = messages.pr_diff_detail(7, PR, _pr_diff("<!channel>\n" * 1000))
+    assert len(shown) <= 3000 and "&lt;!channel&gt;\n" in shown and "<!channel>" not in shown
+    assert ":warning: The diff is cut here: " in shown and "of its 11,000 characters are shown" in shown
+    assert shown.endswith("you are shown the new diff.")
+    small = messages.pr_diff_detail(7, PR, _pr_diff("+version: 2\n", no_patch=["<!here>.png"]))
+    assert "The diff is cut here" not in small and "`&lt;!here&gt;.png`" in small and "<!here>" not in small
+    assert "GitHub shows no patch for 1 file(s) (`&lt;!here&gt;.png`): binary or too large" in small
 
 
 @settings(max_examples=300, deadline=None)

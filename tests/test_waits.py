@@ -206,6 +206,47 @@ async def test_a_refused_merge_keeps_the_dms_and_the_clock(
     )
 
 
+async def test_a_moved_branch_asks_again_and_keeps_the_clock(
+    client: Client, tmp_path: Path, jenkins: FakeJenkins, slack: FakeSlack, github: FakeGitHub, secrets: dict
+) -> None:
+    """A commit pushed to the version PR's branch after the SRE's DM: the merge is refused, the SRE gets
+    the new head and its diff, and the step still expires when it opened + its timeout, not later."""
+    d = make_deployment(tmp_path, jenkins, slack, github=github, timeouts={"version_pr_merge": "24s"})
+    async with running(client, d):
+        wid = await start_gov(client, d)
+        st = await to_merge(client, wid)
+        opened = next(r.time for r in st.rosters if r.step is Step.VERSION_PR_MERGE)
+        await asyncio.sleep(8)  # well into the step
+        moved = github.commit_file(CONFIGS_REPO, f"deployctl/{wid}", "channel-gov/late.yaml", "x: 1\n")
+        with pytest.raises(Refused, match="Head branch was modified"):
+            await send_action(
+                client,
+                wid,
+                Action.MERGE,
+                ActionInput(actor=SREG1, step=Step.VERSION_PR_MERGE, channel="test"),
+            )
+        await eventually(
+            lambda: [
+                m for m in slack.messages_to(SREG1) if wid in m["text"] and f"commit `{moved}`" in m["text"]
+            ]
+        )
+        st = await eventually(lambda: _waiting_on(client, wid, SREG1))
+        assert st.step is Step.VERSION_PR_MERGE
+        result = await client.get_workflow_handle(wid, result_type=DeployResult).result()
+        desc = await client.get_workflow_handle(wid).describe()
+    assert result.outcome is Outcome.EXPIRED
+    assert desc.close_time is not None
+    waited = (desc.close_time - opened).total_seconds()
+    assert 24 <= waited < 24 + 8 - 1, (
+        f"expired {waited:.1f}s after the step opened: asking again restarted its clock"
+    )
+
+
+async def _waiting_on(client: Client, wid: str, who: str) -> DeployStatus | None:
+    st = await status(client, wid)
+    return st if st.waiting_on == [who] else None
+
+
 def test_waiting_line_shows_how_long() -> None:
     from datetime import UTC, datetime, timedelta
 

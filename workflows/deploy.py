@@ -54,6 +54,8 @@ with workflow.unsafe.imports_passed_through():
         OpenVersionPrInput,
         Outcome,
         Pccr,
+        PrDiff,
+        PrDiffInput,
         Process,
         PrRefInput,
         ReadDiffInput,
@@ -82,6 +84,7 @@ DIFF_SHOWN = 2500  # characters of the diff in the owner's DM (a section block h
 #: Password parameters come from the worker's environment, never from the PCCR (SPEC §10). Deploys
 #: started before took them from the params file, and replay by that rule.
 PASSWORD_PARAMS_PATCH = "password-params-from-worker"
+PR_DIFF_READ = 3000  # characters of the version PR's diff read for the SRE's DM (one section's worth)
 
 # The activity option sets, named by what they are (not by the system they talk to).
 # A short call (Jenkins, GitHub, the deploy lock): retried with backoff for up to 30 minutes, then the
@@ -193,6 +196,7 @@ class DeployWorkflow:
         self._blocked_by: str | None = None
         self._version_pr: VersionPr | None = None
         self._merge_verdict: str | None = None  # "" merged; else GitHub's reason for refusing
+        self._pr_diff: PrDiff | None = None  # the PR's head and diff the SRE was shown; merged at that sha
         self._pccr_ops = 0
         self._triage_text = ""
         self._dms: list[
@@ -585,6 +589,8 @@ class DeployWorkflow:
             await self._resolve_group(defn.actor.value)
         if defn.step is Step.SRE_ASSIGNMENT:
             await self._resolve_group(sre_group(self._in.cloud))
+        if defn.step is Step.VERSION_PR_MERGE and self._version_pr is not None:
+            await self._read_pr_diff()  # before anyone may merge: the merge is pinned to what is shown
         self._busy = not defn.waits_on_people
         self._deadline = self._expiry(defn)  # once, when the step opens: a refused effect does not reset it
         waiting = self._waiting_on()
@@ -598,6 +604,11 @@ class DeployWorkflow:
         )
         self._publish()
         self._close_dms("")  # buttons of steps that ended without an action here (timer, Jenkins, GitHub)
+        self._ask(defn, waiting)
+        self._update_root(defn)
+
+    def _ask(self, defn: StepDef, waiting: list[str]) -> None:
+        """A DM with the step's buttons to each person it waits on."""
         for user in waiting:
             detail = self._detail(defn)
             blocks = slack_blocks.action_blocks(
@@ -613,7 +624,6 @@ class DeployWorkflow:
             )
             text = messages.ask_text(self._name, self._wid(), defn, user, self._link(), detail)
             self._queue(_Notice(kind="dm", text=text, step=defn.step, to=user, blocks=blocks))
-        self._update_root(defn)
 
     def _detail(self, defn: StepDef) -> str:
         b = self._build
@@ -625,6 +635,8 @@ class DeployWorkflow:
             return messages.diff_detail(b.number, b.url, b.diff, b.diff_sha256, DIFF_SHOWN)
         if defn.step is Step.DEPLOY_APPROVAL:
             return f"The deploy job waits for your approval: {b.url} (diff sha256 `{b.diff_sha256}`)"
+        if defn.step is Step.VERSION_PR_MERGE and self._pr_diff is not None and self._version_pr is not None:
+            return messages.pr_diff_detail(self._version_pr.number, self._version_pr.url, self._pr_diff)
         return ""
 
     async def _wait_for_window(self) -> None:
@@ -733,7 +745,7 @@ class DeployWorkflow:
         The step's DMs are closed only once the effect is done."""
         msg = accepted.msg
         if defn.step is Step.VERSION_PR_MERGE:
-            done = await self._merge(msg)
+            done = await self._merge(defn, msg)
         else:
             self._say(
                 "thread",
@@ -768,14 +780,31 @@ class DeployWorkflow:
         self._say("thread", f"`{self._step.value}`: {messages.slack_escape(reason)}")
         self._outside = (reason, workflow.now())
 
-    async def _merge(self, msg: ActionInput) -> bool:
-        """The SRE's merge: through GitHub's API; GitHub's refusal is the SRE's refusal, and the step waits."""
+    async def _read_pr_diff(self) -> None:
+        """The version PR's head and its diff, as the SRE's DM shows them and the merge is pinned to."""
         assert self._version_pr is not None
+        n = self._version_pr.number
+        self._pr_diff = diff = await self._call(
+            GithubActivities.pr_diff,
+            PrDiffInput(repo=self._in.settings.configs_repo, number=n, limit=PR_DIFF_READ),
+            what=f"GitHub: reading the diff of version PR #{n}",
+            summary=f"read the diff of version PR #{n}",
+            options=SHORT_CALL,
+        )
+        self._version_pr = self._version_pr.model_copy(update={"head_sha": diff.head_sha})
+
+    async def _merge(self, defn: StepDef, msg: ActionInput) -> bool:
+        """The SRE's merge: through GitHub's API, at the head sha the SRE was shown (SPEC §10). GitHub's
+        refusal is the SRE's refusal, and the step waits; if the branch moved, the SRE is shown the new
+        head and its diff (the step's deadline stays)."""
+        assert self._version_pr is not None
+        pinned = self._pr_diff.head_sha if self._pr_diff is not None else None
         result = await self._call(
             GithubActivities.merge_pr,
             MergePrInput(
                 repo=self._in.settings.configs_repo,
                 number=self._version_pr.number,
+                sha=pinned,
                 title=f"{self._in.service.name}: version {self._in.version} ({self._wid()})",
             ),
             what=f"GitHub: merging version PR #{self._version_pr.number} for {msg.actor}",
@@ -784,8 +813,18 @@ class DeployWorkflow:
         )
         if not result.merged:
             reason = f"GitHub refused the merge: {result.refused_reason}"
+            head = result.head_sha or ""
+            moved = pinned is not None and bool(head) and head != pinned
+            if moved:
+                reason += (
+                    f" (the branch moved from {(pinned or '')[:12]} to {head[:12]} after you were shown it; "
+                    "nothing was merged: review the new diff sent to you, then merge again)"
+                )
+            reason = policy.one_line(reason, 600)
             self._refused_effect(Action.MERGE, reason)
             self._merge_verdict = reason
+            if moved:
+                await self._review_again(defn, pinned or "")
             return False
         self._outside = None
         self._version_pr = self._version_pr.model_copy(update={"merged": True, "state": "closed"})
@@ -794,6 +833,17 @@ class DeployWorkflow:
         self._say("thread", f"`version_pr_merge`: <@{msg.actor}> merged {self._version_pr.url}")
         self._merge_verdict = ""
         return True
+
+    async def _review_again(self, defn: StepDef, old: str) -> None:
+        """The version PR's branch moved after the SRE was shown it: read the new head and diff, take the
+        buttons off the DMs that show the old one, and ask again with the new one."""
+        await self._read_pr_diff()
+        new = self._pr_diff.head_sha if self._pr_diff is not None else "?"
+        self._close_dms(
+            f":warning: The version PR's branch moved after this was sent (from `{old[:12]}` to "
+            f"`{new[:12]}`) and nothing was merged. Its new diff is in the next message."
+        )
+        self._ask(defn, policy.eligible(defn, self._parties()))
 
     async def _on_reject(self, defn: StepDef, msg: ActionInput) -> None:
         self._close_dms(slack_blocks.done_text(msg.actor, defn.step, Action.REJECT, workflow.now()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from workflows.models import Cloud, Process, Rules, Step
+from workflows.models import Cloud, PrDiff, Process, Rules, Step
 from workflows.steps import StepDef
 
 
@@ -134,16 +134,75 @@ def params_detail(job: str, params: dict[str, str], version: str | None, limit: 
 
 
 def diff_detail(number: int | None, url: str | None, diff: str, diff_sha256: str | None, limit: int) -> str:
-    """What the owner validates: the build's diff in a code block, cut at `limit` characters (saying so
-    and where to read the rest), and the sha256 the button approves (SPEC §10)."""
+    """What the owner validates: the build's diff in a code block of at most `limit` characters as
+    escaped (cut at a line end, saying so and where to read the rest), and the sha256 the button approves
+    (SPEC §10). The cut is measured after escaping, so the sha256 line always fits in the section."""
     link = slack_escape(url or "")
+    shown, kept = _fenced(diff, limit)
     note = (
-        f"\n:warning: The diff is cut here: {limit:,} of its {len(diff):,} characters are shown. "
+        f"\n:warning: The diff is cut here: {kept:,} of its {len(diff):,} characters are shown. "
         f"Read the whole diff in the console before you approve: {link}console"
-        if len(diff) > limit
+        if kept < len(diff)
         else ""
     )
     return (
-        f"Build #{number}: {link}console\n```\n{slack_code(diff[:limit])}\n```{note}\n"
+        f"Build #{number}: {link}console\n```\n{shown}\n```{note}\n"
         f"The button approves the whole diff: diff sha256 `{diff_sha256}`"
     )
+
+
+def _fenced(text: str, room: int) -> tuple[str, int]:
+    """The longest start of `text` whose `slack_code` fits in `room` characters (cut at a line end when
+    it is cut), escaped; and how many characters of `text` that is."""
+    if len(slack_code(text)) <= room:
+        return slack_code(text), len(text)
+    lo, hi = 0, len(text)
+    while lo < hi:  # escaping never shortens text: the longest prefix that fits
+        mid = (lo + hi + 1) // 2
+        if len(slack_code(text[:mid])) <= room:
+            lo = mid
+        else:
+            hi = mid - 1
+    line_end = text.rfind("\n", 0, lo)
+    if line_end > lo // 2:  # a whole last line, unless that gives up most of what fits
+        lo = line_end
+    return slack_code(text[:lo]), lo
+
+
+def pr_diff_detail(number: int, url: str, diff: PrDiff, limit: int = 3000) -> str:
+    """What the SRE merges (SPEC §10): the version PR's diff at its head, as text in a code block that
+    the diff cannot end, cut (saying so, with the link to the whole diff) to fit one Slack section of
+    `limit` characters; and the head commit the merge is pinned to."""
+    files = diff.files_url
+    head = f"Version PR #{number}: {url}. Its diff at head commit `{diff.head_sha}`:"
+    warnings: list[str] = []
+    if diff.no_patch:
+        names = ", ".join(f"`{slack_escape(n[:80])}`" for n in diff.no_patch[:5])
+        more = f" and {len(diff.no_patch) - 5} more" if len(diff.no_patch) > 5 else ""
+        warnings.append(
+            f":warning: GitHub shows no patch for {len(diff.no_patch)} file(s) ({names}{more}): binary or "
+            f"too large. Read them on GitHub before you merge: {files}"
+        )
+    if diff.changed_files > diff.files:
+        warnings.append(
+            f":warning: GitHub lists {diff.files:,} of the PR's {diff.changed_files:,} files. "
+            f"Read them all on GitHub before you merge: {files}"
+        )
+    binds = (
+        f"Merging (the button, or the command below) merges exactly commit `{diff.head_sha}`. If the "
+        "branch moves after this, GitHub refuses the merge and you are shown the new diff."
+    )
+    cut_note = (
+        f":warning: The diff is cut here: {diff.chars:,} of its {diff.chars:,} characters are shown. "
+        f"Read the whole diff on GitHub before you merge: {files}"
+    )
+    fixed = len(head) + len("\n```\n\n```\n") + sum(len(w) + 1 for w in warnings) + len(binds)
+    room = max(limit - fixed - len(cut_note) - 1, 0)
+    shown, kept = _fenced(diff.diff, room)
+    lines = [head, f"```\n{shown or ('' if diff.chars else '(no changes)')}\n```"]
+    if kept < diff.chars:
+        lines.append(
+            f":warning: The diff is cut here: {kept:,} of its {diff.chars:,} characters are shown. "
+            f"Read the whole diff on GitHub before you merge: {files}"
+        )
+    return "\n".join([*lines, *warnings, binds])

@@ -539,6 +539,27 @@ class MergePrResult(BaseModel):
     already_merged: bool = False  # it was merged before we asked (on GitHub, or by a lost earlier attempt)
     refused_reason: str | None = None  # GitHub's message when it refused to merge; the PR stays as it was
     merged_by: str | None = None  # who merged it, when already_merged
+    head_sha: str | None = None  # refused: the PR's head as GitHub shows it after refusing (moved?)
+
+
+class PrDiffInput(BaseModel):
+    """Read a PR's head and its diff; `limit`: the characters of the diff to return at most."""
+
+    repo: str
+    number: int
+    limit: int = 4000
+
+
+class PrDiff(BaseModel):
+    """What the SRE is shown before merging (SPEC §10): the diff of exactly one head commit."""
+
+    head_sha: str  # the head these files were read at (read before and after: it did not move)
+    diff: str  # the first `limit` characters of the diff (file headers and GitHub's patches)
+    chars: int  # characters of the whole diff as read
+    files: int  # files GitHub listed
+    changed_files: int  # files GitHub says the PR changes (more than `files` past its 3,000-file limit)
+    no_patch: list[str] = Field(default_factory=list)  # files GitHub gives no patch for (binary, too large)
+    files_url: str  # the PR's "Files changed" page
 
 
 class OpenIssueInput(BaseModel):

@@ -22,6 +22,13 @@ What it answers like GitHub does (checked against GitHub's docs and reported cli
   given and ≠ head → 409 "Head branch was modified. Review and try the merge again."; conflicts (or
   `set_mergeable(False)`) → 405 "Pull Request is not mergeable"; missing required approvals → 405 "At
   least N approving review(s) ... required by reviewers with write access.".
+- `GET pulls/n/files` lists the files the PR changes (head against its merge base with the base
+  branch, as GitHub's three-dot diff does), paginated, each with `filename`, `status`
+  (added/removed/modified), `additions`, `deletions`, `changes`, `blob_url`, `raw_url`, `contents_url`
+  and `patch`: the unified-diff hunks from the first `@@` on, without the `diff --git`/`---`/`+++`
+  header. A binary file (a NUL byte, or not UTF-8) has no `patch`, as on GitHub; so does a file named
+  with `omit_patch` (GitHub leaves out patches that are too large). At most 3,000 files, like GitHub.
+  `GET pulls/n` counts them in `changed_files`, `additions` and `deletions`.
 - Adding an unknown label to an issue creates it with color `ededed` (GitHub does); creating an
   existing label → 422 `already_exists`; removing a label the issue does not have → 404 "Label does
   not exist". Label names compare case-insensitively.
@@ -36,6 +43,7 @@ PR unmergeable (`mergeable_state` "dirty").
 from __future__ import annotations
 
 import base64
+import difflib
 import hashlib
 import hmac
 import itertools
@@ -71,6 +79,16 @@ _FULL_PULL_ONLY = (
 
 def _now_iso(t: float | None = None) -> str:
     return datetime.fromtimestamp(time.time() if t is None else t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _text(content: bytes) -> str | None:
+    """`content` as text, or None when GitHub would call it binary (a NUL byte, or not UTF-8)."""
+    if b"\0" in content:
+        return None
+    try:
+        return content.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def blob_sha(content: bytes) -> str:
@@ -240,6 +258,7 @@ class FakeGitHub(LocalServer):
         self.rate_limit = 5000
         self.rate_remaining = 5000
         self._signing_keys: dict[str, list[dict[str, Any]]] = {}
+        self._omit_patch: set[str] = set()  # paths whose patch is left out, as GitHub does for large ones
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -348,6 +367,11 @@ class FakeGitHub(LocalServer):
             c = self._new_commit(r, files, [head.sha], f"Update {path}", by)
             r.refs[branch] = c.sha
             return c.sha
+
+    def omit_patch(self, path: str) -> None:
+        """From now on `GET pulls/n/files` gives no `patch` for `path`, as GitHub does for a large diff."""
+        with self._lock:
+            self._omit_patch.add(path)
 
     def pulls(self, repo: str) -> list[dict[str, Any]]:
         """Every pull request of `repo`, oldest first, as the API shows it."""
@@ -537,6 +561,46 @@ class FakeGitHub(LocalServer):
             else:
                 merged[path] = new
         return merged, sorted(conflicts)
+
+    def _pull_files(self, repo: _Repo, p: _Pull) -> list[dict[str, Any]]:
+        """The files a PR changes, as `GET pulls/n/files` lists them (see the module docstring)."""
+        head = self._head_sha(repo, p)
+        if p.merge_commit_sha and repo.commits[p.merge_commit_sha].parents:
+            base = repo.commits[p.merge_commit_sha].parents[0]  # the base as it was when it was merged
+        else:
+            base = repo.refs.get(p.base_ref, head)
+        mb = self._merge_base(repo, base, head)
+        old_files = repo.commits[mb].files if mb else {}
+        new_files = repo.commits[head].files
+        out: list[dict[str, Any]] = []
+        web = f"{self.web_url}/{repo.full_name}"
+        for path in sorted(set(old_files) | set(new_files)):
+            old, new = old_files.get(path), new_files.get(path)
+            if old == new:
+                continue
+            status = "added" if old is None else "removed" if new is None else "modified"
+            entry: dict[str, Any] = {
+                "sha": blob_sha(new if new is not None else old or b""),
+                "filename": path,
+                "status": status,
+                "additions": 0,
+                "deletions": 0,
+                "changes": 0,
+                "blob_url": f"{web}/blob/{head}/{quote(path)}",
+                "raw_url": f"{web}/raw/{head}/{quote(path)}",
+                "contents_url": self._api(f"/repos/{repo.full_name}/contents/{quote(path)}?ref={head}"),
+            }
+            texts = [_text(old or b""), _text(new or b"")]
+            if texts[0] is not None and texts[1] is not None:
+                a, b = texts[0].splitlines(), texts[1].splitlines()
+                hunks = list(difflib.unified_diff(a, b, lineterm="", n=3))[2:]  # GitHub's patch: no header
+                entry["additions"] = sum(1 for h in hunks if h.startswith("+"))
+                entry["deletions"] = sum(1 for h in hunks if h.startswith("-"))
+                entry["changes"] = entry["additions"] + entry["deletions"]
+                if path not in self._omit_patch:
+                    entry["patch"] = "\n".join(hunks)
+            out.append(entry)
+        return out[:3000]
 
     def _mergeability(self, repo: _Repo, issue: _Issue) -> tuple[bool | None, str]:
         p = issue.pull
@@ -803,10 +867,11 @@ class FakeGitHub(LocalServer):
             "review_comments": 0,
             "maintainer_can_modify": False,
             "commits": 1,
-            "additions": 1,
-            "deletions": 1,
-            "changed_files": 1,
         }
+        files = self._pull_files(r, p)
+        doc["additions"] = sum(f["additions"] for f in files)
+        doc["deletions"] = sum(f["deletions"] for f in files)
+        doc["changed_files"] = len(files)
         if not full:
             for key in _FULL_PULL_ONLY:
                 doc.pop(key)
@@ -1153,6 +1218,8 @@ class FakeGitHub(LocalServer):
                 raise _HttpError(404, "Not Found")
             if m == "PUT":
                 return self._merge_pull(req, r, issue)
+        if tail == ["files"] and m == "GET":
+            return self._page(req, self._pull_files(r, issue.pull))
         if tail == ["reviews"] and m == "GET":
             return self._page(
                 req,
