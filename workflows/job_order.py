@@ -45,13 +45,12 @@ _WHOLE = ("initialize_workflow", "remove_from_cache", "query_workflow")
 def pieces(jobs: list[WorkflowActivationJob]) -> list[list[WorkflowActivationJob]]:
     """The one-job activations `jobs` is handled as, in order (one piece: handled as it is): the jobs of
     history events in sdk-core's order, then the Updates."""
-    if any(job.HasField(kind) for job in jobs for kind in _WHOLE):
+    kinds = [(job, job.WhichOneof("variant")) for job in jobs]
+    if any(kind in _WHOLE for _, kind in kinds):
         return [jobs]
-    wide = [job for job in jobs if any(job.HasField(kind) for kind in _TASK_WIDE)]
-    rest = [job for job in jobs if not any(job.HasField(kind) for kind in _TASK_WIDE)]
-    each = [job for job in rest if not job.HasField("do_update")] + [
-        job for job in rest if job.HasField("do_update")
-    ]
+    wide = [job for job, kind in kinds if kind in _TASK_WIDE]
+    events = [job for job, kind in kinds if kind not in _TASK_WIDE and kind != "do_update"]
+    each = events + [job for job, kind in kinds if kind == "do_update"]
     if len(each) <= 1:
         return [jobs]
     return [wide + each[:1], *([job] for job in each[1:])]
@@ -86,4 +85,4 @@ class OneJobAtATime(UnsandboxedWorkflowRunner):
     Used as the sandbox's `runner_class`: the sandbox imports it by name, so it lives at module level."""
 
     def create_instance(self, det: WorkflowInstanceDetails) -> WorkflowInstance:
-        return _OneJobAtATimeInstance(det)
+        return _OneJobAtATimeInstance(det)  # type: ignore[abstract]  # as the SDK's own runner does
