@@ -21,7 +21,7 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSe
 from temporalio.client import Client
 from temporalio.common import SearchAttributeIndexedValueType
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
-from temporalio.worker import Worker
+from temporalio.worker import Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.github import GithubActivities
@@ -35,6 +35,7 @@ from starter.temporal import connect
 from workflows import search_attributes as sa
 from workflows.deploy import DeployWorkflow
 from workflows.inspect_job import InspectJobWorkflow
+from workflows.job_order import OneJobAtATime
 from workflows.lock import DeployLockWorkflow
 
 log = logging.getLogger("deployctl.worker")
@@ -53,6 +54,7 @@ PURE_MODULES = (
     "workflows.search_attributes",
     "workflows.signing",
     "workflows.trust",
+    "workflows.job_order",
     "cryptography",
     "activities",
     "pydantic",
@@ -70,6 +72,7 @@ PURE_MODULES = (
 # SDK's, until a defence covers both (docs/replay.md).
 MAX_CACHED_WORKFLOWS = 1000
 CACHE_ENV = "DEPLOYCTL_MAX_CACHED_WORKFLOWS"
+ONE_JOB_ENV = "DEPLOYCTL_ONE_JOB_PER_ACTIVATION"
 
 
 def build_activities(client: Client, config: Config, env: Mapping[str, str] | None = None) -> list:
@@ -110,6 +113,24 @@ def build_activities(client: Client, config: Config, env: Mapping[str, str] | No
     ]
 
 
+def one_job_per_activation(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether workflows run each job of an activation on its own (workflows/job_order.py; docs/replay.md):
+    on unless $DEPLOYCTL_ONE_JOB_PER_ACTIVATION is 0. Every worker and replayer of a task queue must agree."""
+    raw = (os.environ if environ is None else environ).get(ONE_JOB_ENV, "").strip()
+    if raw not in ("", "0", "1"):
+        raise ConfigError(f"{ONE_JOB_ENV} must be 1 (the default: the replay defence on) or 0, not {raw!r}")
+    return raw != "0"
+
+
+def workflow_runner(one_job: bool | None = None) -> WorkflowRunner:
+    """The sandbox every worker and replayer runs the workflows in. `one_job`: None reads
+    `one_job_per_activation()`."""
+    restrictions = SandboxRestrictions.default.with_passthrough_modules(*PURE_MODULES)
+    if one_job_per_activation() if one_job is None else one_job:
+        return SandboxedWorkflowRunner(restrictions=restrictions, runner_class=OneJobAtATime)
+    return SandboxedWorkflowRunner(restrictions=restrictions)
+
+
 def workflow_cache_size(environ: Mapping[str, str] | None = None) -> int:
     """How many workflow runs a worker caches: $DEPLOYCTL_MAX_CACHED_WORKFLOWS, else MAX_CACHED_WORKFLOWS."""
     raw = (os.environ if environ is None else environ).get(CACHE_ENV, "").strip()
@@ -133,6 +154,7 @@ def create_worker(
     executor: ThreadPoolExecutor | None = None,
     max_cached_workflows: int | None = None,
     activities: Sequence[Callable] | None = None,
+    one_job: bool | None = None,
 ) -> Worker:
     """One worker of the pool. Activities are blocking client calls, run in a thread pool.
 
@@ -148,9 +170,7 @@ def create_worker(
         client,
         task_queue=task_queue or config.task_queue,
         workflows=WORKFLOWS,
-        workflow_runner=SandboxedWorkflowRunner(
-            restrictions=SandboxRestrictions.default.with_passthrough_modules(*PURE_MODULES)
-        ),
+        workflow_runner=workflow_runner(one_job),
         activities=acts,
         activity_executor=pool,
         max_concurrent_activities=64,

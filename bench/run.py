@@ -10,9 +10,9 @@ then prints its figures beside their baseline from the same run. Not a test: not
    unloaded and with 100 deploys in flight.
 3. capacity: 1,000 deploys parked at pccr_review: worker RSS and the latency of one more approve,
    against the same with a few parked.
-4. cache (`--only cache`, not part of the full run): worker.py with the SDK's workflow cache on
-   (max_cached_workflows=1000, worker.py's default) and off (0, the candidate defence in docs/replay.md),
-   one after the other in the same run: worker CPU per deploy and the approve latency, one deploy at a
+4. cache (`--only cache`, not part of the full run): worker.py as it runs by default (the SDK's cache,
+   each activation's jobs one by one: the replay defence of docs/replay.md), against the SDK's own runner
+   with the same cache (and, on request, no cache), one after the other in the same run: worker CPU per deploy and the approve latency, one deploy at a
    time and with several in flight, and what a com deploy's history holds (events, activities, Slack
    calls).
 """
@@ -48,7 +48,7 @@ from bench.people import (
 )
 from bench.stack import GATE, BenchStack, Worker, bench_stack, proc_cpu_seconds, server_pid, wait_until
 from starter.cli import send_action
-from worker import CACHE_ENV
+from worker import CACHE_ENV, ONE_JOB_ENV
 from workflows.models import Action, ActionInput, Step
 
 POLL = 0.5  # how often a scripted person looks at `status` while waiting for their step
@@ -426,7 +426,14 @@ async def _at_least(stack: BenchStack, n: int) -> bool:
 
 # ---------------------------------------------------------------------------------------- workflow cache
 
-CACHE_SETTINGS = {"on": 1000, "off": 0}  # on: the SDK's default and worker.py's; off: no workflow cache
+# The worker settings `--only cache` compares. defended: worker.py's default (the SDK's cache, and each job
+# of an activation on its own, workflows/job_order.py); sdk: the SDK's cache and its own runner (worker.py
+# before the defence); off: no workflow cache (DEPLOYCTL_MAX_CACHED_WORKFLOWS=0), the SDK's runner.
+CACHE_SETTINGS = {
+    "defended": {CACHE_ENV: "1000", ONE_JOB_ENV: "1"},
+    "sdk": {CACHE_ENV: "1000", ONE_JOB_ENV: "0"},
+    "off": {CACHE_ENV: "0", ONE_JOB_ENV: "0"},
+}
 
 
 async def deploy_history(stack: BenchStack, wid: str) -> dict[str, Any]:
@@ -447,14 +454,14 @@ async def deploy_history(stack: BenchStack, wid: str) -> dict[str, Any]:
 
 
 async def cache_setting(
-    name: str, size: int, n: int, concurrency: int, unloaded: int, workers: int
+    name: str, env: dict[str, str], n: int, concurrency: int, unloaded: int, workers: int
 ) -> dict[str, Any]:
-    """One setting: `workers` processes of worker.py with max_cached_workflows=size; `unloaded` deploys
-    one at a time, then `n` deploys `concurrency` at once."""
-    log(f"-- cache {name} ({CACHE_ENV}={size}), {workers} worker process(es)")
+    """One setting: `workers` processes of worker.py with `env` (CACHE_SETTINGS); `unloaded` deploys one at
+    a time, then `n` deploys `concurrency` at once."""
+    log(f"-- {name} ({' '.join(f'{k}={v}' for k, v in env.items())}), {workers} worker process(es)")
     async with bench_stack(n + WARM + 1) as stack:
         for _ in range(workers):
-            stack.start_worker("product", {CACHE_ENV: str(size)})
+            stack.start_worker("product", dict(env))
         c = Counters()
         await bounded(WARM, WARM, lambda i: product_deploy(stack, n + 1 + i, POLL, c))
         c = Counters()
@@ -495,12 +502,12 @@ async def cache_setting(
             f"deploy p50 {loaded['deploy_p50']:.1f} s p99 {loaded['deploy_p99']:.1f} s"
         )
         rss = [w.rss_kb() / 1024 for w in stack.workers]
-    return {"size": size, "one_at_a_time": one, "loaded": loaded, "history": history, "rss_mb": rss}
+    return {"env": env, "one_at_a_time": one, "loaded": loaded, "history": history, "rss_mb": rss}
 
 
 async def cache(n: int, concurrency: int, unloaded: int, workers: int, order: list[str]) -> dict[str, Any]:
     log(
-        f"\n== cache: worker.py with the workflow cache on and off ({', '.join(order)}); people poll status "
+        f"\n== cache: worker.py's workflow cache and runner settings ({', '.join(order)}); people poll status "
         f"every {POLL}s"
     )
     out: dict[str, Any] = {}
@@ -543,9 +550,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", choices=["throughput", "latency", "capacity", "cache"], default=None)
     p.add_argument(
         "--cache-order",
-        default="on,off",
-        help="cache: the settings to measure, in order (on = max_cached_workflows 1000, off = 0; "
-        "e.g. on,off,on,off)",
+        default="defended,sdk",
+        help="cache: the settings to measure, in order (defended = worker.py's default, sdk = the SDK's "
+        "cache and runner, off = no cache; e.g. defended,sdk,defended,sdk)",
     )
     p.add_argument("--n", type=int, default=None, help="throughput: deploys (default 200, quick 40)")
     p.add_argument(

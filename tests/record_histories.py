@@ -59,7 +59,7 @@ from tests.fakes.github import FakeGitHub
 from tests.fakes.jenkins import FakeJenkins
 from tests.fakes.slack import FakeSlack
 from tests.support import signed
-from worker import WORKFLOWS, create_worker
+from worker import WORKFLOWS, create_worker, workflow_runner
 from workflows import search_attributes as sa
 from workflows.lock import lock_id
 from workflows.models import Action, ActionInput, DeployResult, DeployStatus, Outcome, Process, Step
@@ -453,7 +453,9 @@ def load_history(path: Path) -> WorkflowHistory:
 
 async def self_check(files: dict[str, str]) -> None:
     """Each history replays against the code that recorded it (else the recording itself is broken)."""
-    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+    replayer = Replayer(
+        workflows=WORKFLOWS, data_converter=pydantic_data_converter, workflow_runner=workflow_runner()
+    )
     with tempfile.TemporaryDirectory(prefix="deployctl-replay-") as tmp:
         for name, text in files.items():
             path = Path(tmp) / name

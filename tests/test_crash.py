@@ -148,14 +148,13 @@ async def status_when_up(client: Client, wid: str, timeout: float = 120) -> Depl
 
 
 # How the scripted people see where a deploy stands while workers die under it. By default through the
-# server alone (`describe`: the DeployStep and DeployWaitingOn search attributes, as `deployctl list` and
-# the Web UI's list show them) and the diff's sha256 from the Slack DM, as a person reads it. With
-# DEPLOYCTL_CRASH_QUERIES=1 through the `status` query, as `deployctl status`, Slack's `/deploy status` and
-# the Web UI do: a fresh worker then answers queries right after every kill, which wedges deploys through
-# a Temporal SDK defect with the SDK's workflow cache (worker.py's default) and, under CPU load, without
-# it (DEPLOYCTL_MAX_CACHED_WORKFLOWS=0); see docs/replay.md and tests/test_wedge.py. That mode is for
-# checking a defence or a new SDK release, not for CI, until a defence covers both.
-BY_QUERY = os.environ.get("DEPLOYCTL_CRASH_QUERIES") == "1"
+# `status` query, as `deployctl status`, Slack's `/deploy status` and the Web UI do: a fresh worker then
+# answers queries right after every kill, the interleaving that wedged deploys before worker.py ran
+# workflows one job at a time (workflows/job_order.py, docs/replay.md, tests/test_wedge.py); the worker
+# log is checked for non-determinism at the end. With DEPLOYCTL_CRASH_QUERIES=0 through the server alone
+# (`describe`: the DeployStep and DeployWaitingOn search attributes, as `deployctl list` and the Web UI's
+# list show them) and the diff's sha256 from the Slack DM, as a person reads it.
+BY_QUERY = os.environ.get("DEPLOYCTL_CRASH_QUERIES", "1") != "0"
 DIFF_SHA = re.compile(r"diff sha256 `([0-9a-f]{64})`")
 
 

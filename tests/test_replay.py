@@ -17,6 +17,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 
 from tests.record_histories import HISTORIES, VARIANTS, load_history
+from worker import workflow_runner
 from workflows.deploy import DeployWorkflow
 from workflows.inspect_job import InspectJobWorkflow
 from workflows.lock import DeployLockWorkflow
@@ -24,10 +25,12 @@ from workflows.lock import DeployLockWorkflow
 FILES = sorted(HISTORIES.glob("*.json"))
 
 
-def replayer() -> Replayer:
+def replayer(one_job: bool = True) -> Replayer:
+    """What replays a deploy's history: the workers' own runner (`one_job`: workflows/job_order.py on)."""
     return Replayer(
         workflows=[DeployWorkflow, InspectJobWorkflow, DeployLockWorkflow],
         data_converter=pydantic_data_converter,
+        workflow_runner=workflow_runner(one_job),
     )
 
 

@@ -1,5 +1,5 @@
-"""A crash plus a `status` query wedges a deploy when workers cache workflow runs (a Temporal SDK defect,
-docs/replay.md; worker.py keeps the SDK's cache), and a worker without a cache does not.
+"""A crash plus a `status` query wedged deploys when workers cache workflow runs (a Temporal SDK defect,
+docs/replay.md), and the defence in workflows/job_order.py (on by default in worker.py) keeps them going.
 
 The sequence, with the real DeployWorkflow at `pccr_review` and its DM to U0GATE1 held in flight:
 
@@ -15,14 +15,12 @@ The sequence, with the real DeployWorkflow at `pccr_review` and its DM to U0GATE
 5. At 10 s the query reaches W2 as a legacy query, with a history that ends with the DM's completion. W2
    runs the workflow code for that completion (it schedules the next DM) and answers; the run stays cached.
 6. At 13 s the workflow task reaches W2, with the Update. The commands W2 sends are the next DM's activity,
-   then the Update's. Replay hands the completion and the Update to the workflow in one activation,
-   Updates first, so it expects the Update's first: the recorded history fails replay
-   ("Update machine does not handle this event: HistoryEvent(id: …, ActivityTaskScheduled)").
-
-With `max_cached_workflows=0` the same steps record a history that replays: there is no sticky queue, so
-the query is answered at once and the workflow task goes straight to W2. (That setting is not a complete
-defence: a run built for a legacy query waits for the next task, which is applied to it, so under load it
-wedges deploys without any crash; docs/replay.md has the figures.)
+   then the Update's.
+7. Replay hands the completion and the Update to the workflow in one activation. The SDK on its own runs
+   Updates first, so it expects the Update's commands first: the history fails replay ("Update machine does
+   not handle this event: HistoryEvent(id: …, ActivityTaskScheduled)") and the deploy is stuck. With
+   `OneJobAtATime` every activation's jobs run one by one, history events' jobs before Updates, so replay
+   issues the commands in the order step 6 recorded them, and the deploy goes on.
 """
 
 from __future__ import annotations
@@ -54,7 +52,15 @@ from starter.config import ConfigError
 from tests.conftest import GATE1, GATE2, OWNER, PARAMS, Deployment, eventually
 from tests.fakes.slack import FakeSlack
 from tests.test_replay import replayer
-from worker import CACHE_ENV, MAX_CACHED_WORKFLOWS, build_activities, create_worker, workflow_cache_size
+from worker import (
+    CACHE_ENV,
+    MAX_CACHED_WORKFLOWS,
+    ONE_JOB_ENV,
+    build_activities,
+    create_worker,
+    one_job_per_activation,
+    workflow_cache_size,
+)
 from workflows.models import Action, ActionInput, DeployStatus, Process, SlackPostInput, SlackPostResult, Step
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,14 +101,14 @@ class Gate:
 class WorkflowWorkerProcess:
     """W1: `create_worker(..., activities=[])` in a process of its own, so it can be SIGKILLed."""
 
-    def __init__(self, env: WorkflowEnvironment, d: Deployment, cache: int | None, log: Path) -> None:
+    def __init__(self, env: WorkflowEnvironment, d: Deployment, one_job: bool, log: Path) -> None:
         self.env = {
             **os.environ,
             "TEMPORAL_ADDRESS": env.client.service_client.config.target_host,
             "DEPLOYCTL_CONFIG": str(d.config_path),
+            CACHE_ENV: str(SDK_DEFAULT_CACHE),
+            ONE_JOB_ENV: "1" if one_job else "0",
         }
-        if cache is not None:
-            self.env[CACHE_ENV] = str(cache)
         self.log = log
         self.proc: asyncio.subprocess.Process | None = None
 
@@ -143,13 +149,14 @@ class Rig:
     d: Deployment
     workers: list[tuple[Worker, asyncio.Task]] = field(default_factory=list)
 
-    def start(self, cache: int | None) -> None:
+    def start(self, one_job: bool) -> None:
         w = create_worker(
             self.client,
             self.d.config,
             task_queue=self.d.task_queue,
             activities=[],
-            max_cached_workflows=cache,
+            max_cached_workflows=SDK_DEFAULT_CACHE,
+            one_job=one_job,
         )
         self.workers.append((w, asyncio.create_task(w.run())))
 
@@ -163,11 +170,11 @@ class Rig:
 
 @contextlib.asynccontextmanager
 async def wedge(
-    env: WorkflowEnvironment, d: Deployment, tmp_path: Path, cache: int | None
+    env: WorkflowEnvironment, d: Deployment, tmp_path: Path, one_job: bool
 ) -> AsyncIterator[tuple[Run, Rig]]:
-    """Steps 1-6 of the module docstring. `cache`: both workflow workers' max_cached_workflows (None:
-    worker.py's default, as the environment sets it). Yields once the Update was accepted and the deploy
-    is at sre_assignment, with the activity worker still up."""
+    """Steps 1-6 of the module docstring, both workflow workers with the SDK's cache; `one_job`: whether
+    they run OneJobAtATime. Yields once the Update was accepted and the deploy is at sre_assignment, with
+    the activity worker still up."""
     client = env.client
     t0 = time.monotonic()
     timeline: list[tuple[float, str]] = []
@@ -176,7 +183,7 @@ async def wedge(
         timeline.append((round(time.monotonic() - t0, 2), what))
 
     gate = Gate(GATE1)
-    w1 = WorkflowWorkerProcess(env, d, cache, tmp_path / "w1.log")
+    w1 = WorkflowWorkerProcess(env, d, one_job, tmp_path / "w1.log")
     rig = Rig(client, d)
     pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="wedge-activity")
     acts = [gate.wrap(a) if a.__name__ == "post_message" else a for a in build_activities(client, d.config)]
@@ -195,7 +202,7 @@ async def wedge(
             mark("DM to U0GATE1 held (the task that scheduled it has completed)")
             await w1.kill()
             mark("W1 SIGKILLed")
-            rig.start(cache)
+            rig.start(one_job)
             mark("W2 started")
             sent, answered = time.monotonic(), []
 
@@ -268,56 +275,68 @@ def _dm_completed(history: WorkflowHistory, user: str = GATE1) -> int | None:
     )
 
 
-async def _dm_done(client: Client, wid: str) -> bool:
-    return _dm_completed(await client.get_workflow_handle(wid).fetch_history()) is not None
+async def _dm_done(client: Client, wid: str, user: str = GATE1) -> bool:
+    return _dm_completed(await client.get_workflow_handle(wid).fetch_history(), user) is not None
+
+
+def _split(run: Run) -> HistoryEvent:
+    """Asserts steps 2, 3 and 6 happened as intended (the query and the workflow task each waited out W1's
+    sticky queue, and W2's first commands were the next DM's activity, then the Update's acceptance), and
+    returns the `WorkflowTaskCompleted` of that task."""
+    assert run.query_seconds > 9, run.query_seconds
+    done = _dm_completed(run.history)
+    assert done is not None
+    after = _after(run.history, done)
+    assert _kinds(after[:7]) == [
+        "WORKFLOW_TASK_SCHEDULED",  # on W1's sticky queue
+        "WORKFLOW_TASK_TIMED_OUT",  # nobody polled it for 10 s
+        "WORKFLOW_TASK_SCHEDULED",  # on the normal queue: W2 takes it, with the Update
+        "WORKFLOW_TASK_STARTED",
+        "WORKFLOW_TASK_COMPLETED",
+        "ACTIVITY_TASK_SCHEDULED",  # the next DM: from the query's activation
+        "WORKFLOW_EXECUTION_UPDATE_ACCEPTED",
+    ], _kinds(after)
+    sticky, timed_out, _, _, completed, _, _ = after[:7]
+    assert (
+        sticky.workflow_task_scheduled_event_attributes.task_queue.kind
+        == TaskQueueKind.TASK_QUEUE_KIND_STICKY
+    )
+    assert timed_out.workflow_task_timed_out_event_attributes.timeout_type == (
+        TimeoutType.TIMEOUT_TYPE_SCHEDULE_TO_START
+    )
+    return completed
+
+
+async def _rejected(history: WorkflowHistory, one_job: bool) -> str | None:
+    """Replay's verdict on `history`: None if it replays, else the non-determinism error."""
+    try:
+        await replayer(one_job).replay_workflow(history)
+    except workflow.NondeterminismError as err:
+        return str(err)
+    return None
 
 
 @pytest.mark.timeout(180)
 async def test_wedge_reproduces_without_defence(
     env: WorkflowEnvironment, deployment: Deployment, tmp_path: Path, slack: FakeSlack
 ):
-    """Documents the SDK defect (temporalio 1.35.0): with the SDK's default cache the sequence records a
-    history that replay rejects, so the deploy is stuck; a reset to the task before the bad one frees it.
-    If this test fails at `replay rejects`, the SDK may have fixed the defect: see docs/replay.md."""
-    async with wedge(env, deployment, tmp_path, cache=SDK_DEFAULT_CACHE) as (run, rig):
-        # Steps 2 and 3 as intended: the query waited out W1's sticky queue, and so did the workflow task.
-        assert run.query_seconds > 9, run.query_seconds
-        done = _dm_completed(run.history)
-        assert done is not None
-        after = _after(run.history, done)
-        # ... and step 6: W2's first commands were the next DM's activity, then the Update's acceptance.
-        assert _kinds(after[:7]) == [
-            "WORKFLOW_TASK_SCHEDULED",  # on W1's sticky queue
-            "WORKFLOW_TASK_TIMED_OUT",  # nobody polled it for 10 s
-            "WORKFLOW_TASK_SCHEDULED",  # on the normal queue: W2 takes it, with the Update
-            "WORKFLOW_TASK_STARTED",
-            "WORKFLOW_TASK_COMPLETED",
-            "ACTIVITY_TASK_SCHEDULED",  # the next DM: from the query's activation
-            "WORKFLOW_EXECUTION_UPDATE_ACCEPTED",
-        ], _kinds(after)
-        sticky, timed_out, _, _, completed, first, _ = after[:7]
-        assert (
-            sticky.workflow_task_scheduled_event_attributes.task_queue.kind
-            == TaskQueueKind.TASK_QUEUE_KIND_STICKY
+    """Documents the SDK defect (temporalio 1.35.0): with the SDK's own runner the sequence records a history
+    that replay rejects, so the deploy is stuck; a reset to the task before the bad one frees it. If this
+    test fails at `replay rejects`, the SDK may have fixed the defect: see docs/replay.md."""
+    async with wedge(env, deployment, tmp_path, one_job=False) as (run, rig):
+        completed = _split(run)
+        first = completed.event_id + 1  # the next DM's ActivityTaskScheduled
+        why = await _rejected(run.history, one_job=False)
+        assert why is not None, (
+            "replay rejects: the wedged history replayed. The SDK may have fixed the defect; see "
+            "docs/replay.md ('Checking a newer SDK release') for what to run next"
         )
-        assert timed_out.workflow_task_timed_out_event_attributes.timeout_type == (
-            TimeoutType.TIMEOUT_TYPE_SCHEDULE_TO_START
-        )
-        try:
-            await replayer().replay_workflow(run.history)
-        except workflow.NondeterminismError as err:
-            why = str(err)
-            assert UPDATE_MACHINE in why and f"id: {first.event_id}, ActivityTaskScheduled" in why, why
-        else:
-            pytest.fail(
-                "replay rejects: the wedged history replayed. The SDK may have fixed the defect; see "
-                "docs/replay.md ('Checking a newer SDK release') for what to run next"
-            )
+        assert UPDATE_MACHINE in why and f"id: {first}, ActivityTaskScheduled" in why, why
 
         # The way out (docs/replay.md): reset to the task whose commands are out of order, i.e. to the
         # WorkflowTaskCompleted just before the event the error names. The server keeps everything
         # before it and re-applies the Update (Server 1.32 re-applies Signals and Updates by default); a
-        # worker without a cache serves the new run, and the deploy goes on.
+        # defended worker serves the new run, and the deploy goes on.
         await rig.stop()
         client, wid = env.client, run.wid
         reset = await client.workflow_service.reset_workflow_execution(
@@ -329,12 +348,12 @@ async def test_wedge_reproduces_without_defence(
                 request_id=f"wedge-{wid}",
             )
         )
-        rig.start(cache=0)
+        rig.start(one_job=True)
         handle = client.get_workflow_handle(wid, run_id=reset.run_id)
         st = await eventually(lambda: _at(client, wid, Step.SRE_ASSIGNMENT, reset.run_id), timeout=30)
         history = await handle.fetch_history()
         (tmp_path / "history-after-reset.json").write_text(history.to_json())
-        await replayer().replay_workflow(history)
+        assert await _rejected(history, one_job=True) is None
         assert st is not None
         approvals = [
             a for a in st.audit if a.step is Step.PCCR_REVIEW and a.action == "approve" and a.accepted
@@ -343,36 +362,37 @@ async def test_wedge_reproduces_without_defence(
 
 
 @pytest.mark.timeout(180)
-async def test_wedge_sequence_replays_without_a_workflow_cache(
+async def test_wedge_sequence_replays_with_the_defence(
     env: WorkflowEnvironment, deployment: Deployment, tmp_path: Path, slack: FakeSlack
 ):
-    """With no workflow cache (DEPLOYCTL_MAX_CACHED_WORKFLOWS=0) the same sequence records a history that
-    replays, and the deploy goes on. (Not the default: that setting wedges deploys another way under
-    load, see worker.py and docs/replay.md.)"""
-    async with wedge(env, deployment, tmp_path, cache=0) as (run, _):
-        await replayer().replay_workflow(run.history)
-        # no sticky queue anywhere, so nothing waited for a dead worker
-        kinds = [
-            e.workflow_task_scheduled_event_attributes.task_queue.kind
-            for e in run.history.events
-            if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED
-        ]
-        assert set(kinds) == {TaskQueueKind.TASK_QUEUE_KIND_NORMAL}, kinds
-        assert run.query_seconds < RELEASE_AFTER, run.query_seconds
-        done = _dm_completed(run.history)
-        assert done is not None
-        after = _kinds(_after(run.history, done))
-        assert "WORKFLOW_EXECUTION_UPDATE_COMPLETED" in after
+    """worker.py's default (the SDK's cache, OneJobAtATime): the same interleaving, forced the same way,
+    records a history that replays, and the deploy goes on. Replayed by the SDK's own runner, that very
+    history fails as in the test above: it is the defence, not luck, that makes it replay."""
+    async with wedge(env, deployment, tmp_path, one_job=True) as (run, _):
+        completed = _split(run)  # the live path split the task exactly as in the wedge
+        assert await _rejected(run.history, one_job=True) is None
+        why = await _rejected(run.history, one_job=False)
+        assert why is not None and UPDATE_MACHINE in why, why
+        assert f"id: {completed.event_id + 1}, ActivityTaskScheduled" in why, why
         # The held DM and the next one both went out, and the approve moved the deploy on.
-        assert _dms(slack, run.wid, GATE1) and _dms(slack, run.wid, GATE2)
+        assert await eventually(lambda: _dm_done(env.client, run.wid, GATE2), 10, 0.05)
+        assert len(slack.messages_to(GATE1)) >= 1 and len(slack.messages_to(GATE2)) >= 1
+        after = _kinds(_after(run.history, completed.event_id))
+        assert "WORKFLOW_EXECUTION_UPDATE_COMPLETED" in after
+        assert "WORKFLOW_TASK_FAILED" not in _kinds(run.history.events)
 
 
-def _dms(slack: FakeSlack, wid: str, user: str) -> list[dict]:
-    return [m for m in slack.messages_to(user) if wid in m["text"]]
+def test_one_job_per_activation_setting():
+    assert one_job_per_activation({}) is True  # the defence is on unless switched off
+    assert one_job_per_activation({ONE_JOB_ENV: "1"}) is True
+    assert one_job_per_activation({ONE_JOB_ENV: "0"}) is False
+    for bad in ("yes", "off", "2"):
+        with pytest.raises(ConfigError, match=ONE_JOB_ENV):
+            one_job_per_activation({ONE_JOB_ENV: bad})
 
 
 def test_workflow_cache_size_setting():
-    assert MAX_CACHED_WORKFLOWS == 1000  # the SDK's default: no complete defence yet (docs/replay.md)
+    assert MAX_CACHED_WORKFLOWS == 1000  # the SDK's default, with OneJobAtATime (docs/replay.md)
     assert workflow_cache_size({}) == 1000
     assert workflow_cache_size({CACHE_ENV: " "}) == 1000
     assert workflow_cache_size({CACHE_ENV: "0"}) == 0
