@@ -61,15 +61,15 @@ PURE_MODULES = (
     "yaml",
 )
 
-# The SDK's workflow cache (temporalio's default: 1,000 runs, and a sticky task queue per worker) stays ON
-# by default. With it on, a `status` query that a fresh worker answers while a workflow task waits on a
+# The SDK's workflow cache (temporalio's default: 1,000 runs, and a sticky task queue per worker) stays on.
+# With the SDK's own runner, a `status` query that a fresh worker answers while a workflow task waits on a
 # killed worker's sticky queue can leave that worker's cached run ahead of its history, and the deploy is
-# stuck (a Temporal SDK defect in temporalio 1.35.0: docs/replay.md, tests/test_wedge.py). A cache of 0
-# (DEPLOYCTL_MAX_CACHED_WORKFLOWS=0) closes that crash sequence, but it is NOT a complete defence: with no
-# sticky queue every query is a legacy query on the normal queue, a run built for a query is only evicted
-# after a workflow task completes, and under CPU load a plain com deploy watched through `status` then
-# recorded histories replay rejects in 7 of 12 runs (0 of 7 with the cache on). So the default is the
-# SDK's, until a defence covers both (docs/replay.md).
+# stuck (a Temporal SDK defect in temporalio 1.35.0: docs/replay.md, tests/test_wedge.py). The defence is
+# the runner (`workflow_runner()`): OneJobAtATime hands each job of an activation to the workflow on its
+# own, history events before Updates (workflows/job_order.py), so a task whose jobs a query split issues
+# the commands replay expects. It is on unless DEPLOYCTL_ONE_JOB_PER_ACTIVATION=0, and must be the same on
+# every worker and replayer of a task queue. DEPLOYCTL_MAX_CACHED_WORKFLOWS=0 (no cache) is not needed for
+# it and costs about ten times the CPU (bench/RESULTS.md).
 MAX_CACHED_WORKFLOWS = 1000
 CACHE_ENV = "DEPLOYCTL_MAX_CACHED_WORKFLOWS"
 ONE_JOB_ENV = "DEPLOYCTL_ONE_JOB_PER_ACTIVATION"
@@ -218,13 +218,16 @@ async def serve(config: Config, metrics_port: int | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     with ThreadPoolExecutor(max_workers=64, thread_name_prefix="deployctl-activity") as pool:
-        cache = workflow_cache_size()
-        worker = create_worker(client, config, executor=pool, max_cached_workflows=cache)
+        cache, one_job = workflow_cache_size(), one_job_per_activation()
+        worker = create_worker(client, config, executor=pool, max_cached_workflows=cache, one_job=one_job)
         async with worker:
             log.info(
-                "worker polling task queue %s (workflow cache: %s)",
+                "worker polling task queue %s (workflow cache: %s; %s)",
                 config.task_queue,
                 f"{cache} runs, sticky queues on" if cache else "off, every task replays its history",
+                "each activation's jobs one at a time: the replay defence is on"
+                if one_job
+                else f"the replay defence is OFF ({ONE_JOB_ENV}=0): see docs/replay.md",
             )
             await stop.wait()
             log.info("shutting down: finishing running tasks")
@@ -247,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         workflow_cache_size()
+        one_job_per_activation()
         secret("JENKINS_TOKEN")
         secret("SLACK_BOT_TOKEN")
         if needs_github(config):

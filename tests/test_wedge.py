@@ -391,6 +391,21 @@ def test_one_job_per_activation_setting():
             one_job_per_activation({ONE_JOB_ENV: bad})
 
 
+def test_worker_refuses_a_bad_defence_setting_at_start(capsys: pytest.CaptureFixture[str], monkeypatch):
+    """`python worker.py` with a setting it cannot read exits 2 with one line, before it connects."""
+    import worker
+
+    monkeypatch.setenv(ONE_JOB_ENV, "yes")
+    monkeypatch.setenv("JENKINS_TOKEN", "t")
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "t")
+    assert worker.main(["--config", str(ROOT / "deployctl.example.toml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err
+        == f"deployctl worker: {ONE_JOB_ENV} must be 1 (the default: the replay defence on) or 0, not 'yes'"
+    )
+
+
 def test_workflow_cache_size_setting():
     assert MAX_CACHED_WORKFLOWS == 1000  # the SDK's default, with OneJobAtATime (docs/replay.md)
     assert workflow_cache_size({}) == 1000
