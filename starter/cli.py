@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
@@ -19,7 +20,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 import yaml
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowQueryFailedError, WorkflowUpdateFailedError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
@@ -61,6 +62,10 @@ class UsageError(Exception):
     """Bad arguments, files or configuration: exit 2."""
 
 
+class Unreadable(Exception):
+    """A deploy's `status` could not be read (not a deploy, or its status query failed): exit 1."""
+
+
 def fail(code: int, message: str) -> NoReturn:
     click.echo(f"deployctl: {message}", err=True)
     sys.exit(code)
@@ -76,6 +81,8 @@ def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
         fail(EXIT_USAGE, str(err))
     except RPCError as err:
         fail(EXIT_ERROR, _rpc_message(err))
+    except Unreadable as err:
+        fail(EXIT_ERROR, str(err))
     except RuntimeError as err:
         if "connect" in str(err).lower():
             fail(EXIT_ERROR, f"cannot reach Temporal ({err}); is the server up? set TEMPORAL_ADDRESS")
@@ -113,8 +120,9 @@ def signing_key(key: str | None, actor: str, strict: bool = False) -> str | None
         return None
     where = Path(path).expanduser()
     if where.is_dir():
-        mine = where / actor
-        if mine.is_file() and actor:
+        # Only a plain user id names a file there: not a path ("../x"), not one past a file name's length.
+        mine = where / actor if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", actor) else None
+        if mine is not None and mine.is_file():
             return str(mine)
         if strict:  # at the CLI a missing key is a usage error, not a silent unsigned send
             raise UsageError(f"{path} holds no key for {actor}: pass --key FILE")
@@ -412,10 +420,25 @@ async def _send(
     click.echo(f"{action.value} accepted at {step} on {workflow_id}")
 
 
+async def read_status(client: Client, workflow_id: str) -> DeployStatus:
+    """The deploy's `status`; Unreadable, in one line, when the workflow does not answer it (not found
+    stays an RPCError: "not found: …")."""
+    try:
+        return await client.get_workflow_handle(workflow_id).query("status", result_type=DeployStatus)
+    except WorkflowQueryFailedError as err:
+        raise Unreadable(
+            f"cannot read the status of {workflow_id}: {policy.one_line(str(err), 300)}"
+        ) from None
+    except RPCError as err:
+        if err.status is RPCStatusCode.NOT_FOUND:
+            raise
+        raise Unreadable(
+            f"cannot read the status of {workflow_id}: {policy.one_line(err.message, 300)}"
+        ) from None
+
+
 async def current_step(client: Client, workflow_id: str) -> str:
-    return (
-        await client.get_workflow_handle(workflow_id).query("status", result_type=DeployStatus)
-    ).step.value
+    return (await read_status(client, workflow_id)).step.value
 
 
 def action_payload(msg: Any) -> Any:
@@ -544,7 +567,7 @@ def status(ctx: click.Context, workflow_id: str, as_json: bool) -> None:
 
     async def go() -> None:
         client = await connect()
-        st = await client.get_workflow_handle(workflow_id).query("status", result_type=DeployStatus)
+        st = await read_status(client, workflow_id)
         st.waiting_for = messages.waiting_line(st.waiting_for, st.waiting_since, datetime.now(UTC))
         if as_json:
             click.echo(st.model_dump_json(indent=2))

@@ -332,3 +332,37 @@ def test_cli_module_runs_without_a_server():
         [sys.executable, "-m", "starter.cli", "--help"], capture_output=True, text=True, timeout=60
     )
     assert r.returncode == 0 and "validate-diff" in r.stdout and "assign" in r.stdout
+
+
+async def test_an_action_on_something_that_is_not_a_deploy_is_one_line(
+    env: WorkflowEnvironment, client: Client, deployment: Deployment, worker: None
+):
+    """`approve` without `--step` reads the step from the `status` query. When that query fails (the
+    workflow is not a deploy, or its status cannot be read), the CLI says so in one line, no traceback."""
+    from workflows.lock import LockState
+
+    lock = await client.start_workflow(
+        "DeployLock", LockState(), id=f"not-a-deploy-{deployment.service}", task_queue=deployment.task_queue
+    )
+    r = await deployctl(env, deployment, "approve", lock.id, "--as", GATE1)
+    assert r.code == 1, (r.code, r.err)
+    assert r.err.count("\n") == 1 and "Traceback" not in r.err, r.err
+    assert r.err.startswith(f"deployctl: cannot read the status of {lock.id}: "), r.err
+    await lock.terminate("test over")
+
+
+def test_a_key_directory_is_looked_up_by_plain_user_ids_only(tmp_path: Path):
+    """A directory of per-user keys (dev, demo) names files by user id; an actor that is a path or longer
+    than a file name finds no key (it was an OSError traceback for an actor of 1,000 characters, found by
+    test_bad_input's hypothesis run), so it is sent unsigned, or refused at the CLI."""
+    from starter.cli import UsageError, signing_key
+
+    keydir = tmp_path / "keys"
+    keydir.mkdir()
+    (keydir / GATE1).write_text("a key\n")
+    (tmp_path / "other").write_text("somebody else's key\n")
+    assert signing_key(str(keydir), GATE1) == str(keydir / GATE1)
+    for actor in ("0" * 1000, "../other", f"{GATE1}/..", ""):
+        assert signing_key(str(keydir), actor) is None
+        with pytest.raises(UsageError, match="holds no key for"):
+            signing_key(str(keydir), actor, strict=True)
