@@ -266,7 +266,12 @@ def _merge_button_sha(m: dict) -> str | None:
 
 
 async def test_a_merge_bound_to_an_old_dm_is_refused_after_the_branch_moved(
-    client: Client, deployment: Deployment, worker: None, slack: FakeSlack, github: FakeGitHub
+    env: WorkflowEnvironment,
+    client: Client,
+    deployment: Deployment,
+    worker: None,
+    slack: FakeSlack,
+    github: FakeGitHub,
 ):
     """SPEC §4, §10: a merge names the version PR's diff it was shown (the button's `d`, or
     `--diff-sha256`). Once the branch moved and the SRE was sent the new diff, a merge from the old DM
@@ -310,6 +315,11 @@ async def test_a_merge_bound_to_an_old_dm_is_refused_after_the_branch_moved(
         f"stale: the version PR's diff changed since the one you were shown (diff sha256 {old[:12]}…, "
         f"now {new[:12]}…); nothing was merged: review the new DM, then merge from it"
     )
+    # The same from the CLI, typed from the old DM; `status` prints the sha256 to pass now.
+    r = await deployctl(env, deployment, "merge", wid, "--as", SREG1, "--diff-sha256", old)
+    assert r.code == 3 and "stale: the version PR's diff changed" in r.err
+    r = await deployctl(env, deployment, "status", wid)
+    assert r.code == 0 and f"(head {moved[:12]}, diff sha256 {new})" in r.out
     assert [m["sha"] for m in _merges(github, pr["number"])] == [shown]  # no second merge call
     assert github.branches(CONFIGS_REPO)["master"] == master
     assert not next(p for p in github.pulls(CONFIGS_REPO) if p["number"] == pr["number"])["merged"]
