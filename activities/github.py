@@ -32,6 +32,7 @@ error, and GitHub's reason for refusing a merge, is scrubbed (`activities.common
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 import time
@@ -540,6 +541,7 @@ class GithubActivities:
                 changed_files=max(pr.changed_files or 0, len(files)),
                 no_patch=no_patch[:50],
                 files_url=f"{pr.html_url}/files",
+                diff_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
             )
         raise ApplicationError(
             f"{what}: its head kept moving while it was read ({_STALE_SHA_ATTEMPTS} times)",

@@ -47,6 +47,7 @@ from workflows.models import (
     ReleaseWindow,
     Step,
 )
+from workflows.slack_blocks import DIFF_BOUND
 from workflows.steps import sre_group, steps_for
 
 T = TypeVar("T")
@@ -391,9 +392,14 @@ def _action_command(action: Action) -> None:
 
     if action is Action.ASSIGN:
         command = click.option("--sre", required=True, help="the SRE's Slack user id")(command)
-    if action is Action.VALIDATE_DIFF:
+    if action in DIFF_BOUND:  # the diff you were shown; `deployctl status` prints the one shown now
         command = click.option(
-            "--diff-sha256", "diff_sha256", default=None, help="refused unless it is the build's diff"
+            "--diff-sha256",
+            "diff_sha256",
+            default=None,
+            help="refused unless it is the build's diff"
+            if action is Action.VALIDATE_DIFF
+            else "the version PR's diff your DM showed: refused if it changed since (pass it)",
         )(command)
     cli.command(name=name, help=f"{action.value} at the deploy's current step.")(command)
 
@@ -520,7 +526,7 @@ cli.add_command(verify_command, name="verify")
 )
 @click.option("--comment", default=None)
 @click.option("--sre", default=None, help="assign: the SRE's Slack user id")
-@click.option("--diff-sha256", "diff_sha256", default=None, help="validate_diff: the diff you saw")
+@click.option("--diff-sha256", "diff_sha256", default=None, help="validate_diff, merge: the diff you saw")
 @click.option("--key", default=None, help=f"signing key (or ${KEY_ENV})")
 @click.pass_context
 def sign(
@@ -588,6 +594,13 @@ def status(ctx: click.Context, workflow_id: str, as_json: bool) -> None:
         if st.build.url:
             click.echo(f"build:       {st.build.url} (diff sha256 {st.build.diff_sha256 or '-'})")
         click.echo(f"PCCR:        {st.pccr.url if st.pccr else '-'} [{st.pccr.state if st.pccr else '-'}]")
+        if st.version_pr:
+            shown = (
+                f" (head {st.version_pr_head_sha[:12]}, diff sha256 {st.version_pr_diff_sha256 or '-'})"
+                if st.version_pr_head_sha
+                else ""
+            )
+            click.echo(f"version PR:  {st.version_pr}{shown}")
 
     run(go)
 

@@ -252,6 +252,89 @@ def _reviewed_again(slack: FakeSlack, wid: str) -> list[dict] | None:
     return dms if len(dms) == 2 and not _buttons(dms[0]) else None
 
 
+def _merge_button_sha(m: dict) -> str | None:
+    """The diff sha256 the merge button of DM `m` carried when it was sent (its first version)."""
+    blocks = m["history"][0]["blocks"] if m["history"] else m["blocks"]
+    values = [
+        json.loads(e["value"])
+        for b in blocks or []
+        if b["type"] == "actions"
+        for e in b["elements"]
+        if e["action_id"] == "deployctl:merge"
+    ]
+    return values[0].get("d") if values else None
+
+
+async def test_a_merge_bound_to_an_old_dm_is_refused_after_the_branch_moved(
+    env: WorkflowEnvironment,
+    client: Client,
+    deployment: Deployment,
+    worker: None,
+    slack: FakeSlack,
+    github: FakeGitHub,
+):
+    """SPEC §4, §10: a merge names the version PR's diff it was shown (the button's `d`, or
+    `--diff-sha256`). Once the branch moved and the SRE was sent the new diff, a merge from the old DM
+    (its button, a late click, a command typed from it) is refused in one line and merges nothing; the
+    new DM's merge goes through at the new head."""
+    wid = await start_gov(client, deployment)
+    await to_merge(client, wid)
+    branch = f"deployctl/{wid}"
+    pr = next(p for p in github.pulls(CONFIGS_REPO) if p["head"]["ref"] == branch)
+    shown = pr["head"]["sha"]
+    first = (await eventually(lambda: _merge_dms(slack, wid)))[0]
+    old = _merge_button_sha(first)
+    assert old and len(old) == 64
+    assert f"diff sha256 `{old}`" in first["text"] and f"--diff-sha256 {old}" in first["text"]
+    st = await status(client, wid)
+    assert (st.version_pr_head_sha, st.version_pr_diff_sha256) == (shown, old)
+
+    moved = github.commit_file(CONFIGS_REPO, branch, "channel-gov/late.yaml", "late: true\n", by="mallory")
+    why = await refused(
+        client,
+        wid,
+        Action.MERGE,
+        ActionInput(actor=SREG1, step=Step.VERSION_PR_MERGE, diff_sha256=old, channel="test"),
+    )
+    assert why.startswith("GitHub refused the merge")  # GitHub's own pin on the head: nothing merged
+    _, again = await eventually(lambda: _reviewed_again(slack, wid))
+    new = _merge_button_sha(again)
+    assert new and new != old and f"diff sha256 `{new}`" in again["text"]
+    st = await status(client, wid)
+    assert (st.version_pr_head_sha, st.version_pr_diff_sha256) == (moved, new)
+    master = github.branches(CONFIGS_REPO)["master"]
+
+    # The old DM's merge, now that the new one was sent: refused before anything is done.
+    why = await refused(
+        client,
+        wid,
+        Action.MERGE,
+        ActionInput(actor=SREG1, step=Step.VERSION_PR_MERGE, diff_sha256=old, channel="test"),
+    )
+    assert why == (
+        f"stale: the version PR's diff changed since the one you were shown (diff sha256 {old[:12]}…, "
+        f"now {new[:12]}…); nothing was merged: review the new DM, then merge from it"
+    )
+    # The same from the CLI, typed from the old DM; `status` prints the sha256 to pass now.
+    r = await deployctl(env, deployment, "merge", wid, "--as", SREG1, "--diff-sha256", old)
+    assert r.code == 3 and "stale: the version PR's diff changed" in r.err
+    r = await deployctl(env, deployment, "status", wid)
+    assert r.code == 0 and f"(head {moved[:12]}, diff sha256 {new})" in r.out
+    assert [m["sha"] for m in _merges(github, pr["number"])] == [shown]  # no second merge call
+    assert github.branches(CONFIGS_REPO)["master"] == master
+    assert not next(p for p in github.pulls(CONFIGS_REPO) if p["number"] == pr["number"])["merged"]
+    st = await status(client, wid)
+    assert st.step is Step.VERSION_PR_MERGE and st.waiting_on == [SREG1]
+
+    # The new DM's merge goes through, at the head it showed.
+    await act(client, wid, Action.MERGE, SREG1, Step.VERSION_PR_MERGE, diff_sha256=new.upper())
+    await wait_for_step(client, wid, Step.TRIGGER, SREG1)
+    assert [m["sha"] for m in _merges(github, pr["number"])] == [shown, moved]
+    assert github.file(CONFIGS_REPO, "master", "channel-gov/late.yaml") == "late: true\n"
+    await send_action(client, wid, Action.CANCEL, ActionInput(actor=OWNER, step=Step.TRIGGER))
+    await client.get_workflow_handle(wid).result()
+
+
 async def test_the_merge_is_pinned_to_the_head_the_sre_was_shown(
     client: Client, deployment: Deployment, worker: None, slack: FakeSlack, github: FakeGitHub
 ):

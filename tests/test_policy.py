@@ -162,6 +162,23 @@ def test_diff_sha_must_match_the_build():
     assert why is not None and "is not the build's diff" in why
 
 
+def test_a_merge_naming_a_diff_must_name_the_version_prs_diff_shown_now():
+    sreg = "U0SREG1"
+    shown = situation(Step.VERSION_PR_MERGE, cloud=Cloud.GOV, sre=sreg, pr_diff_sha256="ab" * 32)
+    at = Step.VERSION_PR_MERGE
+    assert policy.refusal(Action.MERGE, msg(sreg, at, diff_sha256="AB" * 32), shown) is None
+    assert policy.refusal(Action.MERGE, msg(sreg, at), shown) is None  # pinned to the head shown, as before
+    why = policy.refusal(Action.MERGE, msg(sreg, at, diff_sha256="cd" * 32), shown)
+    assert why == (
+        "stale: the version PR's diff changed since the one you were shown (diff sha256 cdcdcdcdcdcd…, "
+        "now abababababab…); nothing was merged: review the new DM, then merge from it"
+    )
+    # The build's diff is another matter: it does not bind a merge.
+    build_only = situation(at, cloud=Cloud.GOV, sre=sreg, diff_sha256="cd" * 32)
+    why = policy.refusal(Action.MERGE, msg(sreg, at, diff_sha256="cd" * 32), build_only)
+    assert why is not None and why.startswith("this deploy knows no sha256 of the version PR's diff")
+
+
 def test_cancel_by_owner_or_gatekeeper_only_before_deploying():
     assert policy.refusal(Action.CANCEL, msg(OWNER, Step.TRIGGER), situation(Step.TRIGGER)) is None
     assert policy.refusal(Action.CANCEL, msg(GATE2, Step.CLEARANCE), situation(Step.CLEARANCE)) is None

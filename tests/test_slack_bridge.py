@@ -763,6 +763,25 @@ def test_blocks_fit_slack_limits():
     assert [b["text"]["text"] for b in done] == ["asked", "✅ done"]
 
 
+def test_the_merge_button_carries_the_diff_it_shows():
+    """SPEC §4, §10: "Merge version PR" is bound to the version PR's diff its DM shows, as "Diff is
+    correct" is to the build's; the other buttons of a message carry no diff."""
+    blocks = action_blocks(
+        "t", "deploy-x-kprod-gov-1", Step.VERSION_PR_MERGE, [Action.MERGE], diff_sha256="ef" * 32
+    )
+    (merge,) = _elements(blocks)
+    assert json.loads(merge["value"]) == {
+        "w": "deploy-x-kprod-gov-1",
+        "s": "version_pr_merge",
+        "a": "merge",
+        "d": "ef" * 32,
+    }
+    review = action_blocks("t", "w", Step.PCCR_REVIEW, [Action.APPROVE, Action.REJECT], diff_sha256="ef" * 32)
+    assert all("d" not in json.loads(e["value"]) for e in _elements(review))
+    unknown = action_blocks("t", "w", Step.VERSION_PR_MERGE, [Action.MERGE])  # a run from before: no "d"
+    assert "d" not in json.loads(_elements(unknown)[0]["value"])
+
+
 def test_done_text():
     when = datetime(2026, 11, 27, 10, 0, 41, tzinfo=UTC)
     assert done_text("U1", Step.PCCR_REVIEW, Action.APPROVE, when) == (
@@ -806,6 +825,10 @@ def test_parse_click():
     diff = action_blocks("t", "w", Step.DIFF_VALIDATION, [Action.VALIDATE_DIFF], diff_sha256="ab" * 32)
     got = parse_click(_payload(_elements(diff)[0]))
     assert got is not None and got.diff_sha256 == "ab" * 32
+
+    merge = action_blocks("t", "w", Step.VERSION_PR_MERGE, [Action.MERGE], diff_sha256="cd" * 32)
+    got = parse_click(_payload(_elements(merge)[0]))
+    assert got is not None and got.action is Action.MERGE and got.diff_sha256 == "cd" * 32
 
     # Not ours: None.
     assert parse_click({"type": "view_submission"}) is None
@@ -878,6 +901,48 @@ async def _by_clicks(client: Client, bridge: Bridge, slack: FakeSlack, wid: str,
     clicks = [e for e in final.audit if e.accepted and e.actor != "deployctl" and e.action != "start"]
     fp = signing.fingerprint(keys.public(keys.BRIDGE))
     assert len(clicks) == len(script) and all(e.identity == f"slack-bridge:{fp}" for e in clicks)
+
+
+async def test_a_click_on_the_old_merge_dm_is_refused_after_the_branch_moved(
+    client: Client, deployment: Deployment, worker: None, bridge: Bridge, slack: FakeSlack, github
+):
+    """SPEC §10: the merge button is bound to the version PR's diff its DM shows. After the branch moved
+    and the SRE was sent the new diff, a click on the old DM's button (still on screen in another
+    Slack client, or clicked before Slack removed it) merges nothing; the new DM's button merges."""
+    from tests.conftest import CONFIGS_REPO
+    from tests.support import SREG1, start_gov, to_merge
+
+    wid = await start_gov(client, deployment)
+    st = await to_merge(client, wid)
+    pr = next(p for p in github.pulls(CONFIGS_REPO) if p["head"]["ref"] == f"deployctl/{wid}")
+    merges = f"/repos/{CONFIGS_REPO}/pulls/{pr['number']}/merge"
+
+    def merge_calls() -> list[str]:
+        return [json.loads(b)["sha"] for m, p, _, b in github.requests if m == "PUT" and p.endswith(merges)]
+
+    old = await own_dm(slack, SREG1, st)
+    moved = github.commit_file(
+        CONFIGS_REPO, f"deployctl/{wid}", "channel-gov/late.yaml", "x: 1\n", by="mallory"
+    )
+    await click(bridge, slack, SREG1, old, Action.MERGE)  # GitHub refuses: the head it was shown moved
+    await ephemeral(slack, SREG1, wid, "GitHub refused the merge")
+
+    def new_dm() -> str | None:
+        ts = [m["ts"] for m in slack.messages_to(SREG1) if m["ts"] != old and moved in (m["text"] or "")]
+        return str(ts[-1]) if ts else None
+
+    new = await eventually(new_dm)
+    master = github.branches(CONFIGS_REPO)["master"]
+    await click(bridge, slack, SREG1, old, Action.MERGE)  # the old DM's button, from its first version
+    why = await ephemeral(slack, SREG1, wid, "stale: the version PR's diff changed")
+    assert "nothing was merged" in why["text"]
+    assert merge_calls() == [pr["head"]["sha"]] and github.branches(CONFIGS_REPO)["master"] == master
+
+    await click(bridge, slack, SREG1, new, Action.MERGE)
+    await wait_for_step(client, wid, Step.TRIGGER, SREG1)
+    assert merge_calls() == [pr["head"]["sha"], moved]
+    await send_action(client, wid, Action.CANCEL, ActionInput(actor=OWNER, step=Step.TRIGGER))
+    await client.get_workflow_handle(wid).result()
 
 
 async def test_whole_gov_and_release_deploys_by_clicks(

@@ -85,6 +85,10 @@ DIFF_SHOWN = 2500  # characters of the diff in the owner's DM (a section block h
 #: started before took them from the params file, and replay by that rule.
 PASSWORD_PARAMS_PATCH = "password-params-from-worker"
 PR_DIFF_READ = 3000  # characters of the version PR's diff read for the SRE's DM (one section's worth)
+#: After the version PR's branch moved, the root message's merge button is drawn again with the new
+#: diff's sha256 (its old one would be refused as stale). Deploys that passed that point before replay
+#: without the extra notice.
+ROOT_AFTER_MOVE_PATCH = "root-redrawn-after-branch-move"
 
 # The activity option sets, named by what they are (not by the system they talk to).
 # A short call (Jenkins, GitHub, the deploy lock): retried with backoff for up to 30 minutes, then the
@@ -620,10 +624,21 @@ class DeployWorkflow:
                 users=self._groups.get(sre_group(self._in.cloud), ())
                 if defn.step is Step.SRE_ASSIGNMENT
                 else (),
-                diff_sha256=self._build.diff_sha256 if defn.step is Step.DIFF_VALIDATION else None,
+                diff_sha256=self._bound_sha256(defn.step),
             )
-            text = messages.ask_text(self._name, self._wid(), defn, user, self._link(), detail)
+            text = messages.ask_text(
+                self._name, self._wid(), defn, user, self._link(), detail, self._bound_sha256(defn.step)
+            )
             self._queue(_Notice(kind="dm", text=text, step=defn.step, to=user, blocks=blocks))
+
+    def _bound_sha256(self, step: Step) -> str | None:
+        """The sha256 of the diff a step's DM shows, which its button carries and the workflow checks:
+        the build's at diff_validation, the version PR's at version_pr_merge (SPEC §4, §10)."""
+        if step is Step.DIFF_VALIDATION:
+            return self._build.diff_sha256
+        if step is Step.VERSION_PR_MERGE and self._pr_diff is not None:
+            return self._pr_diff.diff_sha256
+        return None
 
     def _detail(self, defn: StepDef) -> str:
         b = self._build
@@ -844,6 +859,8 @@ class DeployWorkflow:
             f"`{new[:12]}`) and nothing was merged. Its new diff is in the next message."
         )
         self._ask(defn, policy.eligible(defn, self._parties()))
+        if workflow.patched(ROOT_AFTER_MOVE_PATCH):
+            self._update_root(defn)
 
     async def _on_reject(self, defn: StepDef, msg: ActionInput) -> None:
         self._close_dms(slack_blocks.done_text(msg.actor, defn.step, Action.REJECT, workflow.now()))
@@ -1221,6 +1238,7 @@ class DeployWorkflow:
                 finished=self._outcome is not None,
                 busy=self._busy,
                 diff_sha256=self._build.diff_sha256,
+                pr_diff_sha256=self._pr_diff.diff_sha256 if self._pr_diff is not None else None,
             ),
         )
 
@@ -1433,6 +1451,8 @@ class DeployWorkflow:
             build=self._build,
             version=self._in.version,
             version_pr=self._version_pr.url if self._version_pr else None,
+            version_pr_head_sha=self._pr_diff.head_sha if self._pr_diff is not None else None,
+            version_pr_diff_sha256=self._pr_diff.diff_sha256 if self._pr_diff is not None else None,
             release_window=self._in.window,
             blocked_by=self._blocked_by,
             sre=self._sre,
@@ -1568,7 +1588,7 @@ class DeployWorkflow:
                 users=self._groups.get(sre_group(self._in.cloud), ())
                 if defn.step is Step.SRE_ASSIGNMENT
                 else (),
-                diff_sha256=self._build.diff_sha256 if defn.step is Step.DIFF_VALIDATION else None,
+                diff_sha256=self._bound_sha256(defn.step),
             )
         else:
             blocks = slack_blocks.done_blocks(state, self._triage_text)

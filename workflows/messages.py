@@ -28,13 +28,25 @@ def deploy_name(service: str, environment: str, process: Process) -> str:
     return f"{process.value.upper()} deploy of {service} to {environment}"
 
 
-def action_hint(workflow_id: str, defn: StepDef, user: str) -> str:
+def action_hint(workflow_id: str, defn: StepDef, user: str, diff_sha256: str | None = None) -> str:
+    """The command that acts at the step; at version_pr_merge it names the diff shown (`diff_sha256`),
+    so that a merge typed from this DM is refused once the PR's diff changed."""
     actions = " | ".join(a.value.replace("_", "-") for a in defn.actions)
     extra = " --sre SRE_ID" if defn.step is Step.SRE_ASSIGNMENT else ""
+    if defn.step is Step.VERSION_PR_MERGE and diff_sha256:
+        extra += f" --diff-sha256 {diff_sha256}"
     return f"deployctl {actions} {workflow_id}{extra} --as {user}"
 
 
-def ask_text(name: str, workflow_id: str, defn: StepDef, user: str, link: str, detail: str = "") -> str:
+def ask_text(
+    name: str,
+    workflow_id: str,
+    defn: StepDef,
+    user: str,
+    link: str,
+    detail: str = "",
+    diff_sha256: str | None = None,
+) -> str:
     """The DM to one person the deploy now waits on."""
     lines = [
         f"<@{user}> {name} waits on you at `{defn.step.value}`: {defn.does}.",
@@ -42,7 +54,7 @@ def ask_text(name: str, workflow_id: str, defn: StepDef, user: str, link: str, d
     ]
     if detail:
         lines.append(detail)
-    lines.append(f"Act with `{action_hint(workflow_id, defn, user)}`")
+    lines.append(f"Act with `{action_hint(workflow_id, defn, user, diff_sha256)}`")
     return "\n".join(lines)
 
 
@@ -172,7 +184,8 @@ def _fenced(text: str, room: int) -> tuple[str, int]:
 def pr_diff_detail(number: int, url: str, diff: PrDiff, limit: int = 3000) -> str:
     """What the SRE merges (SPEC §10): the version PR's diff at its head, as text in a code block that
     the diff cannot end, cut (saying so, with the link to the whole diff) to fit one Slack section of
-    `limit` characters; and the head commit the merge is pinned to."""
+    `limit` characters; the head commit the merge is pinned to, and the sha256 of the whole diff as read
+    (not only the part shown), which the button and `merge --diff-sha256` bind to."""
     files = diff.files_url
     head = f"Version PR #{number}: {url}. Its diff at head commit `{diff.head_sha}`:"
     warnings: list[str] = []
@@ -191,6 +204,12 @@ def pr_diff_detail(number: int, url: str, diff: PrDiff, limit: int = 3000) -> st
     binds = (
         f"Merging (the button, or the command below) merges exactly commit `{diff.head_sha}`. If the "
         "branch moves after this, GitHub refuses the merge and you are shown the new diff."
+        + (
+            f" The button merges only this diff, the whole of it (not only what is shown here): "
+            f"diff sha256 `{diff.diff_sha256}`"
+            if diff.diff_sha256
+            else ""
+        )
     )
     cut_note = (
         f":warning: The diff is cut here: {diff.chars:,} of its {diff.chars:,} characters are shown. "

@@ -304,6 +304,10 @@ class DeployStatus(BaseModel):
     pccr: Pccr | None = None
     build: BuildInfo = Field(default_factory=BuildInfo)
     version_pr: str | None = None
+    # The version PR's head and the sha256 of its diff as the SRE was last shown them (version_pr_merge):
+    # the merge is pinned to that head, and `merge --diff-sha256` must name that diff.
+    version_pr_head_sha: str | None = None
+    version_pr_diff_sha256: str | None = None
     version: str | None = None
     release_window: ReleaseWindow | None = None
     blocked_by: str | None = None  # past trigger, the deploy of the same service and environment it waits for
@@ -560,6 +564,9 @@ class PrDiff(BaseModel):
     changed_files: int  # files GitHub says the PR changes (more than `files` past its 3,000-file limit)
     no_patch: list[str] = Field(default_factory=list)  # files GitHub gives no patch for (binary, too large)
     files_url: str  # the PR's "Files changed" page
+    # The hex sha256 of the whole diff text as read (UTF-8), not only the `diff` shown: what the SRE's
+    # merge button and `merge --diff-sha256` bind to. None in runs whose diff was read before it existed.
+    diff_sha256: str | None = None
 
 
 class OpenIssueInput(BaseModel):

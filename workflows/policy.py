@@ -96,7 +96,8 @@ class Situation:
     parties: Parties
     finished: bool = False
     busy: bool = False  # the step's action was accepted and its effect is under way
-    diff_sha256: str | None = None
+    diff_sha256: str | None = None  # the build's diff, as the owner's DM shows it (diff_validation)
+    pr_diff_sha256: str | None = None  # the version PR's diff, as the SRE's DM shows it (version_pr_merge)
 
 
 def _who(ids: list[str] | tuple[str, ...]) -> str:
@@ -167,6 +168,25 @@ def _refusal(action: Action, msg: ActionInput, s: Situation) -> str | None:
                 f"diff_sha256 {msg.diff_sha256[:12]}… is not the build's diff ({s.diff_sha256[:12]}…); "
                 "read the console again"
             )
+    if action is Action.MERGE and msg.diff_sha256 is not None:
+        return _stale_pr_diff(msg.diff_sha256, s.pr_diff_sha256)
+    return None
+
+
+def _stale_pr_diff(given: str, shown: str | None) -> str | None:
+    """A merge that names the diff its sender was shown (the button's, or `--diff-sha256`) is refused
+    unless that is the version PR's diff the workflow shows now: after the branch moved, a click on an
+    old DM or a command typed from one merges nothing (SPEC §4, §10)."""
+    if shown is None:
+        return (
+            "this deploy knows no sha256 of the version PR's diff (it was read before deployctl kept one); "
+            "merge without --diff-sha256 to merge the head shown in your latest DM"
+        )
+    if given.lower() != shown:
+        return (
+            f"stale: the version PR's diff changed since the one you were shown (diff sha256 {given[:12]}…, "
+            f"now {shown[:12]}…); nothing was merged: review the new DM, then merge from it"
+        )
     return None
 
 

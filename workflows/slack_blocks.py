@@ -6,7 +6,8 @@ I/O, no clock), so workflow code may import this module.
 
 A button carries its meaning in itself, so a click needs nothing but the payload Slack signs:
 `action_id` is `deployctl:<action>` and `value` is the compact JSON `{"w": workflow id, "s": step,
-"a": action}` (plus `"d": diff sha256` on "Diff is correct" when the diff shown is known). The SRE
+"a": action}` (plus `"d": diff sha256` on "Diff is correct" and on "Merge version PR" when the diff
+shown is known: the build's diff, the version PR's diff). The SRE
 menu is a `users_select`, whose value is the picked user, so the same JSON sits in its actions
 block's `block_id`, after `deployctl|`. The step in a button makes a stale one harmless: the workflow
 refuses an action for a step that has passed.
@@ -34,6 +35,10 @@ LABEL_LIMIT = 75
 TRUNCATED = "… (truncated; see the console)"
 
 _REVIEWS = (Step.VP_APPROVAL, Step.PCCR_REVIEW, Step.RELEASE_ACCEPTANCE)
+
+#: The buttons bound to the diff their message shows (`"d"`): the workflow refuses their click when the
+#: diff it shows now is another one.
+DIFF_BOUND = (Action.VALIDATE_DIFF, Action.MERGE)
 
 # The label of each button, by step and action; None as the step: the label at any step.
 LABELS: dict[tuple[Step | None, Action], str] = {
@@ -101,7 +106,7 @@ def _section(text: str) -> dict[str, Any]:
 
 
 def _button(workflow_id: str, step: Step, action: Action, diff_sha256: str | None) -> dict[str, Any]:
-    value = button_value(workflow_id, step, action, diff_sha256 if action is Action.VALIDATE_DIFF else None)
+    value = button_value(workflow_id, step, action, diff_sha256 if action in DIFF_BOUND else None)
     if len(value) > VALUE_LIMIT:
         raise ValueError(f"workflow id too long for a Slack button ({len(value)} > {VALUE_LIMIT} characters)")
     button: dict[str, Any] = {
@@ -139,8 +144,9 @@ def action_blocks(
     `actions` may be a status's `allowed_actions`: `cancel` is left out (it is not a DM button; the CLI
     offers it). `assign` becomes a users menu ("Pick the SRE"); `users` are the SREs that may be picked,
     listed under it, since Slack's menu cannot be limited to them. `detail` (a diff in a code block, a
-    build link) is cut to Slack's 3000-character section limit. `diff_sha256` binds "Diff is correct" to
-    the diff shown: the workflow refuses the click if the build's diff is another one.
+    build link) is cut to Slack's 3000-character section limit. `diff_sha256` binds "Diff is correct" and
+    "Merge version PR" to the diff shown: the workflow refuses the click if the build's diff, or the
+    version PR's, is another one by then.
     """
     blocks = [_section(text)]
     if detail:
@@ -204,7 +210,7 @@ class Click(BaseModel):
     step: Step
     action: Action
     sre: str | None = None  # the user picked in the SRE menu
-    diff_sha256: str | None = None  # the diff the button was shown with ("Diff is correct")
+    diff_sha256: str | None = None  # the diff the button was shown with ("Diff is correct", "Merge …")
     user_id: str = Field(min_length=1)  # who clicked
     channel_id: str | None = None  # where the clicked message is (D… for a DM)
     message_ts: str | None = None  # the clicked message
