@@ -174,6 +174,13 @@ def github_message(exc: GithubException) -> str:
     return ": ".join([message, "; ".join(details)]) if details else message
 
 
+def pr_diff_sha256(head_sha: str, text: str) -> str:
+    """What the SRE's merge binds to (SPEC §10): the hex sha256 of the head commit's sha, a newline, and
+    the PR's whole diff text (UTF-8). The head is in it so that two heads with the same diff text (a rebase
+    that changes nothing, a binary file GitHub gives no patch for) are not the same review."""
+    return hashlib.sha256(f"{head_sha}\n{text}".encode()).hexdigest()
+
+
 def diff_text(files: list[dict[str, Any]]) -> tuple[str, list[str]]:
     """A PR's diff as GitHub's "List pull request files" gives it: per file a `--- a/old` / `+++ b/new`
     header, then GitHub's `patch` (the hunks). A file without a patch (binary, or too large for GitHub
@@ -541,7 +548,7 @@ class GithubActivities:
                 changed_files=max(pr.changed_files or 0, len(files)),
                 no_patch=no_patch[:50],
                 files_url=f"{pr.html_url}/files",
-                diff_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+                diff_sha256=pr_diff_sha256(head, text),
             )
         raise ApplicationError(
             f"{what}: its head kept moving while it was read ({_STALE_SHA_ATTEMPTS} times)",

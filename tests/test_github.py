@@ -4,6 +4,7 @@ real HTTP server speaking GitHub's REST API). No Temporal server needed."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import socket
 import threading
 import time
@@ -317,6 +318,20 @@ def test_pr_diff_is_the_diff_of_its_head(fake: FakeGitHub, acts: GithubActivitie
     assert d.files_url == f"{fake.web_url}/{CONFIGS}/pull/{opened.number}/files"
     short = run(acts.pr_diff, PrDiffInput(repo=CONFIGS, number=opened.number, limit=50))
     assert short.diff == d.diff[:50] and short.chars == d.chars
+
+
+def test_the_same_diff_at_another_head_is_another_review(
+    fake: FakeGitHub, acts: GithubActivities, opened: Any
+) -> None:
+    """A binary file GitHub gives no patch for changes, and the diff text stays the same: the sha256 the
+    SRE's merge binds to changes with the head, so an old DM's button cannot merge the new head."""
+    fake.commit_file(CONFIGS, BRANCH, "logo.png", "\x00PNG one")
+    before = run(acts.pr_diff, PrDiffInput(repo=CONFIGS, number=opened.number))
+    fake.commit_file(CONFIGS, BRANCH, "logo.png", "\x00PNG two")
+    after = run(acts.pr_diff, PrDiffInput(repo=CONFIGS, number=opened.number))
+    assert after.diff == before.diff and after.head_sha != before.head_sha
+    assert after.diff_sha256 != before.diff_sha256
+    assert after.diff_sha256 == hashlib.sha256(f"{after.head_sha}\n{after.diff}".encode()).hexdigest()
 
 
 def test_pr_diff_reads_again_when_the_head_moves_meanwhile(

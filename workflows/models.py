@@ -564,8 +564,9 @@ class PrDiff(BaseModel):
     changed_files: int  # files GitHub says the PR changes (more than `files` past its 3,000-file limit)
     no_patch: list[str] = Field(default_factory=list)  # files GitHub gives no patch for (binary, too large)
     files_url: str  # the PR's "Files changed" page
-    # The hex sha256 of the whole diff text as read (UTF-8), not only the `diff` shown: what the SRE's
-    # merge button and `merge --diff-sha256` bind to. None in runs whose diff was read before it existed.
+    # The hex sha256 of the head sha, a newline and the whole diff text as read (UTF-8), not only the `diff`
+    # shown (activities/github.py `pr_diff_sha256`): what the SRE's merge button and `merge --diff-sha256`
+    # bind to. None in runs whose diff was read before it existed.
     diff_sha256: str | None = None
 
 
