@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -196,14 +197,7 @@ async def test_a_refused_merge_keeps_the_dms_and_the_clock(
             "the DM lost its buttons before GitHub answered"
         )
         assert "merged" not in dm["text"].split("\n")[-1]
-        result = await client.get_workflow_handle(wid, result_type=DeployResult).result()
-        desc = await client.get_workflow_handle(wid).describe()
-    assert result.outcome is Outcome.EXPIRED
-    assert desc.close_time is not None
-    waited = (desc.close_time - opened).total_seconds()
-    assert 24 <= waited < 24 + 8 - 1, (
-        f"expired {waited:.1f}s after the step opened: the refusal restarted its clock"
-    )
+        await _expired_24s_after(client, wid, opened, "the refusal restarted its clock")
 
 
 async def test_a_moved_branch_asks_again_and_keeps_the_clock(
@@ -232,14 +226,7 @@ async def test_a_moved_branch_asks_again_and_keeps_the_clock(
         )
         st = await eventually(lambda: _waiting_on(client, wid, SREG1))
         assert st.step is Step.VERSION_PR_MERGE
-        result = await client.get_workflow_handle(wid, result_type=DeployResult).result()
-        desc = await client.get_workflow_handle(wid).describe()
-    assert result.outcome is Outcome.EXPIRED
-    assert desc.close_time is not None
-    waited = (desc.close_time - opened).total_seconds()
-    assert 24 <= waited < 24 + 8 - 1, (
-        f"expired {waited:.1f}s after the step opened: asking again restarted its clock"
-    )
+        await _expired_24s_after(client, wid, opened, "asking again restarted its clock")
 
 
 async def _waiting_on(client: Client, wid: str, who: str) -> DeployStatus | None:
@@ -256,3 +243,13 @@ def test_waiting_line_shows_how_long() -> None:
     line = "Jenkins build #12 has not reached its input yet"
     assert waiting_line(line, now - timedelta(minutes=4), now) == f"{line} (4m)"
     assert waiting_line(None, now, now) is None
+
+
+async def _expired_24s_after(client: Client, wid: str, opened: datetime, why: str) -> None:
+    """The deploy expired when its 24 s step, opened at `opened`, timed out; not 8 s or more later (`why`)."""
+    result = await client.get_workflow_handle(wid, result_type=DeployResult).result()
+    desc = await client.get_workflow_handle(wid).describe()
+    assert result.outcome is Outcome.EXPIRED
+    assert desc.close_time is not None
+    waited = (desc.close_time - opened).total_seconds()
+    assert 24 <= waited < 24 + 8 - 1, f"expired {waited:.1f}s after the step opened: {why}"
