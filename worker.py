@@ -55,6 +55,7 @@ PURE_MODULES = (
     "workflows.signing",
     "workflows.trust",
     "workflows.job_order",
+    "workflows.outbox",
     "cryptography",
     "activities",
     "pydantic",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -74,6 +73,7 @@ with workflow.unsafe.imports_passed_through():
         WaitBuildStartedInput,
         WatchInputInput,
     )
+    from workflows.outbox import Notice, NoticeKind, Outbox
     from workflows.steps import StepDef, sre_group, step_def, steps_for, triage_group
 
 DEFAULT_TIMEOUT = timedelta(days=1)
@@ -123,17 +123,6 @@ NOTICE: dict[str, Any] = {
 }
 
 SYSTEM = "deployctl"
-
-
-@dataclass
-class _Notice:
-    kind: str  # "root" (the triage thread), "thread" (a reply in it), "dm", "done" (close a step's DMs), "pccr_*"
-    text: str
-    step: Step
-    to: str | None = None
-    blocks: list[dict[str, Any]] | None = None
-    ts: str | None = None  # "dm_done": the DM whose buttons are replaced, and its first line
-    first: str = ""
 
 
 @dataclass
@@ -193,8 +182,7 @@ class DeployWorkflow:
         self._build = BuildInfo()
         self._pccr: Pccr | None = None
         self._thread_ts: str | None = None
-        self._outbox: deque[_Notice] = deque()
-        self._sending: asyncio.Task[None] | None = None  # the notice being delivered (see _pump)
+        self._outbox = Outbox(self._start_notice)  # the notices, sent one at a time (workflows/outbox.py)
         self._window_open = False
         self._lock = "none"  # none | requested | granted
         self._blocked_by: str | None = None
@@ -203,9 +191,6 @@ class DeployWorkflow:
         self._pr_diff: PrDiff | None = None  # the PR's head and diff the SRE was shown; merged at that sha
         self._pccr_ops = 0
         self._triage_text = ""
-        self._dms: list[
-            tuple[Step, str, str, str]
-        ] = []  # (step, channel, ts, first line) of DMs with buttons
         self._step_started: Any = None
         self._deadline: tuple[datetime, str] | None = None  # the open step's expiry and its reason, set once
         self._marks = 0  # how many of the step's reminder, escalation and expiry have passed
@@ -250,7 +235,7 @@ class DeployWorkflow:
         if self._cancel is not None and self._outcome is None:
             self._finish(Outcome.CANCELLED, f"cancelled by {self._cancel.msg.actor}")
         await self._close_out()
-        await workflow.wait_condition(lambda: not self._outbox and self._sending is None)
+        await workflow.wait_condition(lambda: self._outbox.idle)
         await workflow.wait_condition(workflow.all_handlers_finished)
         assert self._outcome is not None
         self._metric("deployctl_deploys_finished", "deploys finished, by outcome").add(
@@ -444,7 +429,7 @@ class DeployWorkflow:
         else:
             text = messages.triage_text(self._in.cloud, mention, self._pccr_link())
         self._triage_text = text
-        self._say("root", text)
+        self._say(NoticeKind.ROOT, text)
 
     async def _open_version_pr(self) -> None:
         s, svc = self._in.settings, self._in.service.name
@@ -464,7 +449,7 @@ class DeployWorkflow:
             summary=f"open the version PR for {svc} {self._in.version}",
             options=SHORT_CALL,
         )
-        self._say("thread", f"Version PR: {self._version_pr.url}")
+        self._say(NoticeKind.THREAD, f"Version PR: {self._version_pr.url}")
         self._publish()
 
     async def _open_pccr_issue(self) -> None:
@@ -568,7 +553,7 @@ class DeployWorkflow:
             )
         )
         self._say(
-            "thread",
+            NoticeKind.THREAD,
             f"Version PR {pr.url} was {'merged' if merged else 'closed'} directly on GitHub"
             + (f" by {messages.slack_escape(pr.merged_by)}" if merged and pr.merged_by else "")
             + "."
@@ -629,7 +614,7 @@ class DeployWorkflow:
             text = messages.ask_text(
                 self._name, self._wid(), defn, user, self._link(), detail, self._bound_sha256(defn.step)
             )
-            self._queue(_Notice(kind="dm", text=text, step=defn.step, to=user, blocks=blocks))
+            self._queue(Notice(NoticeKind.DM, text, defn.step, to=user, blocks=blocks))
 
     def _bound_sha256(self, step: Step) -> str | None:
         """The sha256 of the diff a step's DM shows, which its button carries and the workflow checks:
@@ -663,12 +648,16 @@ class DeployWorkflow:
             await workflow.sleep(reminder_at - workflow.now(), summary="until a day before the window")
             for user in (*self._in.service.code_owners, *([self._sre] if self._sre else [])):
                 self._say(
-                    "dm", messages.window_reminder_text(self._name, window.name, window.start, user), to=user
+                    NoticeKind.DM,
+                    messages.window_reminder_text(self._name, window.name, window.start, user),
+                    to=user,
                 )
         if workflow.now() < window.start:
             await workflow.sleep(window.start - workflow.now(), summary=f"until window {window.name} opens")
         self._window_open = True
-        self._say("thread", f"Release window {window.name} is open until {window.end:%Y-%m-%d %H:%M} UTC.")
+        self._say(
+            NoticeKind.THREAD, f"Release window {window.name} is open until {window.end:%Y-%m-%d %H:%M} UTC."
+        )
 
     def _expiry(self, defn: StepDef) -> tuple[datetime, str]:
         """When a step that opens now runs out, and what is said then: its timeout, or a closing window."""
@@ -735,14 +724,19 @@ class DeployWorkflow:
             left = messages.human_duration(round((deadline - workflow.now()).total_seconds()))
             if kind == "reminder":
                 for user in self._waiting_on():
-                    self._say("dm", messages.reminder_text(self._name, defn.step, [user], left), to=user)
+                    self._say(
+                        NoticeKind.DM, messages.reminder_text(self._name, defn.step, [user], left), to=user
+                    )
             elif kind == "escalation":
-                self._say("thread", messages.escalation_text(self._name, defn.step, self._waiting_on(), left))
+                self._say(
+                    NoticeKind.THREAD,
+                    messages.escalation_text(self._name, defn.step, self._waiting_on(), left),
+                )
             else:
                 self._finish(Outcome.EXPIRED, expiry)
                 if self._in.window is not None:
                     for user in self._in.service.code_owners:
-                        self._say("dm", f"<@{user}> {self._name}: {expiry}.", to=user)
+                        self._say(NoticeKind.DM, f"<@{user}> {self._name}: {expiry}.", to=user)
         return False
 
     @staticmethod
@@ -763,7 +757,7 @@ class DeployWorkflow:
             done = await self._merge(defn, msg)
         else:
             self._say(
-                "thread",
+                NoticeKind.THREAD,
                 f"`{defn.step.value}`: <@{msg.actor}> {accepted.action.value.replace('_', ' ')}"
                 + (f" <@{msg.sre}>" if msg.sre else "")
                 + (f" — {messages.slack_escape(msg.comment)}" if msg.comment else ""),
@@ -792,7 +786,7 @@ class DeployWorkflow:
         hears it, and status waits on it until someone acts again."""
         asked = next(e for e in reversed(self._audit) if e.action == action.value and e.accepted)
         self._record(asked.model_copy(update={"time": workflow.now(), "accepted": False, "reason": reason}))
-        self._say("thread", f"`{self._step.value}`: {messages.slack_escape(reason)}")
+        self._say(NoticeKind.THREAD, f"`{self._step.value}`: {messages.slack_escape(reason)}")
         self._outside = (reason, workflow.now())
 
     async def _read_pr_diff(self) -> None:
@@ -845,7 +839,7 @@ class DeployWorkflow:
         self._version_pr = self._version_pr.model_copy(update={"merged": True, "state": "closed"})
         if result.already_merged:
             self._note(f"the version PR was already merged on GitHub by {result.merged_by or 'someone'}")
-        self._say("thread", f"`version_pr_merge`: <@{msg.actor}> merged {self._version_pr.url}")
+        self._say(NoticeKind.THREAD, f"`version_pr_merge`: <@{msg.actor}> merged {self._version_pr.url}")
         self._merge_verdict = ""
         return True
 
@@ -889,7 +883,8 @@ class DeployWorkflow:
         elif update.holder != self._blocked_by:
             self._blocked_by = update.holder
             self._say(
-                "thread", f"Waiting for deploy {update.holder} of the same service and environment to end."
+                NoticeKind.THREAD,
+                f"Waiting for deploy {update.holder} of the same service and environment to end.",
             )
         self._publish()
 
@@ -942,7 +937,7 @@ class DeployWorkflow:
         else:
             self._build.number, self._build.url = started.number, started.url
         self._publish()
-        self._say("thread", f"Deploy job started: {self._build.url}")
+        self._say(NoticeKind.THREAD, f"Deploy job started: {self._build.url}")
         diff = await self._call(
             JenkinsActivities.read_diff,
             ReadDiffInput(
@@ -997,7 +992,7 @@ class DeployWorkflow:
                 self._outside = (result.detail, workflow.now())
             if result.state == "unclear":
                 self._note(result.detail, "input_unclear")
-                self._say("thread", f"`deploy_approval`: {messages.slack_escape(result.detail)}")
+                self._say(NoticeKind.THREAD, f"`deploy_approval`: {messages.slack_escape(result.detail)}")
             self._publish()
 
     def _out_of_band(self, system: str, name: str | None) -> tuple[str, str, str | None]:
@@ -1036,7 +1031,7 @@ class DeployWorkflow:
             )
         )
         self._say(
-            "thread",
+            NoticeKind.THREAD,
             "The deploy job's input was answered directly in Jenkins by "
             f"{messages.slack_escape(self._jenkins_answer or 'someone')}; following the build."
             + (f" :warning: {messages.slack_escape(why)}." if why else ""),
@@ -1124,14 +1119,14 @@ class DeployWorkflow:
         self._set_pccr_state("done" if self._outcome is Outcome.SUCCEEDED else self._outcome.value)
         self._publish()
         shown = messages.slack_escape(self._reason or "")
-        self._say("thread", f"{self._name} ended *{self._outcome.value}*: {shown}")
+        self._say(NoticeKind.THREAD, f"{self._name} ended *{self._outcome.value}*: {shown}")
         self._close_dms(f"This deploy ended *{self._outcome.value}*: {shown}")
         self._update_root(None)
         self._pccr_comment(
             f"Deploy ended **{self._outcome.value}**: {messages.github_text(self._reason or '')}"
         )
         if self._pccr is not None and self._pccr.backend == "github":
-            self._queue(_Notice(kind="pccr_close", text="", step=self._step))
+            self._queue(Notice(NoticeKind.PCCR_CLOSE, "", self._step))
 
     # ------------------------------------------------------------------------------------ messages
 
@@ -1397,7 +1392,7 @@ class DeployWorkflow:
                 raise
             line = f"{what}: failing after {QUIET_TRIES} tries ({_cause(err)}); deployctl keeps trying"
             self._note(line, "waiting")
-            self._say("thread", f"{self._name} waits. {messages.slack_escape(line)}.")
+            self._say(NoticeKind.THREAD, f"{self._name} waits. {messages.slack_escape(line)}.")
             if shown:
                 self._activity_wait = (line, workflow.now())
                 self._publish()
@@ -1511,11 +1506,11 @@ class DeployWorkflow:
         old = self._pccr.state
         self._pccr = self._pccr.model_copy(update={"state": state})
         if self._pccr.backend == "github":
-            self._queue(_Notice(kind="pccr_labels", text=state, step=self._step, to=old))
+            self._queue(Notice(NoticeKind.PCCR_LABELS, state, self._step, old_label=old))
 
     def _pccr_comment(self, text: str) -> None:
         if self._pccr is not None and self._pccr.backend == "github":
-            self._queue(_Notice(kind="pccr_comment", text=text, step=self._step))
+            self._queue(Notice(NoticeKind.PCCR_COMMENT, text, self._step))
 
     def _publish(self) -> None:
         """Keep the Web UI current: search attributes and the details pane (only when they change)."""
@@ -1592,50 +1587,36 @@ class DeployWorkflow:
             )
         else:
             blocks = slack_blocks.done_blocks(state, self._triage_text)
-        self._queue(_Notice(kind="root_update", text=text, step=self._step, blocks=blocks))
+        self._queue(Notice(NoticeKind.ROOT_UPDATE, text, self._step, blocks=blocks))
 
     def _close_dms(self, text: str) -> None:
         """The buttons of DMs sent so far go (their step has passed); `text` says who did what, if anyone."""
-        self._queue(_Notice(kind="done", text=text, step=self._step))
+        self._queue(Notice(NoticeKind.DONE, text, self._step))
 
-    def _queue(self, notice: _Notice) -> None:
-        self._outbox.append(notice)
-        self._pump()
+    def _queue(self, notice: Notice) -> None:
+        self._outbox.put(notice)
 
-    def _say(self, kind: str, text: str, to: str | None = None) -> None:
-        self._queue(_Notice(kind=kind, text=text, step=self._step, to=to))
+    def _say(self, kind: NoticeKind, text: str, to: str | None = None) -> None:
+        self._queue(Notice(kind, text, self._step, to=to))
 
-    # Notices go out one at a time, in order, through `_pump`. It starts the next notice's activity
-    # synchronously, from the code that queued the notice or that settled the previous one, never after
-    # a wait_condition: a condition wakes its waiter only after every other coroutine woken in the same
-    # activation has run, so the schedule command would land elsewhere whenever the server batches the
-    # events of a workflow task differently (a query served by a fresh worker after a crash does that),
-    # and replay would fail (docs/replay.md; `DEPLOYCTL_CRASH_QUERIES=1` in tests/test_crash.py drives it).
+    # The outbox (workflows/outbox.py) decides which notice goes next and starts it synchronously, from
+    # the code that queued it or that settled the one before (the ordering invariant is stated there);
+    # `_start_notice` schedules its activity and `_settle` hands back what it returned.
 
-    def _pump(self) -> None:
-        """Start sending the next notice, unless one is in flight. Slack trouble is noted, never fatal."""
-        while self._sending is None and self._outbox:
-            notice = self._outbox.popleft()
-            if notice.kind == "done":  # one chat.update per DM whose buttons are still open
-                dms, self._dms = self._dms, []
-                done = [
-                    _Notice("dm_done", notice.text, step, to=channel, ts=ts, first=first)
-                    for step, channel, ts, first in dms
-                ]
-                self._outbox.extendleft(reversed(done))
-                continue
-            handle = self._start_notice(notice)
-            if handle is not None:
-                self._sending = asyncio.create_task(self._settle(notice, handle))
+    def _start_notice(self, notice: Notice) -> asyncio.Task[None] | None:
+        """Schedule the activity that delivers `notice` (now, synchronously) and the task that settles it;
+        None if nothing to send. Slack trouble is noted, never fatal."""
+        handle = self._notice_activity(notice)
+        return None if handle is None else asyncio.create_task(self._settle(notice, handle))
 
-    def _start_notice(self, notice: _Notice) -> Any:
-        """Schedule the activity that delivers `notice` (now, synchronously); None if nothing to send."""
+    def _notice_activity(self, notice: Notice) -> Any:
+        """The handle of the activity that delivers `notice`, scheduled now; None if nothing to send."""
         s = self._in.settings
-        if notice.kind.startswith("pccr_"):
+        if notice.kind.is_pccr:
             assert self._pccr is not None and self._pccr.number is not None
             repo, number = s.pccr_repo or "", self._pccr.number
             self._pccr_ops += 1
-            if notice.kind == "pccr_comment":
+            if notice.kind is NoticeKind.PCCR_COMMENT:
                 marker = f"{self._wid()}/{self._pccr_ops}"
                 return workflow.start_activity_method(
                     GithubActivities.comment_pccr,
@@ -1643,14 +1624,14 @@ class DeployWorkflow:
                     summary="comment on the PCCR",
                     **NOTICE,
                 )
-            if notice.kind == "pccr_labels":
+            if notice.kind is NoticeKind.PCCR_LABELS:
                 return workflow.start_activity_method(
                     GithubActivities.set_pccr_labels,
                     LabelsInput(
                         repo=repo,
                         number=number,
                         labels=[notice.text],
-                        remove=[notice.to] if notice.to else [],
+                        remove=[notice.old_label] if notice.old_label else [],
                     ),
                     summary=f"label the PCCR {notice.text}",
                     **NOTICE,
@@ -1661,7 +1642,7 @@ class DeployWorkflow:
                 summary="close the PCCR",
                 **NOTICE,
             )
-        if notice.kind == "dm_done":
+        if notice.kind is NoticeKind.DM_DONE:
             done = notice.text or f"`{notice.step.value}` is over."
             return workflow.start_activity_method(
                 SlackActivities.update_message,
@@ -1674,7 +1655,7 @@ class DeployWorkflow:
                 summary=f"slack close the {notice.step.value} buttons",
                 **NOTICE,
             )
-        if notice.kind == "root_update":
+        if notice.kind is NoticeKind.ROOT_UPDATE:
             if self._thread_ts is None:
                 return None  # the root was never posted (Slack was down): nothing to update
             return workflow.start_activity_method(
@@ -1685,16 +1666,16 @@ class DeployWorkflow:
                 summary="slack update the triage message",
                 **NOTICE,
             )
-        channel = notice.to if notice.kind == "dm" else s.triage_channel
-        thread = self._thread_ts if notice.kind == "thread" else None
+        channel = notice.to if notice.kind is NoticeKind.DM else s.triage_channel
+        thread = self._thread_ts if notice.kind is NoticeKind.THREAD else None
         return workflow.start_activity_method(
             SlackActivities.post_message,
             SlackPostInput(channel=channel or "", text=notice.text, thread_ts=thread, blocks=notice.blocks),
-            summary=f"slack {notice.kind} {channel}",
+            summary=f"slack {notice.kind.value} {channel}",
             **NOTICE,
         )
 
-    async def _settle(self, notice: _Notice, handle: Any) -> None:
+    async def _settle(self, notice: Notice, handle: Any) -> None:
         """Wait for a notice's activity, keep what it returned, then start the next notice.
 
         No `finally`: when the worker evicts the run, the coroutine is closed at its `await`, and
@@ -1702,28 +1683,26 @@ class DeployWorkflow:
         try:
             sent = await handle
         except ActivityError as err:
+            sent = None
             self._notice_failed(notice, _cause(err))
         else:
-            if notice.kind == "root":
+            if notice.kind is NoticeKind.ROOT:
                 self._thread_ts = sent.ts
                 self._publish()
-            elif notice.kind == "dm" and notice.blocks:
-                self._dms.append((notice.step, sent.channel, sent.ts, notice.text.split("\n")[0]))
-        self._sending = None
-        self._pump()
+        self._outbox.settled(notice, sent)  # a DM with buttons is kept there for its DONE
 
-    def _notice_failed(self, notice: _Notice, why: str) -> None:
-        if notice.kind.startswith("pccr_"):
+    def _notice_failed(self, notice: Notice, why: str) -> None:
+        if notice.kind.is_pccr:
             number = self._pccr.number if self._pccr else None
-            self._note(f"PCCR issue #{number} not updated ({notice.kind}): {why}")
-        elif notice.kind == "dm_done":
+            self._note(f"PCCR issue #{number} not updated ({notice.kind.value}): {why}")
+        elif notice.kind is NoticeKind.DM_DONE:
             self._note(f"Slack message {notice.ts} not updated: {why}")
-        elif notice.kind == "root_update":
+        elif notice.kind is NoticeKind.ROOT_UPDATE:
             self._note(f"triage message not updated: {why}")
         else:
-            channel = notice.to if notice.kind == "dm" else self._in.settings.triage_channel
+            channel = notice.to if notice.kind is NoticeKind.DM else self._in.settings.triage_channel
             self._note(
-                f"Slack {notice.kind} to {channel} not sent: {why}",
+                f"Slack {notice.kind.value} to {channel} not sent: {why}",
                 "notify_failed",
                 "slack",
                 notice.step,
