@@ -24,10 +24,10 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from starter.config import Config, load_config
+from starter.simulators.github import FakeGitHub
+from starter.simulators.jenkins import FakeJenkins
+from starter.simulators.slack import FakeSlack
 from tests import keys
-from tests.fakes.github import FakeGitHub
-from tests.fakes.jenkins import FakeJenkins
-from tests.fakes.slack import FakeSlack
 from workflows import search_attributes as sa
 
 BIN = Path(__file__).resolve().parent.parent / ".venv" / "bin"

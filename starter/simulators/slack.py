@@ -41,7 +41,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from tests.fakes.server import LocalServer
+from starter.simulators.server import LocalServer
 
 DEFAULT_USERGROUPS: dict[str, list[str]] = {"S0SREGOV": ["U0SRE3"]}
 
