@@ -25,8 +25,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from starter.config import Config, load_config
 from starter.devstack import config_text, free_port, temporal_cli
-from tests.fakes.jenkins import FakeJenkins
-from tests.fakes.slack import FakeSlack
+from starter.simulators.jenkins import FakeJenkins
+from starter.simulators.slack import FakeSlack
 from workflows import search_attributes as sa
 
 ROOT = Path(__file__).resolve().parent.parent

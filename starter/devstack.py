@@ -27,9 +27,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from starter.config import Config, load_config
 from starter.signing import throwaway_key
-from tests.fakes.github import FakeGitHub
-from tests.fakes.jenkins import FROM_MESSAGE, FakeJenkins
-from tests.fakes.slack import FakeSlack
+from starter.simulators.github import FakeGitHub
+from starter.simulators.jenkins import FROM_MESSAGE, FakeJenkins
+from starter.simulators.slack import FakeSlack
 from workflows import search_attributes as sa
 from workflows.models import Action, ActionInput, DeployStatus, Process, Step
 

@@ -24,10 +24,10 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from starter.config import Config, load_config
+from starter.simulators.github import FakeGitHub
+from starter.simulators.jenkins import FakeJenkins
+from starter.simulators.slack import FakeSlack
 from tests import keys
-from tests.fakes.github import FakeGitHub
-from tests.fakes.jenkins import FakeJenkins
-from tests.fakes.slack import FakeSlack
 from workflows import search_attributes as sa
 
 BIN = Path(__file__).resolve().parent.parent / ".venv" / "bin"
@@ -129,6 +129,9 @@ def jenkins() -> Iterator[FakeJenkins]:
 def slack() -> Iterator[FakeSlack]:
     with FakeSlack(token=SLACK_TOKEN, usergroups={"S0SREGOV": ["U0SREG1", "U0SREG2"]}) as fake:
         yield fake
+        # Notices are best effort, so a message Slack would refuse fails no deploy: fail the session.
+        refused = [r for r in fake.requests if r["error"] in ("invalid_blocks", "invalid_blocks_format")]
+        assert not refused, f"deployctl sent blocks Slack refuses: {str(refused[:3])[:2000]}"
 
 
 @pytest.fixture(scope="session")

@@ -36,6 +36,9 @@ from temporalio.worker import Replayer
 from starter.cli import send_action, start_deploy
 from starter.config import Config, load_config
 from starter.devstack import wait_for_step
+from starter.simulators.github import FakeGitHub
+from starter.simulators.jenkins import FakeJenkins
+from starter.simulators.slack import FakeSlack
 from tests import keys
 from tests.conftest import (
     BIN,
@@ -55,9 +58,6 @@ from tests.conftest import (
     SRE2,
     VERSION_FILE,
 )
-from tests.fakes.github import FakeGitHub
-from tests.fakes.jenkins import FakeJenkins
-from tests.fakes.slack import FakeSlack
 from tests.support import signed
 from worker import WORKFLOWS, create_worker, workflow_runner
 from workflows import search_attributes as sa

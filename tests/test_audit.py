@@ -49,6 +49,8 @@ from starter.cli import Refused, send_action, start_deploy
 from starter.cli import render_audit as cli_render_audit
 from starter.devstack import wait_for_step
 from starter.signing import sign_payload
+from starter.simulators.github import FakeGitHub
+from starter.simulators.jenkins import FakeJenkins
 from starter.verify import verify_export
 from tests import keys
 from tests.conftest import (
@@ -63,8 +65,6 @@ from tests.conftest import (
     SRE2,
     Deployment,
 )
-from tests.fakes.github import FakeGitHub
-from tests.fakes.jenkins import FakeJenkins
 from tests.support import act
 from tests.test_cli import deployctl
 from worker import create_worker

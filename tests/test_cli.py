@@ -13,9 +13,9 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from starter.devstack import wait_for_step
+from starter.simulators.jenkins import FakeJenkins
 from tests import keys
 from tests.conftest import BIN, GATE1, GATE2, OWNER, PARAMS, SRE1, Deployment, eventually
-from tests.fakes.jenkins import FakeJenkins
 from tests.support import signed
 from worker import create_worker
 from workflows import signing

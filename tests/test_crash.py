@@ -32,6 +32,9 @@ from starter.devstack import (
     Script,
     release_calendar,
 )
+from starter.simulators.github import FakeGitHub
+from starter.simulators.jenkins import FakeJenkins
+from starter.simulators.slack import FakeSlack
 from tests.conftest import (
     CONFIGS_REPO,
     DIFF_LINES,
@@ -43,9 +46,6 @@ from tests.conftest import (
     eventually,
     make_deployment,
 )
-from tests.fakes.github import FakeGitHub
-from tests.fakes.jenkins import FakeJenkins
-from tests.fakes.slack import FakeSlack
 from tests.test_replay import replayer
 from worker import CACHE_ENV, MAX_CACHED_WORKFLOWS
 from workflows import search_attributes as sa

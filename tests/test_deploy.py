@@ -10,6 +10,8 @@ from temporalio.client import Client
 
 from starter.cli import Refused, send_action, start_deploy
 from starter.devstack import wait_for_step
+from starter.simulators.jenkins import FakeJenkins
+from starter.simulators.slack import FakeSlack
 from tests.conftest import (
     DIFF_LINES,
     GATE1,
@@ -22,8 +24,6 @@ from tests.conftest import (
     Deployment,
     eventually,
 )
-from tests.fakes.jenkins import FakeJenkins
-from tests.fakes.slack import FakeSlack
 from tests.support import act, refused, signed, status, to_trigger
 from workflows import search_attributes as sa
 from workflows.models import Action, ActionInput, DeployResult, DeployStatus, Outcome, Process, Step

@@ -13,6 +13,9 @@ from temporalio.client import Client
 
 from starter.cli import Refused, send_action, start_deploy
 from starter.devstack import wait_for_step
+from starter.simulators.github import FakeGitHub
+from starter.simulators.jenkins import FakeJenkins
+from starter.simulators.slack import FakeSlack
 from tests.conftest import (
     CONFIGS_REPO,
     GATE1,
@@ -26,9 +29,6 @@ from tests.conftest import (
     Deployment,
     make_deployment,
 )
-from tests.fakes.github import FakeGitHub
-from tests.fakes.jenkins import FakeJenkins
-from tests.fakes.slack import FakeSlack
 from tests.support import status, to_trigger
 from worker import create_worker
 from workflows.models import Action, ActionInput, DeployResult, Outcome, Process, Step

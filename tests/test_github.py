@@ -17,7 +17,7 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import ActivityEnvironment
 
 from activities.github import LABEL_COLORS, GithubActivities, NoVersionLine, set_version
-from tests.fakes.github import FakeGitHub
+from starter.simulators.github import FakeGitHub
 from workflows.models import (
     CommentInput,
     LabelsInput,

@@ -10,6 +10,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from starter.cli import Refused, send_action, start_deploy
 from starter.devstack import wait_for_step
+from starter.simulators.github import FakeGitHub
+from starter.simulators.jenkins import FakeJenkins
+from starter.simulators.slack import FakeSlack
 from tests.conftest import (
     CONFIGS_REPO,
     GATE1,
@@ -23,9 +26,6 @@ from tests.conftest import (
     eventually,
     make_deployment,
 )
-from tests.fakes.github import FakeGitHub
-from tests.fakes.jenkins import FakeJenkins
-from tests.fakes.slack import FakeSlack
 from tests.support import SREG1, act, refused, start_gov, status, to_merge
 from tests.test_cli import deployctl
 from worker import create_worker

@@ -14,10 +14,10 @@ from temporalio.testing import WorkflowEnvironment
 
 from starter.cli import send_action
 from starter.devstack import wait_for_step
+from starter.simulators.github import FakeGitHub
+from starter.simulators.jenkins import FakeJenkins
+from starter.simulators.slack import FakeSlack
 from tests.conftest import GATE1, OWNER, SRE1, Deployment, eventually, make_deployment
-from tests.fakes.github import FakeGitHub
-from tests.fakes.jenkins import FakeJenkins
-from tests.fakes.slack import FakeSlack
 from tests.support import act, refused, signed, start_oow, status, to_trigger
 from tests.test_crash import WorkerProcess
 from tests.test_ops import free_port

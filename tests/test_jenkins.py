@@ -17,7 +17,7 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import ActivityEnvironment
 
 from activities.jenkins import JenkinsActivities, choose_input
-from tests.fakes.jenkins import FROM_MESSAGE, FakeJenkins, jenkins_input_id
+from starter.simulators.jenkins import FROM_MESSAGE, FakeJenkins, jenkins_input_id
 from workflows.models import (
     AbortBuildInput,
     BuildResultInput,

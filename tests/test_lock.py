@@ -6,8 +6,8 @@ from temporalio.client import Client
 
 from starter.cli import send_action, start_deploy
 from starter.devstack import wait_for_step
+from starter.simulators.jenkins import FakeJenkins
 from tests.conftest import OWNER, PARAMS, SRE1, SRE2, Deployment, eventually
-from tests.fakes.jenkins import FakeJenkins
 from tests.support import act, status, to_trigger
 from worker import create_worker
 from workflows.lock import LockState, lock_id

@@ -12,10 +12,10 @@ from temporalio.testing import WorkflowEnvironment
 
 from starter.cli import send_action, start_deploy
 from starter.devstack import wait_for_step
+from starter.simulators.github import FakeGitHub
+from starter.simulators.jenkins import FakeJenkins
+from starter.simulators.slack import FakeSlack
 from tests.conftest import GATE1, OWNER, PARAMS, SRE1, eventually, make_deployment
-from tests.fakes.github import FakeGitHub
-from tests.fakes.jenkins import FakeJenkins
-from tests.fakes.slack import FakeSlack
 from tests.test_crash import WorkerProcess
 from workflows.models import Action, ActionInput, DeployResult, DeployStatus, Outcome, Process, Step
 

@@ -14,9 +14,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from starter.cli import Refused, render_releases, start_deploy
 from starter.devstack import wait_for_step
+from starter.simulators.jenkins import FakeJenkins
+from starter.simulators.slack import FakeSlack
 from tests.conftest import BIN, GATE1, OWNER, PARAMS, SKIPPED_CLOCK, SRE1, eventually, make_deployment
-from tests.fakes.jenkins import FakeJenkins
-from tests.fakes.slack import FakeSlack
 from tests.support import act, status
 from worker import create_worker
 from workflows.models import Action, DeployResult, DeployStatus, Outcome, Process, Step

@@ -29,9 +29,9 @@ from activities.common import MASK, scrub, scrubbed
 from activities.github import GithubActivities
 from activities.jenkins import JenkinsActivities
 from activities.slack import SlackActivities, make_web_client
-from tests.fakes.github import FakeGitHub
-from tests.fakes.jenkins import FakeJenkins
-from tests.fakes.slack import FakeSlack
+from starter.simulators.github import FakeGitHub
+from starter.simulators.jenkins import FakeJenkins
+from starter.simulators.slack import FakeSlack
 from workflows.models import (
     JobParametersInput,
     MergePrInput,

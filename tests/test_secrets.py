@@ -30,6 +30,9 @@ from starter import logs
 from starter.audit import FORMATS, audit_export, record_from_history, render_audit
 from starter.cli import Refused, admitted, new_workflow_id, signed, start_deploy
 from starter.devstack import wait_for_step
+from starter.simulators.github import FakeGitHub
+from starter.simulators.jenkins import FakeJenkins
+from starter.simulators.slack import FakeSlack
 from tests import keys
 from tests.conftest import (
     GATE1,
@@ -42,9 +45,6 @@ from tests.conftest import (
     eventually,
     make_deployment,
 )
-from tests.fakes.github import FakeGitHub
-from tests.fakes.jenkins import FakeJenkins
-from tests.fakes.slack import FakeSlack
 from tests.support import act, status, to_trigger
 from worker import create_worker
 from workflows import messages, policy

@@ -13,9 +13,9 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from starter.cli import send_action, start_deploy
 from starter.devstack import wait_for_step
+from starter.simulators.jenkins import FakeJenkins
+from starter.simulators.slack import FakeSlack
 from tests.conftest import BIN, GATE1, OWNER, PARAMS, SRE1, make_deployment
-from tests.fakes.jenkins import FakeJenkins
-from tests.fakes.slack import FakeSlack
 from worker import create_worker, ensure_search_attributes
 from workflows.models import Action, ActionInput, DeployResult, Outcome, Process, Step
 

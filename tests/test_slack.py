@@ -27,7 +27,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.slack import PERMANENT_ERRORS, SlackActivities, make_web_client
-from tests.fakes.slack import FakeSlack, sign_request
+from starter.simulators.slack import FakeSlack, sign_request
 from workflows.models import SlackPostInput, SlackUpdateInput, UsergroupInput
 
 pytestmark = pytest.mark.timeout(10)

@@ -32,6 +32,8 @@ from activities.slack import make_web_client
 from starter import slack_bridge
 from starter.cli import cli, send_action, start_deploy
 from starter.devstack import wait_for_step
+from starter.simulators.jenkins import FakeJenkins
+from starter.simulators.slack import FakeSlack, sign_request
 from starter.slack_bridge import (
     EVENTS_PATH,
     MAX_BODY,
@@ -53,8 +55,6 @@ from tests.conftest import (
     Deployment,
     eventually,
 )
-from tests.fakes.jenkins import FakeJenkins
-from tests.fakes.slack import FakeSlack, sign_request
 from workflows import messages, signing
 from workflows.models import (
     Action,

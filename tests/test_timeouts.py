@@ -13,6 +13,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from starter.cli import start_deploy
+from starter.simulators.jenkins import FakeJenkins
+from starter.simulators.slack import FakeSlack
 from tests.conftest import (
     BIN,
     GATE1,
@@ -24,8 +26,6 @@ from tests.conftest import (
     eventually,
     make_deployment,
 )
-from tests.fakes.jenkins import FakeJenkins
-from tests.fakes.slack import FakeSlack
 from worker import create_worker
 from workflows.models import DeployResult, DeployStatus, Outcome, Process
 

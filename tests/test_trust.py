@@ -18,11 +18,11 @@ from starter.cli import Refused, send_action, start_deploy
 from starter.config import load_config
 from starter.devstack import wait_for_step
 from starter.signing import sign_payload, throwaway_key
+from starter.simulators.github import FakeGitHub
+from starter.simulators.jenkins import FakeJenkins
+from starter.simulators.slack import FakeSlack
 from tests import keys
 from tests.conftest import GATE1, GATE2, OWNER, PARAMS, SRE1, Deployment, eventually
-from tests.fakes.github import FakeGitHub
-from tests.fakes.jenkins import FakeJenkins
-from tests.fakes.slack import FakeSlack
 from tests.support import act, refused, signed, start_oow, status, to_trigger
 from tests.test_cli import deployctl, temporal
 from workflows import signing

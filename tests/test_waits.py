@@ -18,10 +18,10 @@ from temporalio.client import Client
 
 from starter.cli import Refused, send_action, start_deploy
 from starter.devstack import wait_for_step
+from starter.simulators.github import FakeGitHub
+from starter.simulators.jenkins import FROM_MESSAGE, FakeJenkins, jenkins_input_id
+from starter.simulators.slack import FakeSlack
 from tests.conftest import CONFIGS_REPO, GATE1, OWNER, PARAMS, SRE1, Deployment, eventually, make_deployment
-from tests.fakes.github import FakeGitHub
-from tests.fakes.jenkins import FROM_MESSAGE, FakeJenkins, jenkins_input_id
-from tests.fakes.slack import FakeSlack
 from tests.support import SREG1, act, start_gov, status, to_merge, to_trigger
 from worker import create_worker
 from workflows.models import Action, ActionInput, DeployResult, DeployStatus, Outcome, Process, Step

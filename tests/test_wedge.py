@@ -49,8 +49,8 @@ from temporalio.worker import Worker
 
 from starter.cli import send_action, start_deploy
 from starter.config import ConfigError
+from starter.simulators.slack import FakeSlack
 from tests.conftest import GATE1, GATE2, OWNER, PARAMS, Deployment, eventually
-from tests.fakes.slack import FakeSlack
 from tests.test_replay import replayer
 from worker import (
     CACHE_ENV,

@@ -57,7 +57,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
-from tests.fakes.server import LocalServer
+from starter.simulators.server import LocalServer
 
 DOCS = "https://docs.github.com/rest"
 EMPTY_LABEL_COLOR = "ededed"

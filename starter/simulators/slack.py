@@ -12,6 +12,11 @@ slack_sdk 3.48 source and the Slack method docs (see /work/shared/INTEGRATIONS.m
 * A user id (U…/W…) as `channel` in chat.postMessage posts to the bot's DM with that user; the answer
   carries the DM channel id (D…), and chat.update must be given that D… id, as Slack documents.
 * chat.update keeps the previous blocks when `blocks` is absent and clears them with `blocks: []`.
+* Blocks Slack refuses are refused (`block_kit.py`: 50 blocks, 3,000 characters of section text, 10
+  fields of 2,000, header 150, 25 actions elements, button text 75 and value 2,000, block_id 255,
+  unknown block types) with `invalid_blocks` and Slack's `response_metadata.messages`; blocks that are
+  not an array of objects get `invalid_blocks_format`. A top-level `text` past 40,000 characters is
+  cut there and the answer carries Slack's `message_truncated` warning. See docs/slack.md.
 * `apps.connections.open` (app token `xapp-…`) returns a `ws://` URL on the same port; a small
   RFC 6455 server there says `hello`, answers pings, pushes envelopes (`send_envelope`) and records
   the client's acks (`acks`, `wait_for_ack`). slack_sdk's builtin SocketModeClient and Bolt's
@@ -41,7 +46,8 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from tests.fakes.server import LocalServer
+from starter.simulators.block_kit import MESSAGE_TEXT, TRUNCATED_WARNING, BlocksRefused, check_blocks
+from starter.simulators.server import LocalServer
 
 DEFAULT_USERGROUPS: dict[str, list[str]] = {"S0SREGOV": ["U0SRE3"]}
 
@@ -58,11 +64,16 @@ _APP_TOKEN_METHODS = {"apps.connections.open"}
 
 
 class SlackApiFault(Exception):
-    """Raised inside a method handler: the call answers `{"ok": false, "error": code}`."""
+    """Raised inside a method handler: the call answers `{"ok": false, "error": code}`.
 
-    def __init__(self, error: str) -> None:
+    `errors` (Block Kit refusals) go into the answer as `errors` and, each with `[ERROR] `, as
+    `response_metadata.messages`, as Slack's `invalid_blocks` answers carry them.
+    """
+
+    def __init__(self, error: str, errors: list[str] | None = None) -> None:
         super().__init__(error)
         self.error = error
+        self.errors = errors or []
 
 
 @dataclass
@@ -515,10 +526,32 @@ class FakeSlack(LocalServer):
             "is_enterprise_install": False,
         }
 
+    @staticmethod
+    def _check_message(body: dict[str, Any]) -> list[str]:
+        """Refuse blocks Slack refuses (`invalid_blocks`, `invalid_blocks_format`); cut a top-level
+        `text` past 40,000 characters, as Slack does, and return the warning Slack then gives."""
+        try:
+            check_blocks(body.get("blocks"))
+        except BlocksRefused as e:
+            raise SlackApiFault(e.error, e.errors) from None
+        text = body.get("text")
+        if isinstance(text, str) and len(text) > MESSAGE_TEXT:
+            body["text"] = text[:MESSAGE_TEXT]
+            return [TRUNCATED_WARNING]
+        return []
+
+    @staticmethod
+    def _warned(answer: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
+        if warnings:
+            answer["warning"] = "message_truncated"
+            answer["response_metadata"] = {"messages": warnings, "warnings": ["message_truncated"]}
+        return answer
+
     def _post_message(self, body: dict[str, Any]) -> dict[str, Any]:
         channel = self._resolve_channel(body.get("channel"), allow_user=True)
         if channel in self.archived:
             raise SlackApiFault("is_archived")
+        warnings = self._check_message(body)
         text = body.get("text") or ""
         blocks = body.get("blocks") or None
         if not text and not blocks:
@@ -537,7 +570,7 @@ class FakeSlack(LocalServer):
             "edited_ts": None,
         }
         self._messages.append(msg)
-        return {"channel": channel, "ts": ts, "message": self._public(msg)}
+        return self._warned({"channel": channel, "ts": ts, "message": self._public(msg)}, warnings)
 
     def _update(self, body: dict[str, Any]) -> dict[str, Any]:
         # chat.update wants the D… id of a DM, never a user id (Slack's docs say so).
@@ -545,6 +578,7 @@ class FakeSlack(LocalServer):
         msg = self._find(channel, body.get("ts"))
         if "text" not in body and "blocks" not in body:
             raise SlackApiFault("no_text")
+        warnings = self._check_message(body)
         msg["history"].append({"text": msg["text"], "blocks": copy.deepcopy(msg["blocks"])})
         if "text" in body:
             msg["text"] = body["text"] or ""
@@ -553,7 +587,8 @@ class FakeSlack(LocalServer):
         if "metadata" in body:
             msg["metadata"] = body["metadata"] or None
         msg["edited_ts"] = self._ts(next(self._ts_counter))
-        return {"channel": channel, "ts": msg["ts"], "text": msg["text"], "message": self._public(msg)}
+        answer = {"channel": channel, "ts": msg["ts"], "text": msg["text"], "message": self._public(msg)}
+        return self._warned(answer, warnings)
 
     def _post_ephemeral(self, body: dict[str, Any]) -> dict[str, Any]:
         channel = self._resolve_channel(body.get("channel"), allow_user=False)
@@ -562,6 +597,7 @@ class FakeSlack(LocalServer):
             raise SlackApiFault("user_not_found")
         if not body.get("text") and not body.get("blocks"):
             raise SlackApiFault("no_text")
+        self._check_message(body)
         ts = self._ts(next(self._ts_counter))
         self._ephemerals.append(
             {
@@ -776,8 +812,10 @@ def _parse_body(content_type: str, raw: bytes, query: str) -> dict[str, Any]:
         if isinstance(body.get(key), str):
             try:
                 body[key] = json.loads(body[key])
-            except ValueError:
-                raise SlackApiFault(f"invalid_{key}") from None
+            except ValueError:  # blocks that are not JSON: Slack's `invalid_blocks_format`
+                raise SlackApiFault(
+                    "invalid_blocks_format" if key == "blocks" else f"invalid_{key}"
+                ) from None
     return body
 
 
@@ -858,15 +896,24 @@ def _make_handler(fake: FakeSlack) -> type[BaseHTTPRequestHandler]:
             try:
                 result = fake.handle(method, body, token)
             except SlackApiFault as e:
-                self._answer_error(record, 200, e.error)
+                self._answer_error(record, 200, e.error, errors=e.errors)
                 return
             self._send_json(200, result)
 
         def _answer_error(
-            self, record: dict[str, Any], status: int, error: str, extra: dict[str, str] | None = None
+            self,
+            record: dict[str, Any],
+            status: int,
+            error: str,
+            extra: dict[str, str] | None = None,
+            errors: list[str] | None = None,
         ) -> None:
             record.update(status=status, error=error)
-            self._send_json(status, {"ok": False, "error": error}, extra)
+            answer: dict[str, Any] = {"ok": False, "error": error}
+            if errors:
+                answer["errors"] = errors
+                answer["response_metadata"] = {"messages": [f"[ERROR] {e}" for e in errors]}
+            self._send_json(status, answer, extra)
 
         @staticmethod
         def _take_fault(method: str) -> _Fault | None:

@@ -48,7 +48,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from tests.fakes.server import LocalServer
+from starter.simulators.server import LocalServer
 
 JENKINS_VERSION = "2.479"
 
