@@ -10,7 +10,7 @@ import httpx
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from starter.cli import send_action, start_deploy
+from starter.client import send_action, start_deploy
 from starter.devstack import wait_for_step
 from tests.conftest import GATE1, OWNER, PARAMS, SRE1, eventually, make_deployment
 from tests.fakes.github import FakeGitHub

@@ -28,7 +28,8 @@ from temporalio.testing import ActivityEnvironment
 from activities.common import MASK, scrub, scrubbed
 from activities.github import GithubActivities
 from activities.jenkins import JenkinsActivities
-from activities.slack import SlackActivities, make_web_client
+from activities.slack import SlackActivities
+from starter.slack_api import make_web_client
 from tests.fakes.github import FakeGitHub
 from tests.fakes.jenkins import FakeJenkins
 from tests.fakes.slack import FakeSlack

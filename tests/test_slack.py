@@ -26,7 +26,8 @@ from slack_sdk.socket_mode.response import SocketModeResponse
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.slack import PERMANENT_ERRORS, SlackActivities, make_web_client
+from activities.slack import PERMANENT_ERRORS, SlackActivities
+from starter.slack_api import make_web_client
 from tests.fakes.slack import FakeSlack, sign_request
 from workflows.models import SlackPostInput, SlackUpdateInput, UsergroupInput
 

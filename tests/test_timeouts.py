@@ -12,7 +12,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from starter.cli import start_deploy
+from starter.client import start_deploy
 from tests.conftest import (
     BIN,
     GATE1,
