@@ -28,10 +28,11 @@ from activities.github import GithubActivities
 from activities.jenkins import JenkinsActivities
 from activities.locks import LockActivities
 from activities.rules import RulesActivities
-from activities.slack import SlackActivities, make_web_client
+from activities.slack import SlackActivities
+from starter.client import connect
 from starter.config import Config, ConfigError, load_config, secret
 from starter.logs import setup_logging
-from starter.temporal import connect
+from starter.slack_api import make_web_client
 from workflows import search_attributes as sa
 from workflows.deploy import DeployWorkflow
 from workflows.inspect_job import InspectJobWorkflow

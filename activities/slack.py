@@ -1,6 +1,6 @@
 """Slack activities: post, update and read user groups through one `slack_sdk.WebClient`.
 
-The worker builds the client once (`make_web_client`) and the activities share it; they are sync
+The worker builds the client once (`starter.slack_api.make_web_client`) and the activities share it; they are sync
 `def`s, so the worker runs them in its thread pool. Failures are classified here, where they happen:
 
 * 429 / `ratelimited`: retryable `SlackRateLimited`, with `next_retry_delay` = the `Retry-After` seconds.
@@ -27,17 +27,11 @@ from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
-from slack_sdk.http_retry import (
-    ConnectionErrorRetryHandler,
-    HttpRequest,
-    HttpResponse,
-    RateLimitErrorRetryHandler,
-)
-from slack_sdk.http_retry.state import RetryState
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.common import scrubbed
+from starter.slack_api import retry_after_seconds
 from workflows.models import (
     SlackPostInput,
     SlackPostResult,
@@ -45,8 +39,6 @@ from workflows.models import (
     UsergroupInput,
     UsergroupResult,
 )
-
-DEFAULT_API_URL = "https://slack.com/api/"
 
 # The metadata event type that marks our messages (used to find one already posted: `dedupe_key`).
 METADATA_EVENT_TYPE = "deployctl_notice"
@@ -79,70 +71,6 @@ PERMANENT_ERRORS = frozenset(
         "invalid_arguments",
     }
 )
-
-
-def _retry_after_seconds(headers: Any) -> int | None:
-    """The `Retry-After` header in whole seconds (any case, str or [str] values), or None."""
-    if not headers:
-        return None
-    for key, value in dict(headers).items():
-        if str(key).lower() == "retry-after":
-            if isinstance(value, list | tuple):
-                value = value[0] if value else None
-            try:
-                return max(0, int(float(str(value))))
-            except (TypeError, ValueError):
-                return None
-    return None
-
-
-class BoundedRateLimitRetryHandler(RateLimitErrorRetryHandler):
-    """slack_sdk's 429 handler (sleeps Retry-After, then retries), but only for short waits.
-
-    A longer `Retry-After` is left to Temporal (`next_retry_delay`), so an activity never sleeps past
-    its start-to-close timeout.
-    """
-
-    def __init__(self, max_retry_count: int = 2, max_wait_seconds: float = 5.0) -> None:
-        super().__init__(max_retry_count=max_retry_count)
-        self.max_wait_seconds = max_wait_seconds
-
-    def _can_retry(
-        self,
-        *,
-        state: RetryState,
-        request: HttpRequest,
-        response: HttpResponse | None = None,
-        error: Exception | None = None,
-    ) -> bool:
-        if not super()._can_retry(state=state, request=request, response=response, error=error):
-            return False
-        assert response is not None
-        wait = _retry_after_seconds(response.headers)
-        return wait is not None and wait <= self.max_wait_seconds
-
-
-def make_web_client(
-    token: str,
-    base_url: str = DEFAULT_API_URL,
-    *,
-    timeout: int = 10,
-    rate_limit_retries: int = 2,
-    max_rate_limit_wait: float = 5.0,
-    connection_retries: int = 2,
-) -> WebClient:
-    """The one WebClient the worker shares: 429 and connection-error retries inside each call."""
-    return WebClient(
-        token=token,
-        base_url=base_url,
-        timeout=timeout,
-        retry_handlers=[
-            ConnectionErrorRetryHandler(max_retry_count=connection_retries),
-            BoundedRateLimitRetryHandler(
-                max_retry_count=rate_limit_retries, max_wait_seconds=max_rate_limit_wait
-            ),
-        ],
-    )
 
 
 class SlackActivities:
@@ -256,7 +184,7 @@ class SlackActivities:
             code = f"http_{status}"
         details = {"method": method, "error": code, "status": status}
         if status == 429 or code in ("ratelimited", "rate_limited"):
-            wait = _retry_after_seconds(getattr(resp, "headers", None))
+            wait = retry_after_seconds(getattr(resp, "headers", None))
             return ApplicationError(
                 f"Slack {method} rate limited: {code} (HTTP {status}, Retry-After {wait}s)",
                 details,

@@ -246,8 +246,8 @@ def _spread(total: int, parts: int) -> list[int]:
 async def _serve() -> None:
     from temporalio.worker import Worker
 
+    from starter.client import connect
     from starter.config import load_config
-    from starter.temporal import connect
 
     config = load_config(None)
     client = await connect()

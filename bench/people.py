@@ -13,7 +13,7 @@ from typing import Any
 from temporalio.client import Client
 
 from bench.stack import ENVIRONMENT, OWNER, PARAMS, BenchStack, job_name, service_name
-from starter.cli import send_action, start_deploy
+from starter.client import send_action, start_deploy
 from starter.devstack import COM_SCRIPT, DIFF
 from workflows.models import ActionInput, DeployResult, DeployStatus, Outcome, Process, Step
 
@@ -69,9 +69,9 @@ async def wait_status(
 def job_parameters_read_once():  # type: ignore[no-untyped-def]
     """Within: `start_deploy` reads each job's parameters through the real InspectJob workflow once,
     then reuses them (capacity: a thousand starts need not run a thousand InspectJob workflows)."""
-    from starter import cli
+    import starter.client as door
 
-    real = cli._inspect_job
+    real = door._inspect_job
     seen: dict[str, Any] = {}
 
     async def once(client: Client, config: Any, job: str) -> Any:
@@ -79,11 +79,11 @@ def job_parameters_read_once():  # type: ignore[no-untyped-def]
             seen[job] = await real(client, config, job)
         return seen[job]
 
-    cli._inspect_job = once
+    door._inspect_job = once
     try:
         yield
     finally:
-        cli._inspect_job = real
+        door._inspect_job = real
 
 
 async def start_product(stack: BenchStack, i: int) -> str:

@@ -53,8 +53,8 @@ async def _serve() -> None:
     from temporalio.worker import UnsandboxedWorkflowRunner, Worker
     from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+    from starter.client import connect
     from starter.config import load_config
-    from starter.temporal import connect
     from worker import WORKFLOWS, build_activities
 
     config = load_config(None)

@@ -47,7 +47,7 @@ from bench.people import (
     wait_status,
 )
 from bench.stack import GATE, BenchStack, Worker, bench_stack, proc_cpu_seconds, server_pid, wait_until
-from starter.cli import send_action
+from starter.client import send_action
 from worker import CACHE_ENV, ONE_JOB_ENV
 from workflows.models import Action, ActionInput, Step
 

@@ -131,7 +131,7 @@ async def fetch_audit(client: Client, workflow_id: str, *, query_timeout: float 
     else:
         record = AuditRecord(status=st, params=dict(st.pccr.params) if st.pccr else {})
         events = handle.fetch_history_events(page_size=50)
-        intent, started, rules = await _opening(events, client.data_converter)
+        intent, started, rules = await opening(events, client.data_converter)
         if intent is not None:
             record.opened_by = intent.actor
             # (a password parameter is never shown: a start refused for carrying one keeps it in its input)
@@ -202,7 +202,7 @@ async def _lenient_intent(event: HistoryEvent, converter: DataConverter) -> Star
     )
 
 
-async def _opening(
+async def opening(
     events: AsyncIterator[HistoryEvent], converter: DataConverter
 ) -> tuple[StartIntent | None, datetime | None, Rules | None]:
     """From a running history: the start's intent and time, and the first rules the workers gave it

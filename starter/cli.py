@@ -1,4 +1,5 @@
-"""The `deployctl` CLI (SPEC §5). It starts workflows, sends Updates and reads queries: no rule lives here.
+"""The `deployctl` CLI (SPEC §5): it parses, prints and exits; `starter/client.py` does the talking to
+Temporal (start, act, status, list, audit) and raises the typed refusals. No rule lives here.
 
 Exit codes: 0 done; 2 usage or configuration error; 3 refused (validation, role, policy); 1 anything else.
 Every refusal is one line that says why and what to do.
@@ -7,64 +8,49 @@ Every refusal is one line that says why and what to do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
-import re
 import sys
-import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import NoReturn, TypeVar
 
 import click
 import yaml
-from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
-from temporalio.client import Client, WorkflowQueryFailedError, WorkflowUpdateFailedError
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
-from temporalio.exceptions import ApplicationError
+from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from starter.audit import FORMATS as AUDIT_FORMATS
-from starter.audit import audit_export
 from starter.audit import render_audit as render_audit  # re-exported: `from starter.cli import render_audit`
+from starter.client import (
+    KEY_ENV,
+    Refused,
+    Unreadable,
+    UsageError,
+    action_payload,
+    audit_text,
+    connect,
+    current_step,
+    list_deploys,
+    read_status,
+    release_windows,
+    send_action,
+    signed,
+    signing_key,
+    start_deploy,
+)
 from starter.config import Config, ConfigError, load_config
-from starter.signing import SigningError, sign_payload
-from starter.temporal import connect
 from starter.verify import verify_command
 from workflows import messages, policy
-from workflows import search_attributes as sa
-from workflows.models import (
-    Action,
-    ActionInput,
-    ActionResult,
-    Cloud,
-    DeployResult,
-    DeployStatus,
-    JobParametersInput,
-    JobParametersResult,
-    Process,
-    ReleaseWindow,
-    Step,
-)
+from workflows.models import Action, ActionInput, Cloud, Process, Step
 from workflows.slack_blocks import DIFF_BOUND
 from workflows.steps import sre_group, steps_for
 
 T = TypeVar("T")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
-
-
-class Refused(Exception):
-    """A rule said no: exit 3."""
-
-
-class UsageError(Exception):
-    """Bad arguments, files or configuration: exit 2."""
-
-
-class Unreadable(Exception):
-    """A deploy's `status` could not be read (not a deploy, or its status query failed): exit 1."""
 
 
 def fail(code: int, message: str) -> NoReturn:
@@ -107,42 +93,6 @@ def _actor(actor: str | None) -> str:
     return actor
 
 
-KEY_ENV = "DEPLOYCTL_SIGNING_KEY"
-
-
-def signing_key(key: str | None, actor: str, strict: bool = False) -> str | None:
-    """The key that signs for `actor`: `--key`, else $DEPLOYCTL_SIGNING_KEY; None: send unsigned.
-
-    A private key file, or the public half of a key held by ssh-agent (as git's user.signingkey). A
-    directory holds one private key per user id, named by it: the embedded stack's throwaway keys, for
-    one shell acting as several people."""
-    path = key or os.environ.get(KEY_ENV, "").strip() or None
-    if path is None:
-        return None
-    where = Path(path).expanduser()
-    if where.is_dir():
-        # Only a plain user id names a file there: not a path ("../x"), not one past a file name's length.
-        mine = where / actor if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", actor) else None
-        if mine is not None and mine.is_file():
-            return str(mine)
-        if strict:  # at the CLI a missing key is a usage error, not a silent unsigned send
-            raise UsageError(f"{path} holds no key for {actor}: pass --key FILE")
-        return None  # none of theirs: sent unsigned
-    if not where.exists():
-        raise UsageError(f"signing key {path} not found: pass --key FILE or set {KEY_ENV}")
-    return str(where)
-
-
-def signed(payload: dict[str, Any], workflow_id: str, action: str, key: str | None) -> dict[str, Any]:
-    """`payload` signed for one deploy and one action (SPEC §9), or as it is when there is no key."""
-    if key is None:
-        return payload
-    try:
-        return sign_payload(payload, workflow_id, action, key)
-    except SigningError as err:
-        raise UsageError(str(err)) from None
-
-
 def read_params(path: str) -> dict[str, str]:
     """A params file: a YAML or JSON mapping; every value becomes the text Jenkins receives."""
     try:
@@ -164,10 +114,6 @@ def read_params(path: str) -> dict[str, str]:
         return policy.params_as_text(raw)
     except ValueError as err:
         raise UsageError(f"params file {path}: {err}") from None
-
-
-def new_workflow_id(service: str, environment: str) -> str:
-    return f"deploy-{service}-{environment}-{uuid.uuid4().hex[:8]}"
 
 
 # ------------------------------------------------------------------------------------------ commands
@@ -232,138 +178,11 @@ def start(
     run(go)
 
 
-async def start_deploy(
-    client: Client,
-    config: Config,
-    process: Process,
-    service: str,
-    environment: str,
-    params: dict[str, str],
-    version: str | None,
-    actor: str,
-    release: str | None = None,
-    key: str | None = None,
-) -> tuple[str, str]:
-    """Check what the local config allows (early, friendly refusals), then start the deploy with the
-    caller's signed intent and wait for the workers' verdict on it: theirs is the one that counts.
-
-    Returns its workflow id and Web UI link. Raises Refused, UsageError or ConfigError.
-    """
-    spec = config.service(service)
-    cloud = config.cloud(environment)
-    window = None
-    if process is Process.RELEASE:
-        windows = release_windows(config)
-        window, reason = policy.choose_window(
-            windows, release, datetime.now(UTC), config.release.lead_time_days
-        )
-        if window is None:
-            raise Refused(reason or "no release window")
-    elif release:
-        raise UsageError("--release goes with `start release`")
-    reason = policy.start_refusal(cloud, spec.valkyr, version, service, actor, spec.code_owners)
-    if reason:
-        raise Refused(reason)
-    defs = await _inspect_job(client, config, spec.jenkins_job)
-    reason = policy.params_refusal(defs.parameters, params, spec.jenkins_job)
-    if reason:
-        raise Refused(reason if reason.endswith("params file") else reason + "; fix the params file")
-    shown = policy.shown_params(params, policy.password_names(defs.parameters))
-    indexed = await has_search_attributes(client)
-    wid = new_workflow_id(service, environment)
-    first = steps_for(process, cloud, spec.valkyr)[0].step
-    intent: dict[str, Any] = {
-        "process": process.value,
-        "service": service,
-        "environment": environment,
-        "params": params,
-        "actor": actor,
-        "channel": "cli",
-    }
-    if version is not None:
-        intent["version"] = version
-    if release is not None:
-        intent["release"] = release
-    handle = await client.start_workflow(
-        "Deploy",
-        signed(intent, wid, "start", signing_key(key, actor)),
-        id=wid,
-        result_type=DeployResult,
-        task_queue=config.task_queue,
-        search_attributes=None
-        if not indexed
-        else TypedSearchAttributes(
-            [
-                SearchAttributePair(sa.SERVICE, service),
-                SearchAttributePair(sa.ENVIRONMENT, environment),
-                SearchAttributePair(sa.CLOUD, cloud.value),
-                SearchAttributePair(sa.STEP, first.value),
-            ]
-        ),
-        static_summary=f"{process.value.upper()} deploy of {service} to {environment} ({cloud.value}-cloud), opened by {actor}",
-        static_details=f"PCCR parameters:\n\n```\n{yaml.safe_dump(shown, sort_keys=True).strip()}\n```",
-    )
-    await admitted(handle)
-    return wid, f"{config.ui_url.rstrip('/')}/namespaces/{client.namespace}/workflows/{wid}"
-
-
-async def admitted(handle: Any) -> None:
-    """Wait for the workers' verdict on a start; Refused (the deploy opened nothing) with its reason."""
-    try:
-        await handle.execute_update("admission", result_type=str)
-    except WorkflowUpdateFailedError as err:
-        cause = err.cause
-        raise Refused(cause.message if isinstance(cause, ApplicationError) else str(cause or err)) from None
-    except RPCError as err:
-        if "completed" not in err.message.lower():
-            raise
-        result = await handle.result()  # refused before the update arrived
-        raise Refused(result.reason or f"the workers ended the deploy {result.outcome.value}") from None
-
-
-async def has_search_attributes(client: Client) -> bool:
-    """Whether the namespace has deployctl's search attributes (the worker creates them at start-up)."""
-    try:
-        have = await client.operator_service.list_search_attributes(
-            ListSearchAttributesRequest(namespace=client.namespace)
-        )
-    except RPCError as err:
-        if err.status in (RPCStatusCode.UNIMPLEMENTED, RPCStatusCode.PERMISSION_DENIED):
-            return False
-        raise
-    missing = [k.name for k in sa.ALL if k.name not in have.custom_attributes]
-    if missing:
-        click.echo(
-            f"deployctl: warning: search attributes {', '.join(missing)} are missing; start a worker once "
-            "(it creates them) so deploys show in `deployctl list` and the Web UI",
-            err=True,
-        )
-    return not missing
-
-
 def _config_or_exit(ctx: click.Context) -> Config:
     try:
         return _config(ctx)
     except ConfigError as err:
         fail(EXIT_USAGE, str(err))
-
-
-async def _inspect_job(client: Client, config: Config, job: str) -> JobParametersResult:
-    from temporalio.client import WorkflowFailureError
-
-    try:
-        return await client.execute_workflow(
-            "InspectJob",
-            JobParametersInput(job=job),
-            id=f"inspect-job-{uuid.uuid4().hex[:8]}",
-            task_queue=config.task_queue,
-            result_type=JobParametersResult,
-        )
-    except WorkflowFailureError as err:
-        cause: BaseException = err
-        while cause.__cause__ is not None:
-            cause = cause.__cause__
-        raise Refused(f"cannot read the parameters of Jenkins job {job}: {cause}") from None
 
 
 def _action_command(action: Action) -> None:
@@ -424,86 +243,6 @@ async def _send(
     signing_key(key, who, strict=True)
     await send_action(client, workflow_id, action, msg, key=key)
     click.echo(f"{action.value} accepted at {step} on {workflow_id}")
-
-
-async def read_status(client: Client, workflow_id: str) -> DeployStatus:
-    """The deploy's `status`; Unreadable, in one line, when the workflow does not answer it (not found
-    stays an RPCError: "not found: …")."""
-    try:
-        return await client.get_workflow_handle(workflow_id).query("status", result_type=DeployStatus)
-    except WorkflowQueryFailedError as err:
-        raise Unreadable(
-            f"cannot read the status of {workflow_id}: {policy.one_line(str(err), 300)}"
-        ) from None
-    except RPCError as err:
-        if err.status is RPCStatusCode.NOT_FOUND:
-            raise
-        raise Unreadable(
-            f"cannot read the status of {workflow_id}: {policy.one_line(err.message, 300)}"
-        ) from None
-
-
-async def current_step(client: Client, workflow_id: str) -> str:
-    return (await read_status(client, workflow_id)).step.value
-
-
-def action_payload(msg: Any) -> Any:
-    """What is sent (and signed): the fields given, nothing filled in; anything else as it is."""
-    if isinstance(msg, dict):
-        return dict(msg)
-    if isinstance(msg, ActionInput):
-        return msg.model_dump(mode="json", exclude_none=True)
-    return msg
-
-
-#: The server turns Updates away while a deploy's workflow task is being retried (a worker died holding
-#: it; the retry comes after the task's 10 s timeout). Nothing changed, so the action is sent again.
-TASK_RETRYING = "Workflow Task in failed state"
-RETRY_WHILE_RECOVERING = (1.0, 2.0, 3.0, 5.0, 5.0)  # seconds between tries: ~16 s in all
-
-
-async def send_action(
-    client: Client,
-    workflow_id: str,
-    action: Action,
-    msg: ActionInput | dict[str, Any],
-    pauses: tuple[float, ...] = RETRY_WHILE_RECOVERING,
-    *,
-    key: str | None = None,
-    sign: bool = True,
-) -> ActionResult:
-    """Send one action as an Update, signed with `key` (else $DEPLOYCTL_SIGNING_KEY; `sign=False` sends
-    `msg` exactly as given); a refusal becomes Refused with the workflow's one-line reason.
-
-    While the deploy recovers from a worker crash (the server says its workflow task is being retried)
-    the same Update is sent again after each of `pauses`, then refused with what to do."""
-    payload = action_payload(msg)
-    actor = payload.get("actor") if isinstance(payload, dict) else None
-    if sign and isinstance(actor, str) and "signature" not in payload:
-        payload = signed(payload, workflow_id, action.value, signing_key(key, actor))
-    for pause in (*pauses, None):
-        try:
-            return await client.get_workflow_handle(workflow_id).execute_update(
-                action.value, payload, result_type=ActionResult
-            )
-        except WorkflowUpdateFailedError as err:
-            cause = err.cause
-            if isinstance(cause, ApplicationError) and cause.type == "Refused":
-                raise Refused(cause.message) from None
-            raise Refused(str(cause or err)) from None
-        except RPCError as err:
-            if "completed" in err.message.lower():
-                raise Refused(f"{workflow_id} is finished; {action.value} changes nothing") from None
-            if TASK_RETRYING not in err.message:
-                raise
-            if pause is None:
-                raise Refused(
-                    f"{workflow_id} is recovering from a worker crash (its workflow task is being retried) "
-                    f"and took no {action.value}; nothing changed: try again in a minute, and if it persists "
-                    "see docs/replay.md"
-                ) from None
-            await asyncio.sleep(pause)
-    raise AssertionError("unreachable")
 
 
 for _a in Action:
@@ -637,44 +376,6 @@ def list_(
     run(go)
 
 
-def list_query(service: str | None, environment: str | None, waiting_on: str | None, show_all: bool) -> str:
-    def q(v: str) -> str:
-        return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-    parts = ["WorkflowType = 'Deploy'"]
-    if service:
-        parts.append(f"DeployService = {q(service)}")
-    if environment:
-        parts.append(f"DeployEnvironment = {q(environment)}")
-    if waiting_on:
-        parts.append(f"DeployWaitingOn = {q(waiting_on)}")
-    if not show_all:
-        parts.append("ExecutionStatus = 'Running'")
-    return " AND ".join(parts)
-
-
-async def list_deploys(
-    client: Client, service: str | None, environment: str | None, waiting_on: str | None, show_all: bool
-) -> list[dict[str, Any]]:
-    rows = []
-    async for wf in client.list_workflows(list_query(service, environment, waiting_on, show_all)):
-        attrs = wf.typed_search_attributes
-        rows.append(
-            {
-                "workflow_id": wf.id,
-                "service": attrs.get(sa.SERVICE),
-                "environment": attrs.get(sa.ENVIRONMENT),
-                "cloud": attrs.get(sa.CLOUD),
-                "step": attrs.get(sa.STEP),
-                "waiting_on": list(attrs.get(sa.WAITING_ON) or []),
-                "outcome": attrs.get(sa.OUTCOME),
-                "status": wf.status.name.lower() if wf.status else None,
-                "started": wf.start_time.isoformat() if wf.start_time else None,
-            }
-        )
-    return rows
-
-
 @cli.command()
 @click.argument("workflow_id")
 @click.option("--format", "fmt", type=click.Choice(list(AUDIT_FORMATS)), default="md", show_default=True)
@@ -695,11 +396,7 @@ def audit(ctx: click.Context, workflow_id: str, fmt: str, query_timeout: float) 
 
     async def go() -> None:
         client = await connect()
-        try:
-            text = await audit_export(client, workflow_id, fmt, query_timeout=query_timeout)
-        except ValueError as err:  # from history: not a deploy's workflow
-            raise UsageError(str(err)) from None
-        click.echo(text)
+        click.echo(await audit_text(client, workflow_id, fmt, query_timeout=query_timeout))
 
     run(go)
 
@@ -750,10 +447,6 @@ def render_plan(config: Config, service: str, environment: str, process: Process
         actions = "/".join(a.value for a in defn.actions) or "-"
         out.append(f"{i:2}. {defn.step.value:<20} {actions:<22} {who}{limit}\n      {defn.does}")
     return "\n".join(out)
-
-
-def release_windows(config: Config) -> list[ReleaseWindow]:
-    return [ReleaseWindow(name=w.name, start=w.start, end=w.end) for w in config.release.windows]
 
 
 @cli.command()
@@ -819,7 +512,7 @@ def dev(ctx: click.Context, port: int, ui_port: int) -> None:
     """The embedded stack: Temporal dev server (SQLite), Web UI, worker, Jenkins and Slack simulators."""
     from starter import devstack
 
-    sys.exit(devstack.dev_main(port, ui_port, ctx.obj.get("config")))
+    sys.exit(devstack.dev_main(_embedded_worker, port, ui_port, ctx.obj.get("config")))
 
 
 @cli.command()
@@ -828,7 +521,17 @@ def demo(ctx: click.Context) -> None:
     """The embedded stack on free ports, then a whole scripted deploy; prints the audit and the outcome."""
     from starter import devstack
 
-    sys.exit(devstack.demo_main())
+    sys.exit(devstack.demo_main(_embedded_worker))
+
+
+@contextlib.asynccontextmanager
+async def _embedded_worker(client: Client, config: Config) -> AsyncIterator[None]:
+    """The dev stack's worker: worker.py's, imported only by the commands that run one (dev, demo, worker)."""
+    from worker import create_worker, ensure_search_attributes
+
+    await ensure_search_attributes(client)
+    async with create_worker(client, config):
+        yield
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -203,6 +203,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+#: The worker the stack runs, given by the commands that start it (`deployctl dev`, `demo`): worker.py's,
+#: with its search attributes ensured first. starter/ imports no worker itself (issue 14).
+RunWorker = Callable[[Client, Config], contextlib.AbstractAsyncContextManager[object]]
+
+
 @dataclass
 class Stack:
     client: Client
@@ -217,11 +222,14 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def embedded_stack(
-    port: int, ui_port: int, db_file: Path | None, release_in: timedelta | None = None, quiet: bool = False
+    run_worker: RunWorker,
+    port: int,
+    ui_port: int,
+    db_file: Path | None,
+    release_in: timedelta | None = None,
+    quiet: bool = False,
 ) -> AsyncIterator[Stack]:
-    """Start the simulators, the dev server and one worker; stop them all on the way out."""
-    from worker import create_worker, ensure_search_attributes
-
+    """Start the simulators, the dev server and one worker (`run_worker`); stop them all on the way out."""
     STATE_DIR.mkdir(exist_ok=True)
     jenkins = FakeJenkins(users={"deploy-bot": SIM_JENKINS_TOKEN})
     jenkins.add_job(  # its input has no `id:`, as most pipelines write it: Jenkins names it from the message
@@ -276,8 +284,7 @@ async def embedded_stack(
             dev_server_log_level="error",
         )
         async with env:
-            await ensure_search_attributes(env.client)
-            async with create_worker(env.client, config):
+            async with run_worker(env.client, config):
                 yield Stack(
                     env.client, config, config_path, jenkins, slack, github, ui_url, f"127.0.0.1:{port}"
                 )
@@ -287,7 +294,7 @@ async def embedded_stack(
         github.stop()
 
 
-def dev_main(port: int, ui_port: int, config_path: str | None) -> int:
+def dev_main(run_worker: RunWorker, port: int, ui_port: int, config_path: str | None) -> int:
     taken = [p for p in (port, ui_port) if not port_free(p)]
     if taken:
         print(
@@ -304,7 +311,7 @@ def dev_main(port: int, ui_port: int, config_path: str | None) -> int:
         )
 
     async def serve() -> None:
-        async with embedded_stack(port, ui_port, STATE_DIR / "temporal.db") as stack:
+        async with embedded_stack(run_worker, port, ui_port, STATE_DIR / "temporal.db") as stack:
             params = STATE_DIR / "params.yaml"
             params.write_text("".join(f'{k}: "{v}"\n' for k, v in DEMO_PARAMS.items()))
             print(f"Temporal Web UI:   {stack.ui_url}")
@@ -382,7 +389,8 @@ async def run_demo(
     stack: Stack, title: str, process: Process, environment: str, version: str | None, script: Script
 ) -> DeployStatus:
     """Start one deploy and act as its people would, through the same Update path as the CLI."""
-    from starter.cli import Refused, render_audit, send_action, start_deploy
+    from starter.audit import render_audit
+    from starter.client import Refused, send_action, start_deploy
 
     client = stack.client
     print(f"\n## {title}", flush=True)
@@ -415,7 +423,7 @@ async def run_demo(
     return final
 
 
-def demo_main() -> int:
+def demo_main(run_worker: RunWorker) -> int:
     # The demo's output is the deploy; the SDK's notes on activities cancelled at shutdown are not.
     logging.getLogger("temporalio").setLevel(logging.ERROR)
 
@@ -427,7 +435,7 @@ def demo_main() -> int:
         )
         window_opens = timedelta(seconds=25)
         async with embedded_stack(
-            free_port(), free_port(), None, release_in=window_opens, quiet=True
+            run_worker, free_port(), free_port(), None, release_in=window_opens, quiet=True
         ) as stack:
             print(f"Temporal Web UI: {stack.ui_url}", flush=True)
             runs = [

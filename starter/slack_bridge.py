@@ -22,7 +22,7 @@ retries and double clicks are therefore harmless: the step guard accepts one act
 
 Temporal calls run on one asyncio loop in a background thread (`TemporalRunner`); Bolt's listener
 threads hand them over with `asyncio.run_coroutine_threadsafe`. Outbound Slack calls go through the
-WebClient of `activities.slack.make_web_client` (429 Retry-After handling).
+WebClient of `starter.slack_api.make_web_client` (429 Retry-After handling), as the worker's are.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from concurrent.futures import TimeoutError as FutureTimeout
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -53,10 +53,9 @@ from slack_sdk.errors import SlackApiError
 from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.slack import make_web_client
-from starter.audit import _opening as opening_of  # the start's intent and the workers' first rules
-from starter.cli import Refused, send_action
+from starter.client import Refused, connect, deploy_opening, query_status, send_action
 from starter.config import Config, ConfigError, secret
+from starter.slack_api import make_web_client
 from workflows import messages
 from workflows.models import ActionInput, DeployStatus
 from workflows.slack_blocks import ACTION_PREFIX, Click, done_blocks, done_text, parse_click
@@ -391,13 +390,10 @@ async def _look_up(client: Client, workflow_id: str, user: str) -> _Seen:
     """The deploy's status (or why the query failed) and its people, as far as needed to tell whether
     `user` is one of them: the status first; the history (requester, the workers' code owners) only when
     the status does not name them, or did not come. NOT_FOUND (no such deploy) propagates."""
-    handle = client.get_workflow_handle(workflow_id)
     st: DeployStatus | None = None
     trouble: BaseException | None = None
     try:
-        st = await handle.query(
-            "status", result_type=DeployStatus, rpc_timeout=timedelta(seconds=QUERY_RPC_TIMEOUT)
-        )
+        st = await query_status(client, workflow_id, rpc_timeout=QUERY_RPC_TIMEOUT)
     except RPCError as err:
         if err.status is RPCStatusCode.NOT_FOUND:
             raise
@@ -408,7 +404,7 @@ async def _look_up(client: Client, workflow_id: str, user: str) -> _Seen:
     if user in people:
         return st, None, people
     try:
-        intent, _, rules = await opening_of(handle.fetch_history_events(page_size=50), client.data_converter)
+        intent, _, rules = await deploy_opening(client, workflow_id)
     except RPCError as err:
         if err.status is RPCStatusCode.NOT_FOUND:
             raise
@@ -686,8 +682,6 @@ def run_bridge(host: str, port: int, config: Config) -> int:
 
     Missing secrets raise ConfigError (the CLI exits 2); returns the exit code otherwise.
     """
-    from starter.temporal import connect
-
     bot_token = secret("SLACK_BOT_TOKEN")
     app_token = secret("SLACK_APP_TOKEN", required=False)
     signing_secret = None if app_token else secret("SLACK_SIGNING_SECRET")

@@ -33,7 +33,7 @@ from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, Telemetr
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
-from starter.cli import send_action, start_deploy
+from starter.client import send_action, start_deploy
 from starter.config import Config, load_config
 from starter.devstack import wait_for_step
 from starter.simulators.github import FakeGitHub

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from temporalio.client import Client
 
-from starter.cli import Refused, send_action, start_deploy
+from starter.client import Refused, send_action, start_deploy
 from starter.devstack import wait_for_step
 from starter.signing import sign_payload
 from tests import keys

@@ -45,8 +45,8 @@ from starter.audit import (
     record_from_history,
     render_audit,
 )
-from starter.cli import Refused, send_action, start_deploy
 from starter.cli import render_audit as cli_render_audit
+from starter.client import Refused, send_action, start_deploy
 from starter.devstack import wait_for_step
 from starter.signing import sign_payload
 from starter.simulators.github import FakeGitHub

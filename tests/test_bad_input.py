@@ -30,7 +30,8 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 
-from starter.cli import Refused, UsageError, read_params, send_action, start_deploy
+from starter.cli import read_params
+from starter.client import Refused, UsageError, send_action, start_deploy
 from starter.config import ENV_OVERRIDES, Config, ConfigError, load_config
 from starter.devstack import wait_for_step
 from tests import keys

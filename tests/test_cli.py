@@ -355,7 +355,7 @@ def test_a_key_directory_is_looked_up_by_plain_user_ids_only(tmp_path: Path):
     """A directory of per-user keys (dev, demo) names files by user id; an actor that is a path or longer
     than a file name finds no key (it was an OSError traceback for an actor of 1,000 characters, found by
     test_bad_input's hypothesis run), so it is sent unsigned, or refused at the CLI."""
-    from starter.cli import UsageError, signing_key
+    from starter.client import UsageError, signing_key
 
     keydir = tmp_path / "keys"
     keydir.mkdir()

@@ -23,7 +23,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from starter.cli import Refused, send_action, start_deploy
+from starter.client import Refused, send_action, start_deploy
 from starter.devstack import (
     COM_SCRIPT,
     DIFF,

@@ -8,7 +8,7 @@ import pytest
 from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import Client
 
-from starter.cli import Refused, send_action, start_deploy
+from starter.client import Refused, send_action, start_deploy
 from starter.devstack import wait_for_step
 from starter.simulators.jenkins import FakeJenkins
 from starter.simulators.slack import FakeSlack

@@ -8,7 +8,7 @@ import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from starter.cli import Refused, send_action, start_deploy
+from starter.client import Refused, send_action, start_deploy
 from starter.devstack import wait_for_step
 from starter.simulators.github import FakeGitHub
 from starter.simulators.jenkins import FakeJenkins

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from starter.cli import send_action
+from starter.client import send_action
 from starter.devstack import wait_for_step
 from starter.simulators.github import FakeGitHub
 from starter.simulators.jenkins import FakeJenkins
@@ -186,7 +186,7 @@ async def test_a_refused_update_is_logged_as_one_json_line(
     import json
     import logging
 
-    from starter.cli import Refused
+    from starter.client import Refused
 
     wid = await start_oow(client, deployment)
     await wait_for_step(client, wid, Step.PCCR_REVIEW, GATE1)
@@ -270,7 +270,7 @@ async def test_a_refused_action_is_counted_in_the_refusals_metric(
 async def test_the_gatekeeper_sees_every_parameter_they_approve(
     client: Client, deployment: Deployment, worker: None, slack: FakeSlack
 ):
-    from starter.cli import start_deploy
+    from starter.client import start_deploy
     from tests.conftest import PARAMS
     from workflows.models import Process
 

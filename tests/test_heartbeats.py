@@ -22,7 +22,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities import common
 from activities.common import sleep_unless_cancelled
-from starter.cli import send_action
+from starter.client import send_action
 from tests.conftest import OWNER, Deployment
 from tests.support import start_gov, to_merge
 from workflows.models import Action, ActionInput, DeployResult, Outcome, Step

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from temporalio.client import Client
 
-from starter.cli import send_action, start_deploy
+from starter.client import send_action, start_deploy
 from starter.devstack import wait_for_step
 from starter.simulators.jenkins import FakeJenkins
 from tests.conftest import OWNER, PARAMS, SRE1, SRE2, Deployment, eventually

@@ -10,7 +10,7 @@ import httpx
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from starter.cli import send_action, start_deploy
+from starter.client import send_action, start_deploy
 from starter.devstack import wait_for_step
 from starter.simulators.github import FakeGitHub
 from starter.simulators.jenkins import FakeJenkins

@@ -20,7 +20,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from starter.cli import TASK_RETRYING, Refused, send_action
+from starter.client import TASK_RETRYING, Refused, send_action
 from workflows.models import Action, ActionInput, ActionResult, Step
 
 BROKEN = {"now": True}  # read by the workflow below (unsandboxed): its task fails while this is True

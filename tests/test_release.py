@@ -12,7 +12,8 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from starter.cli import Refused, render_releases, start_deploy
+from starter.cli import render_releases
+from starter.client import Refused, start_deploy
 from starter.devstack import wait_for_step
 from starter.simulators.jenkins import FakeJenkins
 from starter.simulators.slack import FakeSlack

@@ -28,10 +28,11 @@ from temporalio.testing import ActivityEnvironment
 from activities.common import MASK, scrub, scrubbed
 from activities.github import GithubActivities
 from activities.jenkins import JenkinsActivities
-from activities.slack import SlackActivities, make_web_client
+from activities.slack import SlackActivities
 from starter.simulators.github import FakeGitHub
 from starter.simulators.jenkins import FakeJenkins
 from starter.simulators.slack import FakeSlack
+from starter.slack_api import make_web_client
 from workflows.models import (
     JobParametersInput,
     MergePrInput,

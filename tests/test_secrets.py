@@ -28,7 +28,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.jenkins import JenkinsActivities
 from starter import logs
 from starter.audit import FORMATS, audit_export, record_from_history, render_audit
-from starter.cli import Refused, admitted, new_workflow_id, signed, start_deploy
+from starter.client import Refused, admitted, new_workflow_id, signed, start_deploy
 from starter.devstack import wait_for_step
 from starter.simulators.github import FakeGitHub
 from starter.simulators.jenkins import FakeJenkins

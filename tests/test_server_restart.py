@@ -11,7 +11,7 @@ import pytest_asyncio
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from starter.cli import send_action, start_deploy
+from starter.client import send_action, start_deploy
 from starter.devstack import wait_for_step
 from starter.simulators.jenkins import FakeJenkins
 from starter.simulators.slack import FakeSlack

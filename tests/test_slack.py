@@ -26,8 +26,9 @@ from slack_sdk.socket_mode.response import SocketModeResponse
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.slack import PERMANENT_ERRORS, SlackActivities, make_web_client
+from activities.slack import PERMANENT_ERRORS, SlackActivities
 from starter.simulators.slack import FakeSlack, sign_request
+from starter.slack_api import make_web_client
 from workflows.models import SlackPostInput, SlackUpdateInput, UsergroupInput
 
 pytestmark = pytest.mark.timeout(10)

@@ -28,12 +28,13 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from activities.slack import make_web_client
 from starter import slack_bridge
-from starter.cli import cli, send_action, start_deploy
+from starter.cli import cli
+from starter.client import send_action, start_deploy
 from starter.devstack import wait_for_step
 from starter.simulators.jenkins import FakeJenkins
 from starter.simulators.slack import FakeSlack, sign_request
+from starter.slack_api import make_web_client
 from starter.slack_bridge import (
     EVENTS_PATH,
     MAX_BODY,

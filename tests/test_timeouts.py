@@ -12,7 +12,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from starter.cli import start_deploy
+from starter.client import start_deploy
 from starter.simulators.jenkins import FakeJenkins
 from starter.simulators.slack import FakeSlack
 from tests.conftest import (

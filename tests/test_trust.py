@@ -14,7 +14,7 @@ import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from starter.cli import Refused, send_action, start_deploy
+from starter.client import Refused, send_action, start_deploy
 from starter.config import load_config
 from starter.devstack import wait_for_step
 from starter.signing import sign_payload, throwaway_key
@@ -485,7 +485,7 @@ async def test_start_learns_the_refusal_even_after_the_deploy_ended(
     client: Client, deployment: Deployment, worker: None
 ):
     """`deployctl start` asks for the workers' verdict; a deploy already ended by then still answers."""
-    from starter.cli import admitted
+    from starter.client import admitted
 
     handle = await client.start_workflow(
         "Deploy",

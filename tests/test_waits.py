@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
-from starter.cli import Refused, send_action, start_deploy
+from starter.client import Refused, send_action, start_deploy
 from starter.devstack import wait_for_step
 from starter.simulators.github import FakeGitHub
 from starter.simulators.jenkins import FROM_MESSAGE, FakeJenkins, jenkins_input_id

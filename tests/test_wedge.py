@@ -47,7 +47,7 @@ from temporalio.client import Client, WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from starter.cli import send_action, start_deploy
+from starter.client import send_action, start_deploy
 from starter.config import ConfigError
 from starter.simulators.slack import FakeSlack
 from tests.conftest import GATE1, GATE2, OWNER, PARAMS, Deployment, eventually
@@ -418,9 +418,9 @@ def test_workflow_cache_size_setting():
 
 
 async def _w1() -> None:
+    from starter.client import connect
     from starter.config import load_config
     from starter.logs import setup_logging
-    from starter.temporal import connect
 
     setup_logging()
     config = load_config(None)
