@@ -57,8 +57,8 @@ from starter.client import Refused, connect, deploy_opening, query_status, send_
 from starter.config import Config, ConfigError, secret
 from starter.slack_api import make_web_client
 from workflows import messages
-from workflows.models import ActionInput, DeployStatus
-from workflows.slack_blocks import ACTION_PREFIX, Click, done_blocks, done_text, parse_click
+from workflows.models import ActionInput, Click, DeployStatus
+from workflows.slack_blocks import ACTION_PREFIX, done_blocks, done_text, parse_click
 
 T = TypeVar("T")
 

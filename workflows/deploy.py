@@ -28,7 +28,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.slack import SlackActivities
     from workflows import messages, policy, slack_blocks, trust
     from workflows import search_attributes as sa
-    from workflows.lock import LOCK_UPDATE, LockCall, LockRequest, LockUpdate, lock_id
+    from workflows.lock import LOCK_UPDATE, lock_id
     from workflows.models import (
         MAX_ID,
         AbortBuildInput,
@@ -48,6 +48,9 @@ with workflow.unsafe.imports_passed_through():
         InputState,
         JobParametersInput,
         LabelsInput,
+        LockCall,
+        LockRequest,
+        LockUpdate,
         MergePrInput,
         OpenIssueInput,
         OpenVersionPrInput,
