@@ -35,7 +35,6 @@ from starter.client import (
     current_step,
     list_deploys,
     read_status,
-    release_windows,
     send_action,
     signed,
     signing_key,
@@ -459,7 +458,7 @@ def releases(ctx: click.Context) -> None:
 
 def render_releases(config: Config, now: datetime) -> str:
     lead = config.release.lead_time_days
-    coming = sorted((w for w in release_windows(config) if w.end > now), key=lambda w: w.start)
+    coming = sorted((w for w in config.release.windows if w.end > now), key=lambda w: w.start)
     if not coming:
         return "no coming release windows; add them to [release] windows"
     ok = policy.eligible_windows(coming, now, lead)

@@ -49,7 +49,6 @@ from workflows.models import (
     JobParametersInput,
     JobParametersResult,
     Process,
-    ReleaseWindow,
     Rules,
     StartIntent,
 )
@@ -144,10 +143,6 @@ def new_workflow_id(service: str, environment: str) -> str:
     return f"deploy-{service}-{environment}-{uuid.uuid4().hex[:8]}"
 
 
-def release_windows(config: Config) -> list[ReleaseWindow]:
-    return [ReleaseWindow(name=w.name, start=w.start, end=w.end) for w in config.release.windows]
-
-
 async def start_deploy(
     client: Client,
     config: Config,
@@ -169,9 +164,8 @@ async def start_deploy(
     cloud = config.cloud(environment)
     window = None
     if process is Process.RELEASE:
-        windows = release_windows(config)
         window, reason = policy.choose_window(
-            windows, release, datetime.now(UTC), config.release.lead_time_days
+            list(config.release.windows), release, datetime.now(UTC), config.release.lead_time_days
         )
         if window is None:
             raise Refused(reason or "no release window")
