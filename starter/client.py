@@ -38,7 +38,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from starter.audit import audit_export, opening
 from starter.config import Config
 from starter.signing import SigningError, sign_payload
-from workflows import policy
+from workflows import messages, policy
 from workflows import search_attributes as sa
 from workflows.models import (
     Action,
@@ -214,7 +214,7 @@ async def start_deploy(
         static_details=f"PCCR parameters:\n\n```\n{yaml.safe_dump(shown, sort_keys=True).strip()}\n```",
     )
     await admitted(handle)
-    return wid, f"{config.ui_url.rstrip('/')}/namespaces/{client.namespace}/workflows/{wid}"
+    return wid, messages.ui_link(config.ui_url, client.namespace, wid)
 
 
 async def admitted(handle: Any) -> None:

@@ -120,6 +120,7 @@ class DeploySettings(BaseModel):
 # ---------------------------------------------------------------------------------------------------
 # Messages (SPEC §4)
 
+SYSTEM = "deployctl"  # the actor of the workflow's own audit entries (notes, notify_failed, …)
 MAX_COMMENT = 1000  # characters of a comment (SPEC §10)
 MAX_ID = 64
 SLACK_ID = r"^[UW][A-Z0-9]+$"  # a Slack user id, as people are named everywhere
