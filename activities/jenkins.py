@@ -68,7 +68,7 @@ from workflows.models import (
     WatchInputInput,
     WatchInputResult,
 )
-from workflows.policy import is_password, secret_env
+from workflows.policy import is_password, param_text, secret_env
 
 T = TypeVar("T")
 
@@ -143,15 +143,6 @@ def extract_diff(console: str, begin: str, end: str) -> list[str] | None:
 def diff_text(lines: list[str]) -> str:
     """The diff as hashed: the lines joined with "\\n" plus a final "\\n"."""
     return "\n".join(lines) + "\n"
-
-
-def param_text(value: Any) -> str | None:
-    """A parameter value as Jenkins receives it: text, `true`/`false` for booleans."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 def parameter_definitions(job_info: dict[str, Any]) -> list[JobParameter]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from temporalio import activity
 from temporalio.client import Client
 
-from workflows.lock import LockCall, LockRequest, LockState, lock_id
+from workflows.lock import lock_id
+from workflows.models import LockCall, LockRequest, LockState
 
 
 class LockActivities:

@@ -35,7 +35,6 @@ from starter.client import (
     current_step,
     list_deploys,
     read_status,
-    release_windows,
     send_action,
     signed,
     signing_key,
@@ -313,33 +312,12 @@ def status(ctx: click.Context, workflow_id: str, as_json: bool) -> None:
     async def go() -> None:
         client = await connect()
         st = await read_status(client, workflow_id)
-        st.waiting_for = messages.waiting_line(st.waiting_for, st.waiting_since, datetime.now(UTC))
+        now = datetime.now(UTC)
         if as_json:
+            st.waiting_for = messages.waiting_line(st.waiting_for, st.waiting_since, now)
             click.echo(st.model_dump_json(indent=2))
             return
-        click.echo(
-            f"{st.workflow_id}: {st.process.value} {st.service} → {st.environment} ({st.cloud.value if st.cloud else 'cloud not known yet'}-cloud)"
-        )
-        click.echo(
-            f"step:        {st.step.value}"
-            + (f"   outcome: {st.outcome.value} ({st.outcome_reason})" if st.outcome else "")
-        )
-        click.echo(f"waiting on:  {', '.join(st.waiting_on) or '-'}")
-        click.echo(f"may act:     {', '.join(a.value for a in st.allowed_actions) or '-'}")
-        if st.waiting_for:
-            click.echo(f"waits for:   {st.waiting_for}")
-        if st.sre:
-            click.echo(f"SRE:         {st.sre}")
-        if st.build.url:
-            click.echo(f"build:       {st.build.url} (diff sha256 {st.build.diff_sha256 or '-'})")
-        click.echo(f"PCCR:        {st.pccr.url if st.pccr else '-'} [{st.pccr.state if st.pccr else '-'}]")
-        if st.version_pr:
-            shown = (
-                f" (head {st.version_pr_head_sha[:12]}, diff sha256 {st.version_pr_diff_sha256 or '-'})"
-                if st.version_pr_head_sha
-                else ""
-            )
-            click.echo(f"version PR:  {st.version_pr}{shown}")
+        click.echo("\n".join(messages.status_lines(st, now)))
 
     run(go)
 
@@ -459,7 +437,7 @@ def releases(ctx: click.Context) -> None:
 
 def render_releases(config: Config, now: datetime) -> str:
     lead = config.release.lead_time_days
-    coming = sorted((w for w in release_windows(config) if w.end > now), key=lambda w: w.start)
+    coming = sorted((w for w in config.release.windows if w.end > now), key=lambda w: w.start)
     if not coming:
         return "no coming release windows; add them to [release] windows"
     ok = policy.eligible_windows(coming, now, lead)

@@ -38,7 +38,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from starter.audit import audit_export, opening
 from starter.config import Config
 from starter.signing import SigningError, sign_payload
-from workflows import policy
+from workflows import messages, policy
 from workflows import search_attributes as sa
 from workflows.models import (
     Action,
@@ -49,7 +49,6 @@ from workflows.models import (
     JobParametersInput,
     JobParametersResult,
     Process,
-    ReleaseWindow,
     Rules,
     StartIntent,
 )
@@ -144,10 +143,6 @@ def new_workflow_id(service: str, environment: str) -> str:
     return f"deploy-{service}-{environment}-{uuid.uuid4().hex[:8]}"
 
 
-def release_windows(config: Config) -> list[ReleaseWindow]:
-    return [ReleaseWindow(name=w.name, start=w.start, end=w.end) for w in config.release.windows]
-
-
 async def start_deploy(
     client: Client,
     config: Config,
@@ -169,9 +164,8 @@ async def start_deploy(
     cloud = config.cloud(environment)
     window = None
     if process is Process.RELEASE:
-        windows = release_windows(config)
         window, reason = policy.choose_window(
-            windows, release, datetime.now(UTC), config.release.lead_time_days
+            list(config.release.windows), release, datetime.now(UTC), config.release.lead_time_days
         )
         if window is None:
             raise Refused(reason or "no release window")
@@ -220,7 +214,7 @@ async def start_deploy(
         static_details=f"PCCR parameters:\n\n```\n{yaml.safe_dump(shown, sort_keys=True).strip()}\n```",
     )
     await admitted(handle)
-    return wid, f"{config.ui_url.rstrip('/')}/namespaces/{client.namespace}/workflows/{wid}"
+    return wid, messages.ui_link(config.ui_url, client.namespace, wid)
 
 
 async def admitted(handle: Any) -> None:

@@ -32,6 +32,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
+    GetPydanticSchema,
     PrivateAttr,
     StrictBool,
     StrictInt,
@@ -40,6 +42,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import core_schema
 
 from workflows.models import (
     Cloud,
@@ -47,11 +50,11 @@ from workflows.models import (
     GroupSpec,
     PersonSpec,
     Process,
+    ReleaseWindow,
     Rules,
     ServiceSpec,
     Step,
 )
-from workflows.models import ReleaseWindow as ModelWindow
 from workflows.steps import sre_group, steps_for, triage_group
 
 __all__ = [
@@ -68,7 +71,6 @@ __all__ = [
     "GithubConfig",
     "JenkinsConfig",
     "ReleaseConfig",
-    "ReleaseWindow",
     "ServiceConfig",
     "SlackConfig",
     "load_config",
@@ -506,13 +508,15 @@ class SecurityConfig(_Table):
     max_signature_age: Duration = timedelta(minutes=5)
 
 
-class ReleaseWindow(_Table):
+class _WindowTable(_Table):
+    """A `[release] windows` entry as the file writes it; kept as the one `ReleaseWindow` (`Window`)."""
+
     name: Text
     start: UtcTimestamp
     end: UtcTimestamp
 
     @model_validator(mode="after")
-    def _end_after_start(self) -> ReleaseWindow:
+    def _end_after_start(self) -> _WindowTable:
         if self.end <= self.start:
             raise ValueError(
                 f"window {self.name!r} ends ({self.end:%Y-%m-%dT%H:%M:%SZ}) before it starts "
@@ -521,9 +525,24 @@ class ReleaseWindow(_Table):
         return self
 
 
+def _window_schema(_source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+    """Read as `_WindowTable` (strict, its errors named `release.windows[0].start`), keep as `ReleaseWindow`."""
+    return core_schema.no_info_after_validator_function(
+        lambda table: ReleaseWindow(name=table.name, start=table.start, end=table.end),
+        handler(_WindowTable),
+        serialization=core_schema.plain_serializer_function_ser_schema(
+            lambda window, info: window.model_dump(mode=info.mode), info_arg=True
+        ),
+    )
+
+
+#: A release window: the workflows' own `ReleaseWindow` (models.py), read with the file's rules.
+Window = Annotated[ReleaseWindow, GetPydanticSchema(_window_schema)]
+
+
 class ReleaseConfig(_Table):
     lead_time_days: Annotated[StrictInt, Field(ge=0, le=366)] = 14
-    windows: tuple[ReleaseWindow, ...] = ()
+    windows: tuple[Window, ...] = ()
 
     @field_validator("windows")
     @classmethod
@@ -673,7 +692,7 @@ class Config(_Table):
             config_path=self._source,
             config_sha256=self._sha256,
             settings=self.settings(namespace),
-            windows=[ModelWindow(name=w.name, start=w.start, end=w.end) for w in self.release.windows],
+            windows=list(self.release.windows),
             lead_time_days=self.release.lead_time_days,
             people={
                 uid: PersonSpec(ssh_keys=p.ssh_keys, github_login=p.github_login, jenkins_user=p.jenkins_user)

@@ -57,8 +57,8 @@ from starter.client import Refused, connect, deploy_opening, query_status, send_
 from starter.config import Config, ConfigError, secret
 from starter.slack_api import make_web_client
 from workflows import messages
-from workflows.models import ActionInput, DeployStatus
-from workflows.slack_blocks import ACTION_PREFIX, Click, done_blocks, done_text, parse_click
+from workflows.models import ActionInput, Click, DeployStatus
+from workflows.slack_blocks import ACTION_PREFIX, done_blocks, done_text, parse_click
 
 T = TypeVar("T")
 
@@ -449,36 +449,7 @@ def _shown(workflow_id: str) -> str:
 
 def status_summary(st: DeployStatus) -> str:
     """The `/deploy status` answer: step, who it waits on, outcome, links."""
-    lines = [f"*{st.process.value.upper()} deploy of {st.service} to {st.environment}* (`{st.workflow_id}`)"]
-    if st.outcome is not None:
-        lines.append(
-            f"outcome: *{st.outcome.value}*"
-            + (f" — {st.outcome_reason}" if st.outcome_reason else "")
-            + f" (ended at `{st.step.value}`)"
-        )
-    else:
-        waiting = " ".join(f"<@{u}>" for u in st.waiting_on) or "nobody (it is working)"
-        lines.append(f"step: `{st.step.value}` · waiting on: {waiting}")
-        acts = ", ".join(a.value for a in st.allowed_actions)
-        if acts:
-            lines.append(f"actions now: {acts}")
-        waits = messages.waiting_line(st.waiting_for, st.waiting_since, datetime.now(UTC))
-        if waits:
-            lines.append(f"waits for: {waits}")
-    if st.sre:
-        lines.append(f"SRE: <@{st.sre}>")
-    links = []
-    if st.pccr:
-        links.append(f"<{st.pccr.url}|PCCR> [{st.pccr.state}]")
-    if st.build.url:
-        links.append(f"<{st.build.url}|build #{st.build.number}>")
-    if st.version_pr:
-        links.append(f"<{st.version_pr}|version PR>")
-    if st.ui_url:
-        links.append(f"<{st.ui_url}|Temporal UI>")
-    if links:
-        lines.append(" · ".join(links))
-    return "\n".join(lines)
+    return "\n".join(messages.status_lines(st, datetime.now(UTC), "slack"))
 
 
 def _where(body: dict[str, Any]) -> tuple[str | None, str | None, str | None]:

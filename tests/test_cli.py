@@ -339,7 +339,7 @@ async def test_an_action_on_something_that_is_not_a_deploy_is_one_line(
 ):
     """`approve` without `--step` reads the step from the `status` query. When that query fails (the
     workflow is not a deploy, or its status cannot be read), the CLI says so in one line, no traceback."""
-    from workflows.lock import LockState
+    from workflows.models import LockState
 
     lock = await client.start_workflow(
         "DeployLock", LockState(), id=f"not-a-deploy-{deployment.service}", task_queue=deployment.task_queue

@@ -10,8 +10,17 @@ from starter.simulators.jenkins import FakeJenkins
 from tests.conftest import OWNER, PARAMS, SRE1, SRE2, Deployment, eventually
 from tests.support import act, status, to_trigger
 from worker import create_worker
-from workflows.lock import LockState, lock_id
-from workflows.models import Action, ActionInput, DeployResult, DeployStatus, Outcome, Process, Step
+from workflows.lock import lock_id
+from workflows.models import (
+    Action,
+    ActionInput,
+    DeployResult,
+    DeployStatus,
+    LockState,
+    Outcome,
+    Process,
+    Step,
+)
 
 
 async def test_second_deploy_waits_for_the_first_across_a_worker_restart(

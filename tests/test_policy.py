@@ -5,8 +5,20 @@ from __future__ import annotations
 import pytest
 
 from workflows import policy
-from workflows.messages import human_duration, triage_text
-from workflows.models import Action, ActionInput, Cloud, JobParameter, Process, Role, Step
+from workflows.messages import human_duration, status_lines, triage_text, ui_link
+from workflows.models import (
+    Action,
+    ActionInput,
+    BuildInfo,
+    Cloud,
+    DeployStatus,
+    JobParameter,
+    Outcome,
+    Pccr,
+    Process,
+    Role,
+    Step,
+)
 from workflows.steps import oow_steps, release_steps, step_def, steps_for
 
 OWNER, GATE, GATE2, SRE, SRE2, VP, NOBODY = (
@@ -324,3 +336,46 @@ def test_the_assigned_sre_may_not_then_approve_as_gatekeeper():
 def test_the_same_role_twice_is_fine():
     s = situation(Step.SRE_ASSIGNMENT, groups=BOTH, sre=None, held={GATE: "pccr-gatekeeper"})
     assert policy.refusal(Action.ASSIGN, msg(GATE, Step.SRE_ASSIGNMENT, sre=SRE), s) is None
+
+
+def test_status_lines_say_the_same_on_every_face():
+    """One renderer for the CLI (plain), `/deploy status` (Slack mrkdwn) and the Web UI (markdown)."""
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime(2026, 6, 1, 12, tzinfo=UTC)
+    link = ui_link("http://ui:8233/", "default", "deploy-api-kprod-1")
+    assert link == "http://ui:8233/namespaces/default/workflows/deploy-api-kprod-1"
+    st = DeployStatus(
+        workflow_id="deploy-api-kprod-1",
+        process=Process.OOW,
+        cloud=Cloud.COM,
+        service="api",
+        environment="kprod",
+        step=Step.PCCR_REVIEW,
+        waiting_on=["U1", "U2"],
+        allowed_actions=[Action.APPROVE, Action.REJECT],
+        pccr=Pccr(id="p1", url=link),
+        build=BuildInfo(url="http://j/job/api/7/", number=7, diff_sha256="ab"),
+        waiting_for="Jenkins <build>",
+        waiting_since=now - timedelta(minutes=4),
+        ui_url=link,
+    )
+    plain, slack, md = (status_lines(st, now, m) for m in ("plain", "slack", "markdown"))
+    assert len(plain) == len(slack) == len(md)
+    assert plain[:3] == [
+        "OOW deploy of api to kprod (deploy-api-kprod-1, com-cloud)",
+        "step: pccr_review",
+        "waiting on: U1, U2",
+    ]
+    assert "waits for: Jenkins <build> (4m)" in plain and "waits for: Jenkins &lt;build&gt; (4m)" in slack
+    assert (
+        "waiting on: <@U1>, <@U2>" in slack
+        and "build: <http://j/job/api/7/|build #7> (diff sha256 `ab`)" in slack
+    )
+    assert (
+        md[0].startswith("**OOW deploy")
+        and "step: `pccr_review`" in md
+        and f"PCCR: {link} [pending-review]" in md
+    )
+    ended = st.model_copy(update={"outcome": Outcome.REJECTED, "outcome_reason": "no"})
+    assert "outcome: *rejected* — no (ended at `pccr_review`)" in status_lines(ended, now, "slack")

@@ -60,6 +60,7 @@ from workflows import messages, signing
 from workflows.models import (
     Action,
     ActionInput,
+    Click,
     Cloud,
     DeployResult,
     DeployStatus,
@@ -71,7 +72,6 @@ from workflows.slack_blocks import (
     BLOCK_PREFIX,
     SECTION_LIMIT,
     TRUNCATED,
-    Click,
     action_blocks,
     done_blocks,
     done_text,

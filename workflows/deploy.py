@@ -28,9 +28,10 @@ with workflow.unsafe.imports_passed_through():
     from activities.slack import SlackActivities
     from workflows import messages, policy, slack_blocks, trust
     from workflows import search_attributes as sa
-    from workflows.lock import LOCK_UPDATE, LockCall, LockRequest, LockUpdate, lock_id
+    from workflows.lock import LOCK_UPDATE, lock_id
     from workflows.models import (
         MAX_ID,
+        SYSTEM,
         AbortBuildInput,
         Action,
         ActionInput,
@@ -48,6 +49,9 @@ with workflow.unsafe.imports_passed_through():
         InputState,
         JobParametersInput,
         LabelsInput,
+        LockCall,
+        LockRequest,
+        LockUpdate,
         MergePrInput,
         OpenIssueInput,
         OpenVersionPrInput,
@@ -121,8 +125,6 @@ NOTICE: dict[str, Any] = {
         initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=6
     ),
 }
-
-SYSTEM = "deployctl"
 
 
 @dataclass
@@ -1537,29 +1539,10 @@ class DeployWorkflow:
                 updates.append(sa.CLOUD.value_set(self._in.cloud.value))
             if self._in.settings.search_attributes:
                 workflow.upsert_search_attributes(updates)
-        waiting_for = self._waiting_for()
-        lines = [
-            f"**{self._name}**",
-            f"step: `{self._step.value}`" + (f" — outcome **{outcome}**: {self._reason}" if outcome else ""),
-            "waiting on: " + (", ".join(waiting) or "nobody"),
-        ]
-        if waiting_for:
-            lines.append(f"waiting for: {waiting_for[0]} (since {waiting_for[1]:%Y-%m-%d %H:%M:%S} UTC)")
-        lines.append(f"PCCR: {self._pccr_link()}")
-        if self._sre:
-            lines.append(f"SRE: {self._sre}")
-        if self._blocked_by:
-            lines.append(
-                f"waits for deploy {self._blocked_by} of {self._in.service.name} to {self._in.environment} to end"
-            )
-        if self._build.url:
-            lines.append(f"build: {self._build.url}")
-        if self._thread_ts:
-            lines.append(f"Slack thread: {self._in.settings.triage_channel} {self._thread_ts}")
-        last = next((e for e in reversed(self._audit) if e.accepted and e.actor != SYSTEM), None)
-        if last:
-            lines.append(f"last action: {last.action} by {last.actor} at {last.step.value}")
-        workflow.set_current_details("\n\n".join(lines))
+        # Text only, not a command: replay is indifferent to it (docs/replay.md).
+        workflow.set_current_details(
+            "\n\n".join(messages.status_lines(self.status(), workflow.now(), "markdown"))
+        )
 
     def _update_root(self, defn: StepDef | None) -> None:
         """The triage thread's root message shows where the deploy stands, with the step's buttons
@@ -1713,8 +1696,7 @@ class DeployWorkflow:
         return workflow.info().workflow_id
 
     def _link(self) -> str:
-        s = self._in.settings
-        return f"{s.ui_url.rstrip('/')}/namespaces/{s.namespace}/workflows/{self._wid()}"
+        return messages.ui_link(self._in.settings.ui_url, self._in.settings.namespace, self._wid())
 
     def _pccr_link(self) -> str:
         return self._pccr.url if self._pccr else self._link()

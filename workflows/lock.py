@@ -9,31 +9,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from pydantic import BaseModel
 from temporalio import workflow
 from temporalio.exceptions import FailureError
 
+with workflow.unsafe.imports_passed_through():
+    from workflows.models import LockRequest, LockState, LockUpdate
+
 LOCK_UPDATE = "lock_update"
-
-
-class LockRequest(BaseModel):
-    deploy_id: str
-
-
-class LockUpdate(BaseModel):
-    granted: bool
-    holder: str | None = None  # who holds it while we wait
-
-
-class LockCall(BaseModel):
-    service: str
-    environment: str
-    deploy_id: str
-
-
-class LockState(BaseModel):
-    holder: str | None = None
-    queue: list[str] = []
 
 
 def lock_id(service: str, environment: str) -> str:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from typing import Literal
 
-from workflows.models import Cloud, PrDiff, Process, Rules, Step
+from workflows.models import SYSTEM, Cloud, DeployStatus, PrDiff, Process, Rules, Step
 from workflows.steps import StepDef
 
 
@@ -26,6 +27,76 @@ def window_reminder_text(name: str, window: str, opens: datetime, user: str) -> 
 
 def deploy_name(service: str, environment: str, process: Process) -> str:
     return f"{process.value.upper()} deploy of {service} to {environment}"
+
+
+def ui_link(ui_url: str, namespace: str, workflow_id: str) -> str:
+    """The deploy's page in the Temporal Web UI."""
+    return f"{ui_url.rstrip('/')}/namespaces/{namespace}/workflows/{workflow_id}"
+
+
+#: How a face marks text up: the CLI prints plain text, `/deploy status` answers in Slack mrkdwn, the
+#: Web UI's current details are markdown.
+Markup = Literal["plain", "slack", "markdown"]
+
+
+def status_lines(st: DeployStatus, now: datetime, markup: Markup = "plain") -> list[str]:
+    """Where a deploy stands, said the same way by every face: the CLI's `status`, `/deploy status` and
+    the Web UI's current details differ only in `markup`. Text from people or other systems (a reason,
+    what it waits for) is escaped for Slack (SPEC §10)."""
+    slack = markup == "slack"
+
+    def bold(text: str) -> str:
+        return {"plain": text, "slack": f"*{text}*", "markdown": f"**{text}**"}[markup]
+
+    def code(text: str) -> str:
+        return text if markup == "plain" else f"`{text}`"
+
+    def who(user: str) -> str:
+        return f"<@{user}>" if slack else user
+
+    def link(url: str, label: str) -> str:
+        return f"<{url}|{label}>" if slack else url
+
+    def said(text: str) -> str:
+        return slack_escape(text) if slack else text
+
+    cloud = f"{st.cloud.value}-cloud" if st.cloud else "cloud not known yet"
+    lines = [f"{bold(deploy_name(st.service, st.environment, st.process))} ({code(st.workflow_id)}, {cloud})"]
+    if st.outcome is not None:
+        reason = f" — {said(st.outcome_reason)}" if st.outcome_reason else ""
+        lines.append(f"outcome: {bold(st.outcome.value)}{reason} (ended at {code(st.step.value)})")
+    else:
+        lines.append(f"step: {code(st.step.value)}")
+        lines.append("waiting on: " + (", ".join(who(u) for u in st.waiting_on) or "nobody (it is working)"))
+        if st.allowed_actions:
+            lines.append("actions now: " + ", ".join(a.value for a in st.allowed_actions))
+        waits = waiting_line(st.waiting_for, st.waiting_since, now)
+        if waits:
+            lines.append(f"waits for: {said(waits)}")
+        if st.blocked_by:
+            lines.append(f"waits for deploy {code(st.blocked_by)} of the same service and environment to end")
+    if st.sre:
+        lines.append(f"SRE: {who(st.sre)}")
+    if st.pccr:
+        lines.append(f"PCCR: {link(st.pccr.url, 'PCCR')} [{st.pccr.state}]")
+    if st.build.url:
+        sha = f" (diff sha256 {code(st.build.diff_sha256)})" if st.build.diff_sha256 else ""
+        lines.append(f"build: {link(st.build.url, f'build #{st.build.number}')}{sha}")
+    if st.version_pr:
+        shown = (
+            f" (head {code(st.version_pr_head_sha[:12])}, diff sha256 {code(st.version_pr_diff_sha256 or '-')})"
+            if st.version_pr_head_sha
+            else ""
+        )
+        lines.append(f"version PR: {link(st.version_pr, 'version PR')}{shown}")
+    if st.slack_thread and not slack:
+        lines.append(f"Slack thread: {st.slack_thread}")
+    last = next((e for e in reversed(st.audit) if e.accepted and e.actor != SYSTEM), None)
+    if last:
+        lines.append(f"last action: {last.action} by {who(last.actor)} at {code(last.step.value)}")
+    if st.ui_url:
+        lines.append(f"Temporal UI: {link(st.ui_url, 'Temporal UI')}")
+    return lines
 
 
 def action_hint(workflow_id: str, defn: StepDef, user: str, diff_sha256: str | None = None) -> str:

@@ -120,6 +120,7 @@ class DeploySettings(BaseModel):
 # ---------------------------------------------------------------------------------------------------
 # Messages (SPEC §4)
 
+SYSTEM = "deployctl"  # the actor of the workflow's own audit entries (notes, notify_failed, …)
 MAX_COMMENT = 1000  # characters of a comment (SPEC §10)
 MAX_ID = 64
 SLACK_ID = r"^[UW][A-Z0-9]+$"  # a Slack user id, as people are named everywhere
@@ -328,6 +329,50 @@ class DeployStatus(BaseModel):
 class DeployResult(BaseModel):
     outcome: Outcome
     reason: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------------
+# The lock workflow (workflows/lock.py): its input, signals, query and the activity that asks it
+
+
+class LockRequest(BaseModel):
+    deploy_id: str
+
+
+class LockUpdate(BaseModel):
+    granted: bool
+    holder: str | None = None  # who holds it while we wait
+
+
+class LockCall(BaseModel):
+    service: str
+    environment: str
+    deploy_id: str
+
+
+class LockState(BaseModel):
+    holder: str | None = None
+    queue: list[str] = []
+
+
+# ---------------------------------------------------------------------------------------------------
+# A click on a deployctl button (workflows/slack_blocks.py draws and parses them; the bridge acts)
+
+
+class Click(BaseModel):
+    """One click on a deployctl button or menu, read from the `block_actions` payload Slack signed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    workflow_id: str = Field(min_length=1)
+    step: Step
+    action: Action
+    sre: str | None = None  # the user picked in the SRE menu
+    diff_sha256: str | None = None  # the diff the button was shown with ("Diff is correct", "Merge …")
+    user_id: str = Field(min_length=1)  # who clicked
+    channel_id: str | None = None  # where the clicked message is (D… for a DM)
+    message_ts: str | None = None  # the clicked message
+    response_url: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -294,26 +294,30 @@ def params_refusal(
     return f"params do not match Jenkins job {job}: " + "; ".join(problems)
 
 
+def param_text(value: object) -> str | None:
+    """A parameter value as the text Jenkins receives: booleans as true/false, numbers as decimal text.
+    The one rule for None: it is no value, and stays None (a password Jenkins does not show; a key left
+    empty in a params file, which `params_as_text` sends as the empty text)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def params_as_text(raw: object) -> dict[str, str]:
-    """Jenkins receives every value as text: booleans as true/false, numbers as decimal text."""
+    """A params file's mapping as the text Jenkins receives (`param_text`); a key with no value is ""."""
     if not isinstance(raw, dict):
         raise ValueError("params must be a mapping of parameter name to value")
     out: dict[str, str] = {}
     for key, value in raw.items():
         if not isinstance(key, str) or not key:
             raise ValueError(f"parameter name {key!r} must be a non-empty string")
-        if isinstance(value, bool):
-            out[key] = "true" if value else "false"
-        elif isinstance(value, int | float):
-            out[key] = str(value)
-        elif isinstance(value, str):
-            out[key] = value
-        elif value is None:
-            out[key] = ""
-        else:
+        if not isinstance(value, str | int | float | bool | None):
             raise ValueError(
                 f"parameter {key!r} must be a string, number or boolean, not {type(value).__name__}"
             )
+        out[key] = param_text(value) or ""
     return out
 
 

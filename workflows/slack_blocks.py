@@ -20,9 +20,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from workflows.models import Action, Step
+from workflows.models import Action, Click, Step
 
 ACTION_PREFIX = "deployctl:"
 BLOCK_PREFIX = "deployctl|"
@@ -199,22 +197,6 @@ def done_blocks(text: str, original: str = "") -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------------ clicks
-
-
-class Click(BaseModel):
-    """One click on a deployctl button or menu, read from the `block_actions` payload Slack signed."""
-
-    model_config = ConfigDict(frozen=True)
-
-    workflow_id: str = Field(min_length=1)
-    step: Step
-    action: Action
-    sre: str | None = None  # the user picked in the SRE menu
-    diff_sha256: str | None = None  # the diff the button was shown with ("Diff is correct", "Merge …")
-    user_id: str = Field(min_length=1)  # who clicked
-    channel_id: str | None = None  # where the clicked message is (D… for a DM)
-    message_ts: str | None = None  # the clicked message
-    response_url: str | None = None
 
 
 def _ref(raw: Any, where: str) -> dict[str, Any]:
