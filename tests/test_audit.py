@@ -289,6 +289,36 @@ def test_render_audit_is_importable_from_the_cli():
     assert cli_render_audit is render_audit
 
 
+def test_the_history_parser_matches_the_real_names():
+    """The fallback matches activity types and search attributes by name: each is the name the worker
+    registers (an `@activity.defn` takes its method's name); search attributes come from workflows/search_attributes.py."""
+    from activities.github import GithubActivities
+    from activities.jenkins import JenkinsActivities
+    from activities.rules import RulesActivities
+    from activities.slack import SlackActivities
+    from starter.audit import collect
+    from workflows.deploy import DeployWorkflow
+
+    assert collect.LOAD_RULES == RulesActivities.load_rules.__name__
+    assert collect.JOB_PARAMETERS == JenkinsActivities.job_parameters.__name__
+    assert collect.READ_DIFF == JenkinsActivities.read_diff.__name__
+    assert collect.TRIGGER_BUILD == JenkinsActivities.trigger_build.__name__
+    assert collect.WAIT_BUILD_STARTED == JenkinsActivities.wait_build_started.__name__
+    assert collect.WAIT_BUILD_RESULT == JenkinsActivities.wait_build_result.__name__
+    assert collect.OPEN_VERSION_PR == GithubActivities.open_version_pr.__name__
+    assert collect.OPEN_PCCR_ISSUE == GithubActivities.open_pccr_issue.__name__
+    assert collect.POST_MESSAGE == SlackActivities.post_message.__name__
+    assert collect.WORKFLOW_TYPE == workflow_defn_name(DeployWorkflow)
+
+
+def workflow_defn_name(cls: type) -> str:
+    from temporalio import workflow
+
+    defn = workflow._Definition.from_class(cls)
+    assert defn is not None
+    return defn.name or cls.__name__
+
+
 def test_markdown_report():
     st = sample()
     md = render_audit(st, "md")
