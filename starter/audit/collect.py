@@ -14,7 +14,13 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 from temporalio.api.history.v1 import HistoryEvent
-from temporalio.client import Client, WorkflowHistory, WorkflowQueryFailedError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowHistory,
+    WorkflowQueryFailedError,
+)
 from temporalio.converter import DataConverter
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -105,19 +111,24 @@ class AuditRecord(BaseModel):
 
 
 async def fetch_audit(client: Client, workflow_id: str, *, query_timeout: float = 10.0) -> AuditRecord:
-    """The audit record of a deploy, running or finished; from history alone when no worker answers the
-    `status` query within `query_timeout` seconds (or the query fails)."""
+    """The audit record of a deploy, running or finished. A finished deploy's comes from its result (the
+    final status, audit trail and rosters: no worker, no replay); a running one's, or one that ended
+    otherwise or before its result carried the status, from the `status` query; and from history alone
+    when no worker answers that query within `query_timeout` seconds (or the query fails)."""
     handle = client.get_workflow_handle(workflow_id)
-    try:
-        st = await handle.query(
-            "status", result_type=DeployStatus, rpc_timeout=timedelta(seconds=query_timeout)
-        )
-    except WorkflowQueryFailedError:
-        st = None
-    except RPCError as err:
-        if err.status is RPCStatusCode.NOT_FOUND:
-            raise
-        st = None
+    desc = await handle.describe()
+    st = await final_status(client, workflow_id, desc)
+    if st is None:
+        try:
+            st = await handle.query(
+                "status", result_type=DeployStatus, rpc_timeout=timedelta(seconds=query_timeout)
+            )
+        except WorkflowQueryFailedError:
+            st = None
+        except RPCError as err:
+            if err.status is RPCStatusCode.NOT_FOUND:
+                raise
+            st = None
     if st is None:
         history = await handle.fetch_history()
         record = await record_from_history(workflow_id, history.events, client.data_converter)
@@ -132,11 +143,25 @@ async def fetch_audit(client: Client, workflow_id: str, *, query_timeout: float 
         record.started = started
         if rules is not None:
             record.triage_channel = rules.settings.triage_channel
-        desc = await handle.describe()
         record.closed = desc.close_time
         record.execution = desc.status.name.lower() if desc.status else None
     record.generated = datetime.now(UTC)
     return record
+
+
+async def final_status(
+    client: Client, workflow_id: str, desc: WorkflowExecutionDescription
+) -> DeployStatus | None:
+    """The status a completed deploy returned with its result; None for any other run (running, failed,
+    terminated, timed out, another workflow type) and for a result from before it carried the status."""
+    if desc.workflow_type != WORKFLOW_TYPE or desc.status is not WorkflowExecutionStatus.COMPLETED:
+        return None
+    handle = client.get_workflow_handle(workflow_id, run_id=desc.run_id, result_type=DeployResult)
+    try:
+        result = await handle.result(follow_runs=False)
+    except ValidationError:  # a result this code cannot read: read the deploy as if it had not finished
+        return None
+    return result.status
 
 
 def _time(event: HistoryEvent) -> datetime:
