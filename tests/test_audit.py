@@ -13,6 +13,7 @@ import html
 import json
 import re
 import struct
+import uuid
 import xml.etree.ElementTree as ET
 import zlib
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,7 @@ import cmarkgfm
 import pytest
 from cmarkgfm.cmark import Options as cmarkgfm_options
 from pydantic import BaseModel
+from temporalio import workflow
 from temporalio.api.common.v1 import ActivityType, Payloads, WorkflowType
 from temporalio.api.history.v1 import (
     ActivityTaskCompletedEventAttributes,
@@ -34,6 +36,7 @@ from temporalio.api.history.v1 import (
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
 from starter.audit import (
     FROM_HISTORY,
@@ -287,6 +290,36 @@ def assert_self_contained(page: str) -> None:
 
 def test_render_audit_is_importable_from_the_cli():
     assert cli_render_audit is render_audit
+
+
+def test_the_history_parser_matches_the_real_names():
+    """The fallback matches activity types and search attributes by name: each is the name the worker
+    registers (an `@activity.defn` takes its method's name); search attributes come from workflows/search_attributes.py."""
+    from activities.github import GithubActivities
+    from activities.jenkins import JenkinsActivities
+    from activities.rules import RulesActivities
+    from activities.slack import SlackActivities
+    from starter.audit import collect
+    from workflows.deploy import DeployWorkflow
+
+    assert collect.LOAD_RULES == RulesActivities.load_rules.__name__
+    assert collect.JOB_PARAMETERS == JenkinsActivities.job_parameters.__name__
+    assert collect.READ_DIFF == JenkinsActivities.read_diff.__name__
+    assert collect.TRIGGER_BUILD == JenkinsActivities.trigger_build.__name__
+    assert collect.WAIT_BUILD_STARTED == JenkinsActivities.wait_build_started.__name__
+    assert collect.WAIT_BUILD_RESULT == JenkinsActivities.wait_build_result.__name__
+    assert collect.OPEN_VERSION_PR == GithubActivities.open_version_pr.__name__
+    assert collect.OPEN_PCCR_ISSUE == GithubActivities.open_pccr_issue.__name__
+    assert collect.POST_MESSAGE == SlackActivities.post_message.__name__
+    assert collect.WORKFLOW_TYPE == workflow_defn_name(DeployWorkflow)
+
+
+def workflow_defn_name(cls: type) -> str:
+    from temporalio import workflow
+
+    defn = workflow._Definition.from_class(cls)
+    assert defn is not None
+    return defn.name or cls.__name__
 
 
 def test_markdown_report():
@@ -1112,8 +1145,17 @@ async def test_audit_from_history_when_no_worker_answers(
     d = deployment
     async with create_worker(client, d.config, task_queue=d.task_queue):
         wid = await com_deploy(client, d)
-    # The worker is gone: nobody answers the status query, so the history is read instead.
+        handle = client.get_workflow_handle(wid)
+        status = await handle.query("status", result_type=DeployStatus)
+        with_worker = await audit_export(client, wid, "json")
+    # The worker is gone, and nobody needs it: a finished deploy's audit is in its result, as it was.
     record = await fetch_audit(client, wid, query_timeout=2)
+    assert record.source == FROM_QUERY and record.status == status and record.status.audit
+    assert record.execution == "completed" and record.opened_by == OWNER
+    assert await audit_export(client, wid, "json", query_timeout=2) == with_worker
+    # What a run that did not finish (or finished before its result carried the status) falls back to:
+    # the history alone, read without a worker.
+    record = await record_from_history(wid, await handle.fetch_history(), client.data_converter)
     assert record.from_history and record.source == FROM_HISTORY
     doc = json.loads(render_audit(record, "json"))
     assert doc["source"] == FROM_HISTORY and doc["from_history"] is True
@@ -1151,7 +1193,7 @@ async def test_audit_from_history_when_no_worker_answers(
 
     md = render_audit(record, "md")
     assert FROM_HISTORY in md and "Signals and Updates received" in md
-    page = await audit_export(client, wid, "html", query_timeout=2)
+    page = render_audit(record, "html")
     assert_self_contained(page)
     assert FROM_HISTORY in page and XSS not in page
     (tmp_path / "audit-from-history.html").write_text(page, encoding="utf-8")
@@ -1164,6 +1206,52 @@ async def test_audit_from_history_when_no_worker_answers(
         "diff_validation",
         "deploy_approval",
     ]
+
+
+async def test_audit_of_a_terminated_deploy_falls_back_to_its_history(
+    client: Client, deployment: Deployment, tmp_path: Path
+):
+    """A deploy that did not finish has no result to read: without a worker its history is read."""
+    d = deployment
+    async with create_worker(client, d.config, task_queue=d.task_queue):
+        wid, _ = await start_deploy(
+            client, d.config, Process.OOW, d.service, "kprod", dict(PARAMS), None, OWNER
+        )
+        await wait_for_step(client, wid, Step.PCCR_REVIEW, GATE1)
+        await client.get_workflow_handle(wid).terminate(reason="operator stopped it")
+    record = await fetch_audit(client, wid, query_timeout=2)
+    assert record.from_history and record.execution == "terminated"
+    assert record.status.outcome_reason == "terminated: operator stopped it"
+    assert record.status.step is Step.PCCR_REVIEW and record.opened_by == OWNER
+
+
+@workflow.defn(name="Deploy", sandboxed=False)
+class _DeployOfOldCode:
+    """A deploy as code before this change finished one: its result has no status."""
+
+    @workflow.run
+    async def run(self, intent: dict) -> DeployResult:
+        return DeployResult(outcome=Outcome.SUCCEEDED, reason="build #1 ended SUCCESS")
+
+
+async def test_audit_of_a_result_without_the_status_falls_back_to_its_history(client: Client):
+    wid, queue = f"audit-old-{uuid.uuid4()}", f"audit-old-{uuid.uuid4()}"
+    intent = {
+        "process": "oow",
+        "service": "payments-api",
+        "environment": "kprod",
+        "params": {},
+        "actor": OWNER,
+    }
+    async with Worker(client, task_queue=queue, workflows=[_DeployOfOldCode]):
+        await client.execute_workflow("Deploy", intent, id=wid, task_queue=queue)
+    record = await fetch_audit(client, wid, query_timeout=2)
+    assert record.from_history and record.execution == "completed"
+    assert (
+        record.status.outcome is Outcome.SUCCEEDED
+        and record.status.outcome_reason == "build #1 ended SUCCESS"
+    )
+    assert record.opened_by == OWNER and record.status.audit == []
 
 
 # ------------------------------------------------------------------------------------ headless Chromium

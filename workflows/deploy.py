@@ -84,6 +84,9 @@ DEFAULT_TIMEOUT = timedelta(days=1)
 MAX_REFUSED = (
     200  # refused actions kept in the audit trail; more are only counted (status `refused_not_kept`)
 )
+#: Characters of JSON of the final status a deploy's result carries (Temporal warns at 512 KiB and refuses
+#: 2 MiB); a bigger one (a flood of accepted comments) is left out and the audit reads it as it always did.
+RESULT_STATUS_MAX = 256_000
 DIFF_SHOWN = 2500  # characters of the diff in the owner's DM (a section block holds at most 3,000)
 #: Password parameters come from the worker's environment, never from the PCCR (SPEC §10). Deploys
 #: started before took them from the params file, and replay by that rule.
@@ -218,7 +221,7 @@ class DeployWorkflow:
         if not await self._admit():
             await workflow.wait_condition(workflow.all_handlers_finished)
             assert self._outcome is not None
-            return DeployResult(outcome=self._outcome, reason=self._reason)
+            return self._result()
         if self._in.settings.pccr_backend != "github":  # a GitHub PCCR is linked once its issue exists
             self._pccr = Pccr(id=workflow.info().workflow_id, url=self._link(), params=self._shown_params())
         self._metric("deployctl_deploys_started", "deploys started").add(1)
@@ -243,7 +246,14 @@ class DeployWorkflow:
         self._metric("deployctl_deploys_finished", "deploys finished, by outcome").add(
             1, {"outcome": self._outcome.value}
         )
-        return DeployResult(outcome=self._outcome, reason=self._reason)
+        return self._result()
+
+    def _result(self) -> DeployResult:
+        """The outcome, and the final status (the audit trail with it) when it fits RESULT_STATUS_MAX."""
+        assert self._outcome is not None
+        st = self.status()
+        fits = len(st.model_dump_json()) <= RESULT_STATUS_MAX
+        return DeployResult(outcome=self._outcome, reason=self._reason, status=st if fits else None)
 
     def _metric(self, name: str, description: str) -> Any:
         """A counter on the worker's meter (Prometheus with --metrics-port), labelled by process and cloud."""

@@ -329,6 +329,10 @@ class DeployStatus(BaseModel):
 class DeployResult(BaseModel):
     outcome: Outcome
     reason: str | None = None
+    # The final status document, audit trail and rosters included, so a finished deploy's audit is read
+    # from its result, not by replaying its history. None: the deploy finished before this field, or its
+    # status outgrew RESULT_STATUS_MAX (the audit then reads it as it reads a running deploy).
+    status: DeployStatus | None = None
 
 
 # ---------------------------------------------------------------------------------------------------
