@@ -27,7 +27,6 @@ from starter.config import Config, load_config
 from tests import keys
 from tests.conftest import CONFIG_TEMPLATE, SKIPPED_CLOCK
 from worker import WORKFLOWS, workflow_runner
-from workflows.lock import LockCall
 from workflows.models import (
     AbortBuildInput,
     BuildRef,
@@ -41,6 +40,7 @@ from workflows.models import (
     JobParametersInput,
     JobParametersResult,
     LabelsInput,
+    LockCall,
     MergePrInput,
     MergePrResult,
     OpenIssueInput,
