@@ -68,6 +68,7 @@ PERMANENT_ERRORS = frozenset(
         "msg_too_long",
         "no_text",
         "invalid_blocks",
+        "invalid_blocks_format",  # blocks that are not a JSON array of objects: sending again cannot help
         "invalid_arguments",
     }
 )

@@ -25,6 +25,7 @@ from temporalio.converter import DataConverter
 from temporalio.service import RPCError, RPCStatusCode
 
 from workflows import search_attributes as sa
+from workflows.messages import ui_link
 from workflows.models import (
     Action,
     BuildInfo,
@@ -414,7 +415,7 @@ async def record_from_history(
         # The window the workflow chose when it read these rules (the same pure rule, at that time).
         window = choose_window(rules.windows, intent.release, rules_time, rules.lead_time_days)[0]
 
-    ui = f"{s.ui_url.rstrip('/')}/namespaces/{s.namespace}/workflows/{workflow_id}"
+    ui = ui_link(s.ui_url, s.namespace, workflow_id)
     pccr: Pccr | None = None
     if ruled:
         pccr = Pccr(

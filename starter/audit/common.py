@@ -6,9 +6,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from starter.audit.collect import AuditRecord
-from workflows.models import AuditEntry, DeployStatus
+from workflows.models import SYSTEM, AuditEntry, DeployStatus
 
-SYSTEM = "deployctl"  # the workflow's own entries (notes, notify_failed, …)
 NO_CLOUD = "cloud not known yet"
 
 
