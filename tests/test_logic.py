@@ -7,6 +7,7 @@ person's key). The end-to-end tests through the HTTP fakes test the wiring.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -262,6 +263,22 @@ async def test_a_gov_merge_refused_because_the_branch_moved_asks_again(
 
     dms = await eventually(lambda: len(diff_dms()) >= 2 and diff_dms())
     assert HEAD[:7] in dms[0] and MOVED_HEAD[:7] in dms[-1]
+
+    # The thread's root message is drawn again: its merge button binds the new diff, so a click there is not
+    # refused as stale (workflows/deploy.py ROOT_AFTER_MOVE_PATCH).
+    def root_merge_binds() -> list[str]:
+        return [
+            json.loads(e["value"]).get("d", "")
+            for u in stubs.inputs("update_message")
+            if u.channel != SREG1
+            for b in u.blocks or []
+            if b.get("type") == "actions"
+            for e in b.get("elements", [])
+            if json.loads(e.get("value", "{}")).get("a") == Action.MERGE.value
+        ]
+
+    drawn = await eventually(lambda: st.version_pr_diff_sha256 in root_merge_binds() and root_merge_binds())
+    assert drawn[-1] == st.version_pr_diff_sha256 and first_sha256 in drawn  # the old binding, then the new
     stale = await refused(
         c, wid, Action.MERGE, ActionInput(actor=SREG1, step=Step.VERSION_PR_MERGE, diff_sha256=first_sha256)
     )

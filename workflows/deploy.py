@@ -864,9 +864,11 @@ class DeployWorkflow:
             f":warning: The version PR's branch moved after this was sent (from `{old[:12]}` to "
             f"`{new[:12]}`) and nothing was merged. Its new diff is in the next message."
         )
-        self._ask(defn, policy.eligible(defn, self._parties()))
+        eligible = policy.eligible(defn, self._parties())
+        self._ask(defn, eligible)
         if workflow.patched(ROOT_AFTER_MOVE_PATCH):
-            self._update_root(defn)
+            # the merge is still being handled (nobody counts as waited on yet): draw who is asked again
+            self._update_root(defn, waiting=eligible)
 
     async def _on_reject(self, defn: StepDef, msg: ActionInput) -> None:
         self._close_dms(slack_blocks.done_text(msg.actor, defn.step, Action.REJECT, workflow.now()))
@@ -1554,12 +1556,13 @@ class DeployWorkflow:
             "\n\n".join(messages.status_lines(self.status(), workflow.now(), "markdown"))
         )
 
-    def _update_root(self, defn: StepDef | None) -> None:
+    def _update_root(self, defn: StepDef | None, waiting: list[str] | None = None) -> None:
         """The triage thread's root message shows where the deploy stands, with the step's buttons
-        (anyone may click; the workflow decides who may act, as everywhere)."""
+        (anyone may click; the workflow decides who may act, as everywhere). `waiting`: who the step
+        waits on, when it is not `_waiting_on()` yet (an effect still being handled)."""
         if not self._triage_text:
             return
-        waiting = self._waiting_on()
+        waiting = self._waiting_on() if waiting is None else waiting
         if self._outcome is not None:
             state = f"Ended *{self._outcome.value}*: {messages.slack_escape(self._reason or '')}"
         else:
