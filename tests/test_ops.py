@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import httpx
@@ -11,19 +10,13 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from starter.client import send_action, start_deploy
-from starter.devstack import wait_for_step
+from starter.devstack import free_port, wait_for_step
 from starter.simulators.github import FakeGitHub
 from starter.simulators.jenkins import FakeJenkins
 from starter.simulators.slack import FakeSlack
 from tests.conftest import GATE1, OWNER, PARAMS, SRE1, eventually, make_deployment
 from tests.test_crash import WorkerProcess
 from workflows.models import Action, ActionInput, DeployResult, DeployStatus, Outcome, Process, Step
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_metrics_logs_and_no_secret_after_a_full_run(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,18 +11,12 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from starter.client import send_action, start_deploy
-from starter.devstack import wait_for_step
+from starter.devstack import free_port, wait_for_step
 from starter.simulators.jenkins import FakeJenkins
 from starter.simulators.slack import FakeSlack
 from tests.conftest import BIN, GATE1, OWNER, PARAMS, SRE1, make_deployment
 from worker import create_worker, ensure_search_attributes
 from workflows.models import Action, ActionInput, DeployResult, Outcome, Process, Step
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class DevServer:
