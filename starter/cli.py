@@ -413,7 +413,7 @@ def render_plan(config: Config, service: str, environment: str, process: Process
             who = f"{defn.actor.value}: " + (
                 g.mention() if g and g.slack_usergroup else ", ".join(people) or "-"
             )
-        if defn.step is Step.SRE_ASSIGNMENT:
+        if defn.names_sre:
             pool = settings.groups.get(sre_group(cloud))
             who += (
                 f" -> an SRE from {sre_group(cloud)} (" + (pool.mention() if pool else "not configured") + ")"

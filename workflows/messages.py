@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Literal
 
 from workflows.models import SYSTEM, Cloud, DeployStatus, PrDiff, Process, Rules, Step
-from workflows.steps import StepDef
+from workflows.steps import Shows, StepDef
 
 
 def triage_text(cloud: Cloud, mention: str, link: str) -> str:
@@ -103,8 +103,8 @@ def action_hint(workflow_id: str, defn: StepDef, user: str, diff_sha256: str | N
     """The command that acts at the step; at version_pr_merge it names the diff shown (`diff_sha256`),
     so that a merge typed from this DM is refused once the PR's diff changed."""
     actions = " | ".join(a.value.replace("_", "-") for a in defn.actions)
-    extra = " --sre SRE_ID" if defn.step is Step.SRE_ASSIGNMENT else ""
-    if defn.step is Step.VERSION_PR_MERGE and diff_sha256:
+    extra = " --sre SRE_ID" if defn.names_sre else ""
+    if defn.shows is Shows.PR_DIFF and diff_sha256:
         extra += f" --diff-sha256 {diff_sha256}"
     return f"deployctl {actions} {workflow_id}{extra} --as {user}"
 
