@@ -1,10 +1,87 @@
-"""What every fake shares: a threaded HTTP server on 127.0.0.1 in a daemon thread, and its lifecycle."""
+"""What every fake shares: a threaded HTTP server on 127.0.0.1 in a daemon thread, and its lifecycle;
+a quiet HTTP/1.1 request handler that reads the body and answers; the request as the fakes see it."""
 
 from __future__ import annotations
 
+import json
 import threading
+from collections.abc import Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Self
+from typing import Any, Self, TypeVar
+from urllib.parse import parse_qsl, urlsplit
+
+JSON_TYPE = "application/json; charset=utf-8"
+
+_Headers = Mapping[str, str] | Iterable[tuple[str, str]]
+
+
+def _pairs(headers: _Headers) -> Iterable[tuple[str, str]]:
+    return headers.items() if isinstance(headers, Mapping) else headers
+
+
+class Request:
+    """One request: method, path (no query), query (the last value of each name), raw body, headers;
+    `user` is set once the fake has authenticated it."""
+
+    def __init__(self, method: str, path: str, query: dict[str, str], body: bytes, headers: Any) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.body = body
+        self.headers = headers
+        self.user: str | None = None
+
+    def recorded(self) -> tuple[str, str, dict[str, str], str]:
+        """What the fakes keep in `requests`: (method, path, query, body as text)."""
+        return (self.method, self.path, dict(self.query), self.body.decode("utf-8", "replace"))
+
+
+_R = TypeVar("_R", bound=Request)
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 and no log lines; subclasses set `server_version` and the `do_*` methods."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def read_request(self, cls: type[_R]) -> _R:
+        """Read the body and build `cls(method, path, query, body, headers)` from this request."""
+        body = self.read_body()
+        parts = urlsplit(self.path)
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        return cls(self.command, parts.path, query, body, self.headers)
+
+    def reply(
+        self,
+        status: int,
+        payload: bytes,
+        content_type: str | None,
+        before: _Headers = (),
+        after: _Headers = (),
+    ) -> None:
+        """Answer `status` with the headers `before`, Content-Type (unless None), Content-Length, the
+        headers `after`, in that order; then `payload`, unless the request is a HEAD."""
+        self.send_response(status)
+        for k, v in _pairs(before):
+            self.send_header(k, v)
+        if content_type is not None:
+            self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        for k, v in _pairs(after):
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    def reply_json(self, status: int, obj: Any, after: _Headers = ()) -> None:
+        self.reply(status, json.dumps(obj).encode(), JSON_TYPE, after=after)
 
 
 class LocalServer:
