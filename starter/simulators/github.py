@@ -56,7 +56,15 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
-from starter.simulators.server import LocalServer, QuietHandler, Request
+from starter.simulators.server import (
+    FailRule,
+    LocalServer,
+    QuietHandler,
+    Request,
+    chaos_failure,
+    chaos_strikes,
+    take_fail_rule,
+)
 
 DOCS = "https://docs.github.com/rest"
 EMPTY_LABEL_COLOR = "ededed"
@@ -178,12 +186,7 @@ class _Repo:
 
 
 @dataclass
-class _FailRule:
-    status: int
-    method: str | None
-    path_contains: str
-    times: int
-    after_effect: bool
+class _FailRule(FailRule):
     message: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -928,19 +931,10 @@ class FakeGitHub(LocalServer):
             self._chaos = (rate, random.Random(seed), path_contains)
 
     def _match_fail_rule(self, req: _Request) -> _FailRule | None:
-        chaos = getattr(self, "_chaos", None)
-        if chaos and chaos[0] > 0 and chaos[2] in req.path and chaos[1].random() < chaos[0]:
-            return _FailRule(chaos[1].choice([500, 502, 503]), None, "", 1, chaos[1].random() < 0.5)
-        for rule in self._fail_rules:
-            if rule.method is not None and rule.method.upper() != req.method:
-                continue
-            if rule.path_contains not in req.path:
-                continue
-            rule.times -= 1
-            if rule.times <= 0:
-                self._fail_rules.remove(rule)
-            return rule
-        return None
+        rng = chaos_strikes(getattr(self, "_chaos", None), req)
+        if rng is not None:
+            return chaos_failure(_FailRule, rng)
+        return take_fail_rule(self._fail_rules, req)
 
     @staticmethod
     def _fail_response(rule: _FailRule, headers: dict[str, str]) -> _Response:

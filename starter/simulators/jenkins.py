@@ -47,7 +47,15 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote
 
-from starter.simulators.server import LocalServer, QuietHandler, Request
+from starter.simulators.server import (
+    FailRule,
+    LocalServer,
+    QuietHandler,
+    Request,
+    chaos_failure,
+    chaos_strikes,
+    take_fail_rule,
+)
 
 JENKINS_VERSION = "2.479"
 
@@ -158,12 +166,7 @@ class _Build:
 
 
 @dataclass
-class _FailRule:
-    status: int
-    method: str | None
-    path_contains: str
-    times: int
-    after_effect: bool
+class _FailRule(FailRule):
     delay: float = 0.0  # > 0: not an error, the right answer this many seconds late
 
 
@@ -511,21 +514,12 @@ class FakeJenkins(LocalServer):
             self.slow_answers = 0
 
     def _match_fail_rule(self, req: _Request) -> _FailRule | None:
-        chaos = getattr(self, "_chaos", None)
-        if chaos and chaos[0] > 0 and chaos[2] in req.path and chaos[1].random() < chaos[0]:
-            if chaos[1].random() < self._slow[0]:
+        rng = chaos_strikes(getattr(self, "_chaos", None), req)
+        if rng is not None:
+            if rng.random() < self._slow[0]:
                 return _FailRule(200, None, "", 1, True, delay=self._slow[1])
-            return _FailRule(chaos[1].choice([500, 502, 503]), None, "", 1, chaos[1].random() < 0.5)
-        for rule in self._fail_rules:
-            if rule.method is not None and rule.method.upper() != req.method:
-                continue
-            if rule.path_contains not in req.path:
-                continue
-            rule.times -= 1
-            if rule.times <= 0:
-                self._fail_rules.remove(rule)
-            return rule
-        return None
+            return chaos_failure(_FailRule, rng)
+        return take_fail_rule(self._fail_rules, req)
 
     @staticmethod
     def _error_response(status: int) -> _Response:

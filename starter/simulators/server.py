@@ -1,11 +1,14 @@
 """What every fake shares: a threaded HTTP server on 127.0.0.1 in a daemon thread, and its lifecycle;
-a quiet HTTP/1.1 request handler that reads the body and answers; the request as the fakes see it."""
+a quiet HTTP/1.1 request handler that reads the body and answers; the request as the fakes see it; the
+scripted faults (`fail_next`) and the chaos (`chaos`) of the GitHub and Jenkins fakes."""
 
 from __future__ import annotations
 
 import json
+import random
 import threading
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self, TypeVar
 from urllib.parse import parse_qsl, urlsplit
@@ -37,6 +40,51 @@ class Request:
 
 
 _R = TypeVar("_R", bound=Request)
+
+
+@dataclass
+class FailRule:
+    """Answer the next `times` requests with `method` (None: any) whose path holds `path_contains` with
+    `status`; with `after_effect` the request is served first and only its answer is lost."""
+
+    status: int
+    method: str | None
+    path_contains: str
+    times: int
+    after_effect: bool
+
+
+_F = TypeVar("_F", bound=FailRule)
+
+
+def take_fail_rule(rules: list[_F], req: Request) -> _F | None:
+    """The first of `rules` that matches `req`, used once (removed from `rules` when its times are up)."""
+    for rule in rules:
+        if rule.method is not None and rule.method.upper() != req.method:
+            continue
+        if rule.path_contains not in req.path:
+            continue
+        rule.times -= 1
+        if rule.times <= 0:
+            rules.remove(rule)
+        return rule
+    return None
+
+
+#: What `chaos(rate, seed, path_contains)` keeps: the share of requests, its generator, the paths it hits.
+Chaos = tuple[float, random.Random, str]
+
+
+def chaos_strikes(chaos: Chaos | None, req: Request) -> random.Random | None:
+    """The chaos' generator when it strikes `req` (a path it hits, and a draw under its rate); else None."""
+    if chaos and chaos[0] > 0 and chaos[2] in req.path and chaos[1].random() < chaos[0]:
+        return chaos[1]
+    return None
+
+
+def chaos_failure(cls: type[_F], rng: random.Random) -> _F:
+    """The 5xx chaos answers with once: 500, 502 or 503, after doing the work half the time."""
+    return cls(rng.choice([500, 502, 503]), None, "", 1, rng.random() < 0.5)
 
 
 class QuietHandler(BaseHTTPRequestHandler):
