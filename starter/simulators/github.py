@@ -56,15 +56,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
-from starter.simulators.server import (
-    FailRule,
-    LocalServer,
-    QuietHandler,
-    Request,
-    chaos_failure,
-    chaos_strikes,
-    take_fail_rule,
-)
+from starter.simulators import server
+from starter.simulators.server import LocalServer, QuietHandler, Request
 
 DOCS = "https://docs.github.com/rest"
 EMPTY_LABEL_COLOR = "ededed"
@@ -186,7 +179,7 @@ class _Repo:
 
 
 @dataclass
-class _FailRule(FailRule):
+class _FailRule(server.FailRule):
     message: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -931,10 +924,10 @@ class FakeGitHub(LocalServer):
             self._chaos = (rate, random.Random(seed), path_contains)
 
     def _match_fail_rule(self, req: _Request) -> _FailRule | None:
-        rng = chaos_strikes(getattr(self, "_chaos", None), req)
+        rng = server.chaos_strikes(getattr(self, "_chaos", None), req)
         if rng is not None:
-            return chaos_failure(_FailRule, rng)
-        return take_fail_rule(self._fail_rules, req)
+            return server.chaos_failure(_FailRule, rng)
+        return server.take_fail_rule(self._fail_rules, req)
 
     @staticmethod
     def _fail_response(rule: _FailRule, headers: dict[str, str]) -> _Response:

@@ -47,15 +47,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote
 
-from starter.simulators.server import (
-    FailRule,
-    LocalServer,
-    QuietHandler,
-    Request,
-    chaos_failure,
-    chaos_strikes,
-    take_fail_rule,
-)
+from starter.simulators import server
+from starter.simulators.server import LocalServer, QuietHandler, Request
 
 JENKINS_VERSION = "2.479"
 
@@ -166,7 +159,7 @@ class _Build:
 
 
 @dataclass
-class _FailRule(FailRule):
+class _FailRule(server.FailRule):
     delay: float = 0.0  # > 0: not an error, the right answer this many seconds late
 
 
@@ -514,12 +507,12 @@ class FakeJenkins(LocalServer):
             self.slow_answers = 0
 
     def _match_fail_rule(self, req: _Request) -> _FailRule | None:
-        rng = chaos_strikes(getattr(self, "_chaos", None), req)
+        rng = server.chaos_strikes(getattr(self, "_chaos", None), req)
         if rng is not None:
             if rng.random() < self._slow[0]:
                 return _FailRule(200, None, "", 1, True, delay=self._slow[1])
-            return chaos_failure(_FailRule, rng)
-        return take_fail_rule(self._fail_rules, req)
+            return server.chaos_failure(_FailRule, rng)
+        return server.take_fail_rule(self._fail_rules, req)
 
     @staticmethod
     def _error_response(status: int) -> _Response:
