@@ -29,6 +29,15 @@ def deploy_name(service: str, environment: str, process: Process) -> str:
     return f"{process.value.upper()} deploy of {service} to {environment}"
 
 
+#: The cloud before the workers' rules said it (or when the start was refused).
+NO_CLOUD = "cloud not known yet"
+
+
+def cloud_text(cloud: Cloud | None) -> str:
+    """ "com-cloud", or that the workers' rules have not said yet."""
+    return f"{cloud.value}-cloud" if cloud is not None else NO_CLOUD
+
+
 def ui_link(ui_url: str, namespace: str, workflow_id: str) -> str:
     """The deploy's page in the Temporal Web UI."""
     return f"{ui_url.rstrip('/')}/namespaces/{namespace}/workflows/{workflow_id}"
@@ -60,7 +69,7 @@ def status_lines(st: DeployStatus, now: datetime, markup: Markup = "plain") -> l
     def said(text: str) -> str:
         return slack_escape(text) if slack else text
 
-    cloud = f"{st.cloud.value}-cloud" if st.cloud else "cloud not known yet"
+    cloud = cloud_text(st.cloud)
     lines = [f"{bold(deploy_name(st.service, st.environment, st.process))} ({code(st.workflow_id)}, {cloud})"]
     if st.outcome is not None:
         reason = f" — {said(st.outcome_reason)}" if st.outcome_reason else ""
