@@ -445,3 +445,53 @@ def test_deployctl_slack_serves_http_and_stops_on_sigterm(deployment: Deployment
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_blocked_dispatch_does_not_hold_the_event_loop(slack: FakeSlack):
+    """Bolt's dispatch blocks until the listener acks; the front runs it in a worker thread, so while a
+    listener is stuck, /healthz and other requests are still answered (had dispatch run on the loop,
+    the stuck request would have had to end first)."""
+    import threading
+
+    from slack_bolt import Ack, App
+
+    entered, gate = threading.Event(), threading.Event()
+    app = App(
+        signing_secret=SIGNING_SECRET,
+        client=make_web_client(SLACK_TOKEN, slack.url),
+        token_verification_enabled=False,
+    )
+
+    @app.command("/deploy")
+    def stuck(ack: Ack) -> None:
+        entered.set()
+        gate.wait(20)
+        ack()
+
+    body, _ = slash_body(slack, GATE1, "help")
+    done: list[int] = []
+    with make_front(app, "127.0.0.1", 0) as front:
+        base = f"http://127.0.0.1:{front.port}"
+
+        def post() -> None:
+            with httpx.Client(timeout=30) as http:
+                done.append(
+                    http.post(
+                        base + EVENTS_PATH, content=body, headers=sign_request(body, SIGNING_SECRET)
+                    ).status_code
+                )
+
+        poster = threading.Thread(target=post)
+        poster.start()
+        try:
+            assert entered.wait(10)
+            with httpx.Client(timeout=30) as http:
+                assert http.get(base + "/healthz").text == "ok\n"
+                assert (
+                    http.post(base + EVENTS_PATH, content=b"a=1").status_code == 401
+                )  # Bolt, in another thread
+            assert done == []  # the stuck request is still stuck
+        finally:
+            gate.set()
+            poster.join(30)
+    assert done == [200]
