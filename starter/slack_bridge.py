@@ -23,8 +23,9 @@ retries and double clicks are therefore harmless: the step guard accepts one act
 
 Temporal calls run on one asyncio loop in a background thread (`TemporalRunner`); Bolt's listener
 threads hand them over with `asyncio.run_coroutine_threadsafe`. (The HTTP front's own loop only reads
-requests and hands each to Bolt's `dispatch` in a worker thread: it never waits on Temporal.) Outbound Slack calls go through the
-WebClient of `starter.slack_api.make_web_client` (429 Retry-After handling), as the worker's are.
+requests and hands each to Bolt's `dispatch` in a worker thread: it never waits on Temporal.) Outbound
+Slack calls go through the WebClient of `starter.slack_api.make_web_client` (429 Retry-After
+handling), as the worker's are.
 """
 
 from __future__ import annotations
@@ -133,7 +134,8 @@ class TemporalRunner:
 class ReplayCache:
     """The verified HTTP requests seen, by (timestamp, signature), for as long as they could pass
     Bolt's five-minute freshness check: from the later of their timestamp and their arrival, `window`
-    seconds (plus one). Bounded: past `max_size` the oldest go first. Thread-safe (the server is threaded).
+    seconds (plus one). Bounded: past `max_size` the oldest go first. Thread-safe (Bolt's dispatch runs
+    in the HTTP front's worker threads).
     """
 
     def __init__(
