@@ -91,3 +91,78 @@ def test_the_check_sees_each_kind_of_import() -> None:
         "worker (at module level)",
         "starter.cli (inside a function)",
     ]
+
+
+# ------------------------------------------------------------------------------- inside workflows/
+
+WORKFLOWS = STARTER.parent / "workflows"
+#: The deploy's modules, each importing only those of a lower rank (docs/architecture.md, "Inside
+#: `workflows/`"); the other modules of workflows/ are pure and import none of these.
+RANKS = {
+    "state": 0,
+    "trail": 1,
+    "people": 2,
+    "view": 3,
+    "notices": 4,
+    "calls": 5,
+    "lifecycle": 6,
+    "effects": 7,
+    "watchers": 8,
+    "handlers": 8,
+    "deploy": 9,
+}
+#: A workflow module stays readable in one sitting; models.py holds every model and is data only.
+MAX_LINES = 520
+
+
+def _workflow_modules(node: ast.Import | ast.ImportFrom) -> list[str]:
+    """The workflows.* modules an import loads, by their short names."""
+    return [n.split(".")[1] for n in _names(node) if n.startswith("workflows.") and n.count(".") == 1]
+
+
+def layer_violations(sources: dict[str, str]) -> list[str]:
+    """Each import in `sources` (short module name → source) that points up or sideways in RANKS, or from
+    a pure module into the deploy's modules, as "module → imported"."""
+    found = []
+    for module, source in sorted(sources.items()):
+        rank = RANKS.get(module)
+        for node in ast.walk(ast.parse(source, module)):
+            if not isinstance(node, ast.Import | ast.ImportFrom):
+                continue
+            for name in _workflow_modules(node):
+                if name == module or name not in RANKS:
+                    continue
+                if rank is None or RANKS[name] >= rank:
+                    found.append(f"{module} → {name}")
+    return found
+
+
+def test_the_deploys_modules_import_downwards_only() -> None:
+    sources = {f.stem: f.read_text(encoding="utf-8") for f in WORKFLOWS.glob("*.py")}
+    assert set(RANKS) <= set(sources), "a module of RANKS was renamed: update docs/architecture.md too"
+    assert layer_violations(sources) == []
+
+
+def test_the_layer_check_sees_an_upward_import() -> None:
+    bad = {
+        "view": "from workflows import notices, people\n",  # notices is above view
+        "trail": "from workflows.effects import carry_out\n",
+        "policy": "from workflows import state\n",  # a pure module
+        "handlers": "from workflows import watchers\n",  # same rank: sideways
+        "effects": "from workflows import lifecycle, messages\n",  # fine
+    }
+    assert layer_violations(bad) == [
+        "handlers → watchers",
+        "policy → state",
+        "trail → effects",
+        "view → notices",
+    ]
+
+
+def test_no_workflow_module_is_much_over_500_lines() -> None:
+    long = {
+        f.name: n
+        for f in WORKFLOWS.glob("*.py")
+        if f.name != "models.py" and (n := len(f.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    }
+    assert long == {}
