@@ -265,7 +265,7 @@ async def test_a_gov_merge_refused_because_the_branch_moved_asks_again(
     assert HEAD[:7] in dms[0] and MOVED_HEAD[:7] in dms[-1]
 
     # The thread's root message is drawn again: its merge button binds the new diff, so a click there is not
-    # refused as stale (workflows/deploy.py ROOT_AFTER_MOVE_PATCH).
+    # refused as stale (workflows/effects.py ROOT_AFTER_MOVE_PATCH).
     def root_merge_binds() -> list[str]:
         return [
             json.loads(e["value"]).get("d", "")
@@ -295,4 +295,41 @@ async def test_a_gov_merge_refused_because_the_branch_moved_asks_again(
     merges = stubs.inputs("merge_pr")
     assert [m.sha for m in merges] == [HEAD, MOVED_HEAD]  # each pinned to the head the SRE was shown
     assert stubs.names().count("pr_diff") == 2
+    await c.get_workflow_handle(wid).terminate("test over")
+
+
+async def test_the_sres_reject_at_the_input_answers_abort_and_ends_rejected(
+    skipping: WorkflowEnvironment, tier: Tier
+):
+    """The reject of deploy_approval's step (effect proceed_input) answers the job's input `abort` first,
+    then ends the deploy; the build that did not finish is aborted as the deploy closes."""
+    wid = await start(skipping, tier)
+    await to_approval(skipping, tier, wid)
+    await act(skipping.client, wid, Action.REJECT, SRE1, Step.DEPLOY_APPROVAL, comment="wrong replicas")
+    res = await result(skipping, wid)
+    assert res.outcome is Outcome.REJECTED
+    assert res.reason == f"rejected at deploy_approval by {SRE1}: wrong replicas"
+    stubs = tier.stubs
+    (answer,) = stubs.inputs("input_action")
+    assert answer.decision == "abort" and answer.number == BUILD_NUMBER
+    assert stubs.names()[-3:] == ["watch_input", "input_action", "abort_build"]
+    assert "wait_build_result" not in stubs.names()
+
+
+async def test_a_version_pr_merged_on_github_moves_the_deploy_on(skipping: WorkflowEnvironment, tier: Tier):
+    """The step's watcher (version_pr) ends it: deployctl merges nothing and records who merged."""
+    c, stubs = skipping.client, tier.stubs
+    wid = await start(skipping, tier, "kprod-gov")
+    await act(c, wid, Action.APPROVE, GATE1, Step.PCCR_REVIEW)
+    await act(c, wid, Action.ASSIGN, GATE1, Step.SRE_ASSIGNMENT, sre=SREG1)
+    await at(c, wid, Step.VERSION_PR_MERGE, SREG1)
+    await eventually(lambda: "watch_pr" in stubs.names(), timeout=10, interval=0.02)
+    stubs.watch_pr_result = stubs._pr(tier.config.settings().configs_repo).model_copy(
+        update={"merged": True, "state": "closed", "merged_by": "octo-elsewhere"}
+    )
+    st = await at(c, wid, Step.TRIGGER, SREG1)
+    assert "merge_pr" not in stubs.names()
+    (entry,) = [e for e in st.audit if e.action == "merged_on_github"]
+    assert entry.channel == "github" and entry.identity == "github:octo-elsewhere" and entry.out_of_policy
+    assert any("merged directly on GitHub by octo-elsewhere" in m.text for m in stubs.posted())
     await c.get_workflow_handle(wid).terminate("test over")
