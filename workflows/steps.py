@@ -95,109 +95,32 @@ _ASSIGN = Button(Action.ASSIGN, "Assign")  # drawn as a users menu (names_sre), 
 _TRIGGER = Button(Action.TRIGGER, "Trigger deploy job")
 _TRIGGER_DOES = "the deploy job starts with the PCCR's parameters"
 
-VP = StepDef(
-    Step.VP_APPROVAL,
-    Role.VP,
-    (_APPROVE, _REJECT),
-    "VP approval recorded in the PCCR",
-    Effect.VP_APPROVED,
-    timedelta(days=3),
-    shows=Shows.PARAMS,
-)
-REVIEW = StepDef(
-    Step.PCCR_REVIEW,
-    Role.GATEKEEPER,
-    (_APPROVE, _REJECT),
-    "the PCCR is approved",
-    Effect.PCCR_APPROVED,
-    timedelta(days=3),
-    shows=Shows.PARAMS,
-)
-ASSIGN_BY_GATEKEEPER = StepDef(
-    Step.SRE_ASSIGNMENT,
-    Role.GATEKEEPER,
-    (_ASSIGN,),
-    "an SRE is named to approve the deploy job",
-    Effect.SRE_ASSIGNED,
-    timedelta(days=1),
-    names_sre=True,
-)
-ASSIGN_BY_OWNER = StepDef(
-    Step.SRE_ASSIGNMENT,
-    Role.CODE_OWNER,
-    (_ASSIGN,),
-    "an SRE is found to help with the release",
-    Effect.SRE_ASSIGNED,
-    timedelta(days=1),
-    names_sre=True,
-)
-CLEARANCE = StepDef(
-    Step.CLEARANCE,
-    Role.ASSIGNED_SRE,
-    (Button(Action.APPROVE, "Clear to trigger"),),
-    "the SRE tells the owner to trigger the job",
-    Effect.ANNOUNCE,
-    timedelta(days=1),
-)
-MERGE = StepDef(
-    Step.VERSION_PR_MERGE,
-    Role.ASSIGNED_SRE,
-    (Button(Action.MERGE, "Merge version PR"),),
-    "the version PR is merged",
-    Effect.MERGE_PR,
-    timedelta(days=1),
-    shows=Shows.PR_DIFF,
-    watcher=Watcher.VERSION_PR,
-)
-TRIGGER_BY_OWNER = StepDef(
-    Step.TRIGGER, Role.CODE_OWNER, (_TRIGGER,), _TRIGGER_DOES, Effect.TRIGGER_JOB, timedelta(days=1)
-)
-TRIGGER_BY_SRE = StepDef(
-    Step.TRIGGER, Role.ASSIGNED_SRE, (_TRIGGER,), _TRIGGER_DOES, Effect.TRIGGER_JOB, timedelta(days=1)
-)
-DIFF = StepDef(
-    Step.DIFF_VALIDATION,
-    Role.CODE_OWNER,
-    (Button(Action.VALIDATE_DIFF, "Diff is correct"), _REJECT),
-    "the diff printed by the job is accepted",
-    Effect.ANNOUNCE,
-    timedelta(hours=4),
-    shows=Shows.BUILD_DIFF,
-)
-APPROVAL = StepDef(
-    Step.DEPLOY_APPROVAL,
-    Role.ASSIGNED_SRE,
-    (
-        Button(
-            Action.APPROVE,
-            "Approve deploy",
-            Confirm(
-                "Approve the deploy?",
-                "The deploy job goes on and applies the diff to production.",
-                "Approve deploy",
-            ),
-        ),
-        _REJECT,
+_DAY, _HOURS_4 = timedelta(days=1), timedelta(hours=4)
+_APPROVE_DEPLOY = Button(
+    Action.APPROVE,
+    "Approve deploy",
+    Confirm(
+        "Approve the deploy?", "The deploy job goes on and applies the diff to production.", "Approve deploy"
     ),
-    "the job's input step is approved in Jenkins",
-    Effect.PROCEED_INPUT,
-    timedelta(hours=4),
-    shows=Shows.INPUT,
-    watcher=Watcher.JENKINS_INPUT,
 )
-ACCEPTANCE = StepDef(
-    Step.RELEASE_ACCEPTANCE,
-    Role.GATEKEEPER,
-    (_APPROVE, _REJECT),
-    "the PCCR is accepted for the release",
-    Effect.PCCR_ACCEPTED,
-    timedelta(days=7),
-    shows=Shows.PARAMS,
-)
-WINDOW = StepDef(
-    Step.RELEASE_WINDOW_WAIT, None, (), "waits until the release window opens", Effect.WAIT_WINDOW
-)
+
+# The rows. Columns: step, who acts, buttons, what it achieves (the runbook's words), its effect, default
+# timeout; then what its DM shows, its watcher, whether it names an SRE.
+# fmt: off
+VP = StepDef(Step.VP_APPROVAL, Role.VP, (_APPROVE, _REJECT), "VP approval recorded in the PCCR", Effect.VP_APPROVED, 3 * _DAY, shows=Shows.PARAMS)
+REVIEW = StepDef(Step.PCCR_REVIEW, Role.GATEKEEPER, (_APPROVE, _REJECT), "the PCCR is approved", Effect.PCCR_APPROVED, 3 * _DAY, shows=Shows.PARAMS)
+ASSIGN_BY_GATEKEEPER = StepDef(Step.SRE_ASSIGNMENT, Role.GATEKEEPER, (_ASSIGN,), "an SRE is named to approve the deploy job", Effect.SRE_ASSIGNED, _DAY, names_sre=True)
+ASSIGN_BY_OWNER = StepDef(Step.SRE_ASSIGNMENT, Role.CODE_OWNER, (_ASSIGN,), "an SRE is found to help with the release", Effect.SRE_ASSIGNED, _DAY, names_sre=True)
+CLEARANCE = StepDef(Step.CLEARANCE, Role.ASSIGNED_SRE, (Button(Action.APPROVE, "Clear to trigger"),), "the SRE tells the owner to trigger the job", Effect.ANNOUNCE, _DAY)
+MERGE = StepDef(Step.VERSION_PR_MERGE, Role.ASSIGNED_SRE, (Button(Action.MERGE, "Merge version PR"),), "the version PR is merged", Effect.MERGE_PR, _DAY, shows=Shows.PR_DIFF, watcher=Watcher.VERSION_PR)
+TRIGGER_BY_OWNER = StepDef(Step.TRIGGER, Role.CODE_OWNER, (_TRIGGER,), _TRIGGER_DOES, Effect.TRIGGER_JOB, _DAY)
+TRIGGER_BY_SRE = StepDef(Step.TRIGGER, Role.ASSIGNED_SRE, (_TRIGGER,), _TRIGGER_DOES, Effect.TRIGGER_JOB, _DAY)
+DIFF = StepDef(Step.DIFF_VALIDATION, Role.CODE_OWNER, (Button(Action.VALIDATE_DIFF, "Diff is correct"), _REJECT), "the diff printed by the job is accepted", Effect.ANNOUNCE, _HOURS_4, shows=Shows.BUILD_DIFF)
+APPROVAL = StepDef(Step.DEPLOY_APPROVAL, Role.ASSIGNED_SRE, (_APPROVE_DEPLOY, _REJECT), "the job's input step is approved in Jenkins", Effect.PROCEED_INPUT, _HOURS_4, shows=Shows.INPUT, watcher=Watcher.JENKINS_INPUT)
+ACCEPTANCE = StepDef(Step.RELEASE_ACCEPTANCE, Role.GATEKEEPER, (_APPROVE, _REJECT), "the PCCR is accepted for the release", Effect.PCCR_ACCEPTED, 7 * _DAY, shows=Shows.PARAMS)
+WINDOW = StepDef(Step.RELEASE_WINDOW_WAIT, None, (), "waits until the release window opens", Effect.WAIT_WINDOW)
 DEPLOYING = StepDef(Step.DEPLOYING, None, (), "the job applies; its result is recorded", Effect.FOLLOW_BUILD)
+# fmt: on
 
 #: Every row, in the order the config lists the steps' timeouts.
 ALL = (
