@@ -13,9 +13,9 @@ from typing import Any
 from temporalio.client import Client
 
 from bench.stack import ENVIRONMENT, OWNER, PARAMS, BenchStack, job_name, service_name
-from starter.client import send_action, start_deploy
+from starter.client import deploy_result, send_action, start_deploy
 from starter.devstack import COM_SCRIPT, DIFF, wait_for_step
-from workflows.models import ActionInput, DeployResult, DeployStatus, Outcome, Process, Step
+from workflows.models import ActionInput, DeployStatus, Outcome, Process, Step
 
 
 @dataclass
@@ -115,7 +115,7 @@ async def _product_deploy(stack, i, interval, counters, script, t0) -> DeployRun
         if step is Step.DEPLOY_APPROVAL:
             run.approve_sent, run.approve_accepted = sent, time.monotonic()
             run.build = st.build.number
-    result = await client.get_workflow_handle(wid, result_type=DeployResult).result()
+    result = await deploy_result(client, wid)
     run.ended = time.monotonic()
     run.outcome = result.outcome.value
     if result.outcome is not Outcome.SUCCEEDED:

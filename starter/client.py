@@ -351,6 +351,11 @@ async def read_status(client: Client, workflow_id: str) -> DeployStatus:
         ) from None
 
 
+async def deploy_result(client: Client, workflow_id: str) -> DeployResult:
+    """The deploy's result (its outcome, and its final status when it fits), once it has ended."""
+    return await client.get_workflow_handle(workflow_id, result_type=DeployResult).result()
+
+
 async def current_step(client: Client, workflow_id: str) -> str:
     return (await read_status(client, workflow_id)).step.value
 

@@ -355,9 +355,10 @@ async def wait_for_step(
     (`on_query` is called after each query: the benchmarks count them). A RuntimeError when the deploy
     ended first, StepNotReached after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    handle = client.get_workflow_handle(wid)
+    from starter.client import query_status
+
     while True:
-        st = await handle.query("status", result_type=DeployStatus)
+        st = await query_status(client, wid)
         if on_query is not None:
             on_query()
         if st.outcome is not None:
@@ -404,7 +405,7 @@ async def run_demo(
 ) -> DeployStatus:
     """Start one deploy and act as its people would, through the same Update path as the CLI."""
     from starter.audit import render_audit
-    from starter.client import Refused, send_action, start_deploy
+    from starter.client import Refused, deploy_result, query_status, send_action, start_deploy
 
     client = stack.client
     print(f"\n## {title}", flush=True)
@@ -430,8 +431,7 @@ async def run_demo(
         print(f"  {step.value:<19} {actor} {action.value}" + (f" {shown}" if shown else ""), flush=True)
         if step is Step.RELEASE_ACCEPTANCE:
             print("  release_window_wait (a durable timer until the window opens)", flush=True)
-    await client.get_workflow_handle(wid).result()
-    final = await client.get_workflow_handle(wid).query("status", result_type=DeployStatus)
+    final = (await deploy_result(client, wid)).status or await query_status(client, wid)
     print("\n" + render_audit(final, "md"), flush=True)
     print(f"\noutcome: {final.outcome.value if final.outcome else 'running'} — {wid}: {final.outcome_reason}")
     return final
