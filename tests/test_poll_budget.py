@@ -318,3 +318,44 @@ def test_rate_limit_spread() -> None:
     assert rate_limit_spread(remaining=100, limit=5000, reset=1000.0, now=0.0) == 10.0
     assert rate_limit_spread(remaining=0, limit=5000, reset=90.0, now=30.0) == 60.0
     assert rate_limit_spread(remaining=-1, limit=-1, reset=0.0, now=0.0) == 0.0  # no headers seen yet
+
+
+# ---------------------------------------------------------------------------------------------------
+# progressiveText as the fake speaks it, and as the activities read it
+
+
+def test_the_fake_answers_progressive_text_as_stapler_does(
+    fake: FakeJenkins, acts: JenkinsActivities
+) -> None:
+    import requests
+
+    number = start_build(fake, acts)
+    wait_state(fake, JOB, number, "paused")
+    url = f"{fake.url}/job/{JOB}/{number}/logText/progressiveText"
+    auth = (USER, TOKEN)
+    whole = fake.console(JOB, number).encode("utf-8")
+    first = requests.get(url, params={"start": 0}, auth=auth, timeout=5)
+    assert first.content == whole and first.headers["X-Text-Size"] == str(len(whole))
+    assert first.headers["X-More-Data"] == "true"  # paused at its input: still running
+    again = requests.get(url, params={"start": len(whole)}, auth=auth, timeout=5)
+    assert again.content == b"" and again.headers["X-Text-Size"] == str(len(whole))
+    past = requests.get(url, params={"start": len(whole) + 100}, auth=auth, timeout=5)
+    assert past.content == whole  # "text rolled over": from 0
+    fake.answer_input(JOB, number, by="alice")
+    wait_state(fake, JOB, number, "finished")
+    done = requests.get(url, params={"start": len(whole)}, auth=auth, timeout=5)
+    assert "X-More-Data" not in done.headers and b"Approved by alice" in done.content
+
+
+def test_console_follows_the_offsets_jenkins_gives() -> None:
+    from activities.jenkins import Console
+
+    console = Console()
+    console.add(0, b"a\nb\n", 10, more=True)  # 10 bytes of raw log (console notes stripped from the body)
+    assert (console.text, console.offset, console.more, console.grew) == ("a\nb\n", 10, True, True)
+    console.add(10, b"", 10, more=True)
+    assert (console.text, console.grew) == ("a\nb\n", False)
+    console.add(10, "c ✓\n".encode(), 16, more=False)
+    assert (console.text, console.offset, console.more) == ("a\nb\nc ✓\n", 16, False)
+    console.add(16, b"fresh\n", 6, more=True)  # the log started over: Jenkins answered from 0
+    assert (console.text, console.offset) == ("fresh\n", 6)
