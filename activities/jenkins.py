@@ -452,6 +452,15 @@ class JenkinsActivities:
         console.grew = grew
         return console
 
+    def _ended(self, job: str, number: int, console: Console, what: str) -> dict[str, Any] | None:
+        """The build's `api/json` if it is over, else None. While `X-More-Data` says the log goes on, the
+        build runs and nothing more is asked; once it stops saying so the build is read, and a build that
+        still shows `building` (a proxy that drops the header) counts as running."""
+        if console.more:
+            return None
+        info = self._build_info(job, number, what)
+        return None if info.get("building") else info
+
     def _pending_inputs(self, job: str, number: int, what: str) -> list[dict[str, Any]]:
         pending = self._get_json(f"{job_path(job)}{number}/wfapi/pendingInputActions", what)
         return [p for p in pending or [] if isinstance(p, dict)]
@@ -694,8 +703,7 @@ class JenkinsActivities:
             lines = extract_diff(console.text, inp.diff_begin, inp.diff_end)
             if lines is None:
                 why = None
-                if not console.more:
-                    info = self._build_info(inp.job, inp.number, what)
+                if (info := self._ended(inp.job, inp.number, console, what)) is not None:
                     why = f"the build ended ({info.get('result')})"
                 elif not console.grew and self._pending_inputs(inp.job, inp.number, what):
                     why = "the build is waiting at its input step"
@@ -786,8 +794,7 @@ class JenkinsActivities:
                 detail=f"input {iid} of {inp.job} #{inp.number} was already answered in Jenkins: {line}",
                 answered_by=who,
             )
-        if not console.more:  # the log is complete: the build is over
-            info = self._build_info(inp.job, inp.number, what)
+        if (info := self._ended(inp.job, inp.number, console, what)) is not None:
             return InputActionResult(
                 done=False,
                 answered_elsewhere=True,
@@ -830,8 +837,8 @@ class JenkinsActivities:
                 state, detail = "unclear", unclear
             else:
                 answer = first_answer(self._read_console(inp.job, inp.number, console, what).text)
-                if not console.more:  # the log is complete: the build is over
-                    result = self._build_info(inp.job, inp.number, what).get("result")
+                if (info := self._ended(inp.job, inp.number, console, what)) is not None:
+                    result = info.get("result")
                     return WatchInputResult(
                         build_result=result,
                         state="ended",

@@ -359,3 +359,20 @@ def test_console_follows_the_offsets_jenkins_gives() -> None:
     assert (console.text, console.offset, console.more) == ("a\nb\nc ✓\n", 16, False)
     console.add(16, b"fresh\n", 6, more=True)  # the log started over: Jenkins answered from 0
     assert (console.text, console.offset) == ("fresh\n", 6)
+
+
+def test_a_proxy_that_drops_x_more_data_does_not_end_the_build(
+    fake: FakeJenkins, acts: JenkinsActivities
+) -> None:
+    """Without `X-More-Data` the log looks complete; the build's own `building` is asked, and wins."""
+    fake.add_job("proxied", parameters=[{"name": "V"}], diff_lines=DIFF, queue_seconds=0.05, plan_seconds=0.4)
+    number = start_build(fake, acts, "proxied")
+    fake.drop_headers = {"x-more-data"}
+    try:
+        result = run(
+            acts.read_diff, ReadDiffInput(job="proxied", number=number, diff_begin=BEGIN, diff_end=END)
+        )
+    finally:
+        fake.drop_headers = set()
+    assert result.diff == "\n".join(DIFF) + "\n"
+    assert fake.count("build", "proxied", number) >= 2  # it asked, and kept polling

@@ -217,6 +217,8 @@ class FakeJenkins(LocalServer):
         self.requests: list[tuple[str, str, dict[str, str], str]] = []
         #: Every request as (epoch seconds, kind, method, path, query): `request_kind` names the kinds.
         self.timeline: list[tuple[float, str, str, str, dict[str, str]]] = []
+        #: Response headers (lower-case names) left out, as a proxy in front of Jenkins might.
+        self.drop_headers: set[str] = set()
         self._lock = threading.RLock()
         self._jobs: dict[str, _Job] = {}
         self._queue: dict[int, _QueueItem] = {}
@@ -252,7 +254,8 @@ class FakeJenkins(LocalServer):
                 self.send_header("Content-Type", rsp.content_type)
                 self.send_header("Content-Length", str(len(rsp.body)))
                 for k, v in rsp.headers.items():
-                    self.send_header(k, v)
+                    if k.lower() not in fake.drop_headers:
+                        self.send_header(k, v)
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(rsp.body)
