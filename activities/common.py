@@ -1,6 +1,6 @@
 """What every polling activity shares: heartbeats that outlive a wait, and a sleep that heartbeats.
 
-The long activities run under a short heartbeat timeout (10 s, `workflows.deploy.LONG_POLL`): an
+The long activities run under a short heartbeat timeout (10 s, `workflows.options.LONG_POLL`): an
 attempt that goes that long without a heartbeat is timed out and retried, however well it is doing. So
 nothing here stays silent longer than `HEARTBEAT_EVERY` (or a quarter of the heartbeat timeout, if that
 is shorter):

@@ -16,10 +16,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -27,6 +25,8 @@ from typing import Any
 from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
+
+from bench.serve import main, serve_until
 
 STEPS = 6  # Updates per deploy: approve, assign, clearance, trigger, validate_diff, deploy approval
 TRIGGER_STEP, APPROVAL_STEP = 3, 5  # 0-based: the Jenkins work follows these Updates
@@ -244,8 +244,6 @@ def _spread(total: int, parts: int) -> list[int]:
 
 
 async def _serve() -> None:
-    from temporalio.worker import Worker
-
     from starter.client import connect
     from starter.config import load_config
 
@@ -262,30 +260,24 @@ async def _serve() -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    with ThreadPoolExecutor(max_workers=64) as pool:
-        worker = Worker(
-            client,
-            task_queue=config.task_queue,
-            workflows=[BaselineWorkflow],
-            activities=[
-                acts.slack,
-                acts.get,
-                acts.trigger,
-                acts.started,
-                acts.diff,
-                acts.proceed,
-                acts.result,
-            ],
-            activity_executor=pool,
-            max_concurrent_activities=64,
-            graceful_shutdown_timeout=timedelta(seconds=5),
-            **_tuning(),
-        )
-        async with worker:
-            await stop.wait()
+    await serve_until(
+        stop,
+        client,
+        task_queue=config.task_queue,
+        workflows=[BaselineWorkflow],
+        activities=[
+            acts.slack,
+            acts.get,
+            acts.trigger,
+            acts.started,
+            acts.diff,
+            acts.proceed,
+            acts.result,
+        ],
+        graceful_shutdown_timeout=timedelta(seconds=5),
+        **_tuning(),
+    )
 
 
 if __name__ == "__main__":
-    asyncio.run(_serve())
-    sys.stdout.flush()
-    os._exit(0)
+    main(_serve)

@@ -14,7 +14,7 @@ from temporalio.client import Client
 
 from bench.stack import ENVIRONMENT, OWNER, PARAMS, BenchStack, job_name, service_name
 from starter.client import send_action, start_deploy
-from starter.devstack import COM_SCRIPT, DIFF
+from starter.devstack import COM_SCRIPT, DIFF, wait_for_step
 from workflows.models import ActionInput, DeployResult, DeployStatus, Outcome, Process, Step
 
 
@@ -50,19 +50,12 @@ async def wait_status(
     counters: Counters,
     timeout: float = 300,
 ) -> DeployStatus:
-    """Poll `status` until the deploy waits on `actor` at `step`."""
-    handle = client.get_workflow_handle(wid)
-    deadline = time.monotonic() + timeout
-    while True:
-        st = await handle.query("status", result_type=DeployStatus)
+    """Poll `status` until the deploy waits on `actor` at `step` (devstack's wait, counting the queries)."""
+
+    def counted() -> None:
         counters.queries += 1
-        if st.outcome is not None:
-            raise RuntimeError(f"{wid} ended {st.outcome.value} at {st.step.value}: {st.outcome_reason}")
-        if st.step is step and actor in st.waiting_on:
-            return st
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{wid} did not reach {step.value} for {actor} (at {st.step.value})")
-        await asyncio.sleep(interval)
+
+    return await wait_for_step(client, wid, step, actor, timeout, interval, on_query=counted)
 
 
 @contextlib.contextmanager

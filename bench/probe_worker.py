@@ -17,8 +17,6 @@ import collections
 import dataclasses
 import os
 import signal
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pydantic._internal import _model_construction
@@ -50,9 +48,10 @@ def _dump() -> None:
 
 
 async def _serve() -> None:
-    from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+    from temporalio.worker import UnsandboxedWorkflowRunner
     from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+    from bench.serve import serve_until
     from starter.client import connect
     from starter.config import load_config
     from worker import WORKFLOWS, build_activities
@@ -81,21 +80,17 @@ async def _serve() -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, _dump)
-    with ThreadPoolExecutor(max_workers=64) as pool:
-        worker = Worker(
-            client,
-            task_queue=config.task_queue,
-            workflows=WORKFLOWS,
-            activities=build_activities(client, config),
-            activity_executor=pool,
-            max_concurrent_activities=64,
-            **kw,
-        )
-        async with worker:
-            await stop.wait()
+    await serve_until(
+        stop,
+        client,
+        task_queue=config.task_queue,
+        workflows=WORKFLOWS,
+        activities=build_activities(client, config),
+        **kw,
+    )
 
 
 if __name__ == "__main__":
-    asyncio.run(_serve())
-    sys.stdout.flush()
-    os._exit(0)
+    from bench.serve import main
+
+    main(_serve)

@@ -67,8 +67,8 @@ class TimedJenkins(FakeJenkins):
         arrived = time.monotonic()
         with self._stamp_lock:
             self.count += 1
-            if req.method == "POST" and "/input/" in req.raw_path:
-                self.input_posts.append((arrived, req.raw_path))
+            if req.method == "POST" and "/input/" in req.path:
+                self.input_posts.append((arrived, req.path))
         return super()._serve(req)
 
     def first_input_post(self, job: str, number: int, since: int = 0) -> float | None:

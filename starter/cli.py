@@ -402,7 +402,7 @@ def render_plan(config: Config, service: str, environment: str, process: Process
     groups = {name: g.members for name, g in settings.groups.items()}
     parties = policy.Parties(code_owners=spec.code_owners, groups=groups, assigned_sre="<assigned SRE>")
     out = [
-        f"{process.value} deploy of {service} to {environment} ({cloud.value}-cloud), job {spec.jenkins_job}"
+        f"{process.value} deploy of {service} to {environment} ({messages.cloud_text(cloud)}), job {spec.jenkins_job}"
     ]
     for i, defn in enumerate(steps_for(process, cloud, spec.valkyr), 1):
         if defn.actor is None:
@@ -413,7 +413,7 @@ def render_plan(config: Config, service: str, environment: str, process: Process
             who = f"{defn.actor.value}: " + (
                 g.mention() if g and g.slack_usergroup else ", ".join(people) or "-"
             )
-        if defn.step is Step.SRE_ASSIGNMENT:
+        if defn.names_sre:
             pool = settings.groups.get(sre_group(cloud))
             who += (
                 f" -> an SRE from {sre_group(cloud)} (" + (pool.mention() if pool else "not configured") + ")"

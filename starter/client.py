@@ -210,7 +210,7 @@ async def start_deploy(
                 SearchAttributePair(sa.STEP, first.value),
             ]
         ),
-        static_summary=f"{process.value.upper()} deploy of {service} to {environment} ({cloud.value}-cloud), opened by {actor}",
+        static_summary=f"{messages.deploy_name(service, environment, process)} ({messages.cloud_text(cloud)}), opened by {actor}",
         static_details=f"PCCR parameters:\n\n```\n{yaml.safe_dump(shown, sort_keys=True).strip()}\n```",
     )
     await admitted(handle)

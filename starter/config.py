@@ -55,7 +55,7 @@ from workflows.models import (
     ServiceSpec,
     Step,
 )
-from workflows.steps import sre_group, steps_for, triage_group
+from workflows.steps import TIMEOUTS, sre_group, steps_for, triage_group
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -94,19 +94,8 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
 GROUP_NAMES = ("pccr-gatekeeper", "sre", "sre-gov", "vp")
 REQUIRED_GROUPS = ("pccr-gatekeeper", "sre")
 
-#: The waiting steps, each with its default timeout. `[timeouts]` may override any of them, and only them:
-#: `release_window_wait` is bounded by the window, `deploying` by the job, `done` by nothing.
-TIMEOUT_DEFAULTS: dict[Step, timedelta] = {
-    Step.VP_APPROVAL: timedelta(days=3),
-    Step.PCCR_REVIEW: timedelta(days=3),
-    Step.SRE_ASSIGNMENT: timedelta(days=1),
-    Step.CLEARANCE: timedelta(days=1),
-    Step.VERSION_PR_MERGE: timedelta(days=1),
-    Step.TRIGGER: timedelta(days=1),
-    Step.DIFF_VALIDATION: timedelta(hours=4),
-    Step.DEPLOY_APPROVAL: timedelta(hours=4),
-    Step.RELEASE_ACCEPTANCE: timedelta(days=7),
-}
+#: The waiting steps, each with its default timeout, from the step table (workflows/steps.py).
+TIMEOUT_DEFAULTS: dict[Step, timedelta] = TIMEOUTS
 
 SECRET_NAMES = ("JENKINS_TOKEN", "GITHUB_TOKEN", "SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN")
 _SECRET_HINTS = {

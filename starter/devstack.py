@@ -338,21 +338,35 @@ def dev_main(run_worker: RunWorker, port: int, ui_port: int, config_path: str | 
 # ------------------------------------------------------------------------------------------------ demo
 
 
+class StepNotReached(RuntimeError, TimeoutError):
+    """The deploy did not reach the step within the time given (a RuntimeError, and a TimeoutError)."""
+
+
 async def wait_for_step(
-    client: Client, wid: str, step: Step, actor: str, timeout: float = 60
+    client: Client,
+    wid: str,
+    step: Step,
+    actor: str,
+    timeout: float = 60,
+    interval: float = 0.2,
+    on_query: Callable[[], object] | None = None,
 ) -> DeployStatus:
-    """Poll the status query until the deploy waits on `actor` at `step`."""
+    """Poll the status query every `interval` seconds until the deploy waits on `actor` at `step`
+    (`on_query` is called after each query: the benchmarks count them). A RuntimeError when the deploy
+    ended first, StepNotReached after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     handle = client.get_workflow_handle(wid)
     while True:
         st = await handle.query("status", result_type=DeployStatus)
+        if on_query is not None:
+            on_query()
         if st.outcome is not None:
             raise RuntimeError(f"{wid} ended {st.outcome.value} at {st.step.value}: {st.outcome_reason}")
         if st.step is step and actor in st.waiting_on:
             return st
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{wid} did not reach {step.value} for {actor} (at {st.step.value})")
-        await asyncio.sleep(0.2)
+            raise StepNotReached(f"{wid} did not reach {step.value} for {actor} (at {st.step.value})")
+        await asyncio.sleep(interval)
 
 
 # One scripted deploy of each process: (action, actor, step, extra payload fields).

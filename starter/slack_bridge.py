@@ -6,8 +6,9 @@ is answered 401 and never reaches Temporal) or over Socket Mode when `SLACK_APP_
 
 Over HTTP a verified request is acted on once: its (timestamp, signature) goes into a `ReplayCache`
 for as long as it would pass the freshness check, and a repeat is answered 200 (`X-Slack-No-Retry: 1`)
-without reaching a listener. Each connection must deliver its request within `READ_TIMEOUT` seconds,
-and a body over `MAX_BODY` is refused 413 from its headers alone.
+without reaching a listener. The HTTP front is `starter.http_front`: one Starlette app on uvicorn, with
+`/healthz` and room for more routes; it bounds how long a request may take to arrive (`READ_TIMEOUT`),
+its size (`MAX_BODY`, 413 from the headers alone) and the connections at once.
 
 `/deploy status` answers only the deploy's people (its requester, code owners, the people and groups on
 its rosters, its SRE); anyone else, and anyone asking about a deploy that does not exist, gets the same
@@ -21,8 +22,10 @@ message and changes nothing; an accepted click replaces the buttons with who did
 retries and double clicks are therefore harmless: the step guard accepts one action per step.
 
 Temporal calls run on one asyncio loop in a background thread (`TemporalRunner`); Bolt's listener
-threads hand them over with `asyncio.run_coroutine_threadsafe`. Outbound Slack calls go through the
-WebClient of `starter.slack_api.make_web_client` (429 Retry-After handling), as the worker's are.
+threads hand them over with `asyncio.run_coroutine_threadsafe`. (The HTTP front's own loop only reads
+requests and hands each to Bolt's `dispatch` in a worker thread: it never waits on Temporal.) Outbound
+Slack calls go through the WebClient of `starter.slack_api.make_web_client` (429 Retry-After
+handling), as the worker's are.
 """
 
 from __future__ import annotations
@@ -33,28 +36,27 @@ import os
 import re
 import secrets
 import signal
-import socket
 import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 from slack_bolt import Ack, App, BoltRequest, BoltResponse, Respond
 from slack_bolt.error import BoltError
 from slack_bolt.middleware import Middleware
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
+from starlette.routing import BaseRoute
 from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from starter.client import Refused, connect, deploy_opening, query_status, send_action
 from starter.config import Config, ConfigError, secret
+from starter.http_front import EVENTS_PATH, make_front
 from starter.slack_api import make_web_client
 from workflows import messages
 from workflows.models import ActionInput, Click, DeployStatus
@@ -64,14 +66,11 @@ T = TypeVar("T")
 
 log = logging.getLogger("deployctl.slack")
 
-EVENTS_PATH = "/slack/events"
 BRIDGE_KEY_ENV = "DEPLOYCTL_BRIDGE_KEY"  # the bridge's private key: it signs the clicks it verified (SPEC §9)
 COMMAND = "/deploy"
-MAX_BODY = 1 << 20  # Slack's payloads are far smaller; anything bigger is not Slack
 UPDATE_TIMEOUT = 60.0  # an Update needs a worker; do not hold a listener thread longer than this
 QUERY_TIMEOUT = 20.0  # the whole `/deploy status` look-up: the query, then the history if need be
 QUERY_RPC_TIMEOUT = 10.0  # the status query alone (no worker: it waits this long, then the history)
-READ_TIMEOUT = 10.0  # seconds a connection has to deliver a request (headers and body); then it is closed
 REPLAY_WINDOW = 300  # seconds Bolt accepts a request's timestamp either side of now (INTEGRATIONS §3)
 REPLAY_CACHE_SIZE = 10_000  # verified requests remembered at most (Slack sends a few a minute)
 MAX_SHOWN_ID = 120  # characters of a workflow id echoed back
@@ -135,7 +134,8 @@ class TemporalRunner:
 class ReplayCache:
     """The verified HTTP requests seen, by (timestamp, signature), for as long as they could pass
     Bolt's five-minute freshness check: from the later of their timestamp and their arrival, `window`
-    seconds (plus one). Bounded: past `max_size` the oldest go first. Thread-safe (the server is threaded).
+    seconds (plus one). Bounded: past `max_size` the oldest go first. Thread-safe (Bolt's dispatch runs
+    in the HTTP front's worker threads).
     """
 
     def __init__(
@@ -491,144 +491,6 @@ def _trouble(err: BaseException | None) -> str:
     return f"deployctl could not reach Temporal ({type(err).__name__}: {err}); try again, or use the CLI"
 
 
-# ------------------------------------------------------------------------------------------ HTTP mode
-
-
-def make_http_server(app: App, host: str, port: int, *, timeout: float = READ_TIMEOUT) -> ThreadingHTTPServer:
-    """A threaded HTTP server that hands POST /slack/events to Bolt (GET /healthz answers ok).
-
-    Each request (its headers and body; on a kept-alive connection, also the wait for it) must arrive
-    within `timeout` seconds, or the connection is closed unanswered: a client that sends nothing, or
-    part of a request, or drips it, holds a thread that long at most. A body over MAX_BODY is refused
-    413 from its Content-Length alone, unread; chunked bodies (Slack sends none) are refused 400.
-    """
-
-    read_timeout = timeout
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "deployctl-slack"
-        timeout = read_timeout  # each socket read and write (StreamRequestHandler), besides the deadline
-
-        def setup(self) -> None:
-            super().setup()
-            self._clock_lock = threading.Lock()
-            self._clock: threading.Timer | None = None
-            self._cut = False
-
-        def handle_one_request(self) -> None:
-            """One request, read against the clock: past `timeout` the watchdog shuts the socket."""
-            self._clock = threading.Timer(read_timeout, self._too_slow)
-            self._clock.daemon = True
-            self._clock.start()
-            try:
-                super().handle_one_request()
-            finally:
-                self._request_read()
-
-        def _too_slow(self) -> None:
-            with self._clock_lock:
-                if self._clock is None:  # the request was read in time after all
-                    return
-                self._cut, self._clock = True, None
-            self.close_connection = True
-            log.debug(
-                "%s: no whole request within %gs; connection closed", self.address_string(), read_timeout
-            )
-            try:
-                self.connection.shutdown(socket.SHUT_RDWR)  # wakes the blocked read with an EOF
-            except OSError:
-                pass
-
-        def _request_read(self) -> bool:
-            """The request is in: stop the clock. False when the watchdog already cut the connection."""
-            with self._clock_lock:
-                if self._clock is not None:
-                    self._clock.cancel()
-                    self._clock = None
-                if self._cut:
-                    self.close_connection = True
-                return not self._cut
-
-        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-            if self._cut:  # a request line or headers cut off by the watchdog: nobody to answer
-                self.close_connection = True
-                return
-            super().send_error(code, message, explain)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("%s %s", self.address_string(), format % args)
-
-        def _send(self, status: int, body: bytes, headers: dict[str, Any] | None = None) -> None:
-            self.send_response(status)
-            sent_type = False
-            for key, values in (headers or {}).items():
-                if key.lower() in ("content-length", "connection"):
-                    continue
-                sent_type = sent_type or key.lower() == "content-type"
-                for value in values if isinstance(values, list | tuple) else [values]:
-                    self.send_header(key, str(value))
-            if not sent_type:
-                self.send_header("Content-Type", "text/plain; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _refuse(self, status: int, text: str) -> None:
-            """Answer and close, leaving the rest of the request unread (unless the watchdog cut it)."""
-            if self._request_read():
-                self.close_connection = True
-                self._send(status, text.encode() + b"\n")
-
-        def do_GET(self) -> None:
-            if not self._request_read():
-                return
-            if urlsplit(self.path).path == "/healthz":
-                self._send(200, b"ok\n")
-            else:
-                self._send(404, b"not found\n")
-
-        def do_POST(self) -> None:
-            parts = urlsplit(self.path)
-            if self.headers.get("Transfer-Encoding"):
-                self._refuse(400, "send the body with a Content-Length")
-                return
-            declared = {v.strip() for v in self.headers.get_all("Content-Length") or ["0"]}
-            given = declared.pop() if len(declared) == 1 else ""  # two different lengths: neither
-            length = int(given) if given.isascii() and given.isdigit() else -1
-            if length < 0:
-                self._refuse(400, "bad Content-Length")
-                return
-            if length > MAX_BODY:
-                self._refuse(413, f"request too large (at most {MAX_BODY} bytes)")
-                return
-            raw = self.rfile.read(length)
-            if not self._request_read():
-                return
-            if len(raw) < length:  # the client gave up half way
-                self._refuse(400, "incomplete body")
-                return
-            if parts.path != EVENTS_PATH:
-                self._send(404, b"not found\n")
-                return
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                self._send(400, b"not UTF-8\n")
-                return
-            headers: dict[str, list[str]] = {}
-            for key, value in self.headers.items():
-                headers.setdefault(key.lower(), []).append(value)
-            response = app.dispatch(BoltRequest(body=text, query=parts.query, headers=dict(headers)))
-            self._send(response.status, (response.body or "").encode("utf-8"), dict(response.headers))
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    return server
-
-
 # ---------------------------------------------------------------------------------------------- main
 
 
@@ -648,8 +510,9 @@ def bridge_key_file(config: Config, env: dict[str, str] | None = None) -> str | 
     return path
 
 
-def run_bridge(host: str, port: int, config: Config) -> int:
-    """Run the bridge until SIGINT/SIGTERM: Socket Mode with SLACK_APP_TOKEN, else HTTP on host:port.
+def run_bridge(host: str, port: int, config: Config, *, extra_routes: Sequence[BaseRoute] = ()) -> int:
+    """Run the bridge until SIGINT/SIGTERM: Socket Mode with SLACK_APP_TOKEN, else HTTP on host:port
+    (`starter.http_front`, with `extra_routes` mounted beside /slack/events and /healthz).
 
     Missing secrets raise ConfigError (the CLI exits 2); returns the exit code otherwise.
     """
@@ -676,7 +539,7 @@ def run_bridge(host: str, port: int, config: Config) -> int:
     try:
         if app_token:
             return _run_socket_mode(app, app_token, web, stop)
-        return _run_http(app, host, port, stop)
+        return _run_http(app, host, port, stop, extra_routes)
     finally:
         app.close()
 
@@ -697,18 +560,24 @@ def _run_socket_mode(app: App, app_token: str, web: WebClient, stop: threading.E
     return 0
 
 
-def _run_http(app: App, host: str, port: int, stop: threading.Event) -> int:
+def _run_http(
+    app: App, host: str, port: int, stop: threading.Event, extra_routes: Sequence[BaseRoute] = ()
+) -> int:
     try:
-        server = make_http_server(app, host, port)
+        front = make_front(app, host, port, extra_routes=extra_routes)
     except OSError as err:
         print(f"deployctl: cannot listen on {host}:{port} ({err.strerror}); pass --port", file=sys.stderr)
         return 1
-    thread = threading.Thread(target=server.serve_forever, name="deployctl-slack-http", daemon=True)
-    thread.start()
-    where = f"http://{host}:{server.server_address[1]}{EVENTS_PATH}"
-    print(f"deployctl slack: listening on {where}; Ctrl-C stops", file=sys.stderr, flush=True)
+    front.start()
+    limits = front.limits
+    where = f"http://{host}:{front.port}{EVENTS_PATH}"
+    print(
+        f"deployctl slack: listening on {where} (headers and body within {limits.read_timeout:g}s each, "
+        f"bodies up to {limits.max_body} bytes, {limits.limit_concurrency} connections); Ctrl-C stops",
+        file=sys.stderr,
+        flush=True,
+    )
     while not stop.wait(1):
         pass
-    server.shutdown()
-    server.server_close()
+    front.stop()
     return 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 import uuid
@@ -18,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -32,18 +31,11 @@ from starter import slack_bridge
 from starter.cli import cli
 from starter.client import send_action, start_deploy
 from starter.devstack import wait_for_step
+from starter.http_front import EVENTS_PATH, HttpFront, Limits, make_front
 from starter.simulators.jenkins import FakeJenkins
 from starter.simulators.slack import FakeSlack, sign_request
 from starter.slack_api import make_web_client
-from starter.slack_bridge import (
-    EVENTS_PATH,
-    MAX_BODY,
-    READ_TIMEOUT,
-    BridgeApp,
-    ReplayCache,
-    create_app,
-    make_http_server,
-)
+from starter.slack_bridge import BridgeApp, ReplayCache, create_app
 from tests import keys
 from tests.conftest import (
     GATE1,
@@ -109,21 +101,20 @@ def temporal_factory(env: WorkflowEnvironment) -> Factory:
 def make_bridge(
     env: WorkflowEnvironment, deployment: Deployment, slack: FakeSlack
 ) -> Iterator[Callable[..., Bridge]]:
-    started: list[tuple[BridgeApp, Any]] = []
+    started: list[tuple[BridgeApp, HttpFront]] = []
 
-    def make(factory: Factory | None = None, **http: Any) -> Bridge:
+    def make(factory: Factory | None = None, **limits: Any) -> Bridge:
         web = make_web_client(SLACK_TOKEN, slack.url)
         # Token verification on: Bolt calls auth.test at start-up, against the fake.
         app = create_app(deployment.config, factory or temporal_factory(env), web, SIGNING_SECRET)
-        server = make_http_server(app, "127.0.0.1", 0, **http)
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        started.append((app, server))
-        return Bridge(app, f"http://127.0.0.1:{server.server_address[1]}{EVENTS_PATH}", web, slack)
+        front = make_front(app, "127.0.0.1", 0, limits=Limits(**limits))  # what `deployctl slack` serves
+        front.start()
+        started.append((app, front))
+        return Bridge(app, f"http://127.0.0.1:{front.port}{EVENTS_PATH}", web, slack)
 
     yield make
-    for app, server in started:
-        server.shutdown()
-        server.server_close()
+    for app, front in started:
+        front.stop()
         app.close()
 
 
@@ -482,15 +473,15 @@ async def test_socket_mode_click_and_status(
     web = make_web_client(SLACK_TOKEN, slack.url)
     app = create_app(deployment.config, temporal_factory(env), web, None)  # no signing secret needed
     handler = SocketModeHandler(app, slack.app_token, web_client=web)
-    server = make_http_server(app, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    front = make_front(app, "127.0.0.1", 0)
+    front.start()
     try:
         wid = await start(client, deployment)
         st = await wait_for_step(client, wid, Step.PCCR_REVIEW, GATE1)
         # Without a signing secret, no HTTP request passes (not even one signed with the empty key).
         ts = await post_buttons(Bridge(app, "", web, slack), GATE1, st)
         body = form(click_payload(slack, GATE1, ts, Action.APPROVE))
-        url = f"http://127.0.0.1:{server.server_address[1]}{EVENTS_PATH}"
+        url = f"http://127.0.0.1:{front.port}{EVENTS_PATH}"
         assert (await post(url, body, sign_request(body, ""))).status_code == 401
         await asyncio.to_thread(handler.connect)
         await asyncio.to_thread(slack.wait_for_socket)
@@ -521,13 +512,12 @@ async def test_socket_mode_click_and_status(
         assert "step: `sre_assignment`" in answer["text"] and f"<@{GATE2}>" in answer["text"]
         await send_action(client, wid, Action.CANCEL, ActionInput(actor=OWNER, step=Step.SRE_ASSIGNMENT))
     finally:
-        server.shutdown()
-        server.server_close()
+        front.stop()
         await asyncio.to_thread(handler.close)
         app.close()
 
 
-# ------------------------------------------------------------- replays, slow clients, who sees what
+# -------------------------------------------- replays, who sees what (slow clients: test_http_front.py)
 
 
 async def test_a_replayed_request_reaches_temporal_once(
@@ -587,77 +577,6 @@ def test_replay_cache_expiry_bounds_and_threads():
     for t in threads:
         t.join()
     assert sorted(results) == [False] * 15 + [True]
-
-
-def exchange(port: int, data: bytes, wait: float = 6.0) -> tuple[bytes, float]:
-    """Send `data` on a raw connection, then read until the server closes it: what came back, and the
-    seconds it took (socket.timeout after `wait` if the server never closes)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
-        s.sendall(data)
-        started = time.monotonic()
-        return read_to_close(s), time.monotonic() - started
-
-
-def read_to_close(s: socket.socket) -> bytes:
-    got = b""
-    try:
-        while chunk := s.recv(65536):
-            got += chunk
-    except ConnectionResetError:  # closed with our bytes unread: closed all the same
-        pass
-    return got
-
-
-async def test_http_read_timeout_and_body_cap(make_bridge: Callable[..., Bridge]):
-    b = make_bridge(timeout=1.0)
-    port = urlsplit(b.url).port
-    assert port
-    default = make_http_server(b.app, "127.0.0.1", 0)  # what `deployctl slack` runs with
-    assert default.RequestHandlerClass.timeout == READ_TIMEOUT == 10.0
-    default.server_close()
-
-    def head(path: str, length: int | str, extra: str = "") -> bytes:
-        return (
-            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
-            f"Content-Length: {length}\r\n{extra}\r\n"
-        ).encode()
-
-    # A client that sends nothing, half its headers, or part of its body holds a thread about a second.
-    for data in (b"", b"POST /slack/events HTTP/1.1\r\nHost: 127.0.0.1\r\n", head(EVENTS_PATH, 100) + b"pay"):
-        got, took = await asyncio.to_thread(exchange, port, data)
-        assert got == b"" and 0.5 < took < 4, (data, got, took)
-
-    # Or drips it, a byte at a time, each well within the per-read timeout: cut at the deadline.
-    def drip() -> tuple[bytes, float]:
-        with socket.create_connection(("127.0.0.1", port), timeout=6) as s:
-            started = time.monotonic()
-            try:
-                for byte in head(EVENTS_PATH, 10) + b"payload=xx":
-                    s.sendall(bytes([byte]))
-                    time.sleep(0.2)
-            except OSError:  # the server shut the connection
-                pass
-            return read_to_close(s), time.monotonic() - started
-
-    got, took = await asyncio.to_thread(drip)
-    assert got == b"" and took < 4, (got, took)
-
-    # Bigger than any Slack payload: 413 at once, from the headers alone, on any path.
-    for path in (EVENTS_PATH, "/elsewhere"):
-        for length in (MAX_BODY + 1, 10**12):
-            got, _ = await asyncio.to_thread(exchange, port, head(path, length))
-            assert got.startswith(b"HTTP/1.1 413 "), got
-            assert b"Connection: close" in got  # (had it waited for the body, the timeout had closed it)
-    for bad in (head(EVENTS_PATH, "-1"), head(EVENTS_PATH, 5, "Content-Length: 6\r\n")):
-        got, _ = await asyncio.to_thread(exchange, port, bad)
-        assert got.startswith(b"HTTP/1.1 400 "), (bad, got)
-    got, _ = await asyncio.to_thread(exchange, port, head(EVENTS_PATH, 5, "Transfer-Encoding: chunked\r\n"))
-    assert got.startswith(b"HTTP/1.1 400 ")
-    # And it still serves.
-    got, _ = await asyncio.to_thread(
-        exchange, port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    assert got.startswith(b"HTTP/1.1 200 ") and got.endswith(b"\r\n\r\nok\n")
 
 
 async def test_status_only_for_the_deploys_people(

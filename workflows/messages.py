@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Literal
 
 from workflows.models import SYSTEM, Cloud, DeployStatus, PrDiff, Process, Rules, Step
-from workflows.steps import StepDef
+from workflows.steps import Shows, StepDef
 
 
 def triage_text(cloud: Cloud, mention: str, link: str) -> str:
@@ -27,6 +27,15 @@ def window_reminder_text(name: str, window: str, opens: datetime, user: str) -> 
 
 def deploy_name(service: str, environment: str, process: Process) -> str:
     return f"{process.value.upper()} deploy of {service} to {environment}"
+
+
+#: The cloud before the workers' rules said it (or when the start was refused).
+NO_CLOUD = "cloud not known yet"
+
+
+def cloud_text(cloud: Cloud | None) -> str:
+    """ "com-cloud", or that the workers' rules have not said yet."""
+    return f"{cloud.value}-cloud" if cloud is not None else NO_CLOUD
 
 
 def ui_link(ui_url: str, namespace: str, workflow_id: str) -> str:
@@ -60,7 +69,7 @@ def status_lines(st: DeployStatus, now: datetime, markup: Markup = "plain") -> l
     def said(text: str) -> str:
         return slack_escape(text) if slack else text
 
-    cloud = f"{st.cloud.value}-cloud" if st.cloud else "cloud not known yet"
+    cloud = cloud_text(st.cloud)
     lines = [f"{bold(deploy_name(st.service, st.environment, st.process))} ({code(st.workflow_id)}, {cloud})"]
     if st.outcome is not None:
         reason = f" — {said(st.outcome_reason)}" if st.outcome_reason else ""
@@ -103,8 +112,8 @@ def action_hint(workflow_id: str, defn: StepDef, user: str, diff_sha256: str | N
     """The command that acts at the step; at version_pr_merge it names the diff shown (`diff_sha256`),
     so that a merge typed from this DM is refused once the PR's diff changed."""
     actions = " | ".join(a.value.replace("_", "-") for a in defn.actions)
-    extra = " --sre SRE_ID" if defn.step is Step.SRE_ASSIGNMENT else ""
-    if defn.step is Step.VERSION_PR_MERGE and diff_sha256:
+    extra = " --sre SRE_ID" if defn.names_sre else ""
+    if defn.shows is Shows.PR_DIFF and diff_sha256:
         extra += f" --diff-sha256 {diff_sha256}"
     return f"deployctl {actions} {workflow_id}{extra} --as {user}"
 

@@ -4,6 +4,8 @@ The workflow draws a DM's buttons with `action_blocks`; the Slack bridge reads a
 `parse_click` and replaces the clicked message with `done_blocks`. Pure functions over plain data (no
 I/O, no clock), so workflow code may import this module.
 
+Each button's label and confirmation come from the step table (workflows/steps.py).
+
 A button carries its meaning in itself, so a click needs nothing but the payload Slack signs:
 `action_id` is `deployctl:<action>` and `value` is the compact JSON `{"w": workflow id, "s": step,
 "a": action}` (plus `"d": diff sha256` on "Diff is correct" and on "Merge version PR" when the diff
@@ -20,6 +22,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from workflows import steps
 from workflows.models import Action, Click, Step
 
 ACTION_PREFIX = "deployctl:"
@@ -32,24 +35,10 @@ BLOCK_ID_LIMIT = 255
 LABEL_LIMIT = 75
 TRUNCATED = "… (truncated; see the console)"
 
-_REVIEWS = (Step.VP_APPROVAL, Step.PCCR_REVIEW, Step.RELEASE_ACCEPTANCE)
-
 #: The buttons bound to the diff their message shows (`"d"`): the workflow refuses their click when the
 #: diff it shows now is another one.
 DIFF_BOUND = (Action.VALIDATE_DIFF, Action.MERGE)
 
-# The label of each button, by step and action; None as the step: the label at any step.
-LABELS: dict[tuple[Step | None, Action], str] = {
-    **{(step, Action.APPROVE): "Approve" for step in _REVIEWS},
-    **{(step, Action.REJECT): "Reject" for step in _REVIEWS},
-    (Step.CLEARANCE, Action.APPROVE): "Clear to trigger",
-    (Step.DIFF_VALIDATION, Action.REJECT): "Reject",
-    (Step.DEPLOY_APPROVAL, Action.APPROVE): "Approve deploy",
-    (Step.DEPLOY_APPROVAL, Action.REJECT): "Reject",
-    (None, Action.TRIGGER): "Trigger deploy job",
-    (None, Action.VALIDATE_DIFF): "Diff is correct",
-    (None, Action.MERGE): "Merge version PR",
-}
 SRE_PLACEHOLDER = "Pick the SRE"
 
 # What the done message says someone did (`{sre}`: the SRE they named).
@@ -63,21 +52,11 @@ _DONE_VERBS: dict[Action, str] = {
     Action.CANCEL: "cancelled the deploy",
 }
 
-# Buttons that end a deploy or touch production ask once more before they act.
-_CONFIRM: dict[tuple[Step | None, Action], tuple[str, str, str]] = {
-    (None, Action.REJECT): ("Reject?", "This ends the deploy as rejected.", "Reject"),
-    (Step.DEPLOY_APPROVAL, Action.APPROVE): (
-        "Approve the deploy?",
-        "The deploy job goes on and applies the diff to production.",
-        "Approve deploy",
-    ),
-}
-
 
 def label(step: Step, action: Action) -> str:
     """The text of the button for `action` at `step`."""
-    found = LABELS.get((step, action)) or LABELS.get((None, action))
-    return found or action.value.replace("_", " ").capitalize()
+    found = steps.button(step, action)
+    return found.label if found else action.value.replace("_", " ").capitalize()
 
 
 def button_value(workflow_id: str, step: Step, action: Action, diff_sha256: str | None = None) -> str:
@@ -114,13 +93,13 @@ def _button(workflow_id: str, step: Step, action: Action, diff_sha256: str | Non
         "value": value,
         "style": "danger" if action in (Action.REJECT, Action.CANCEL) else "primary",
     }
-    confirm = _CONFIRM.get((step, action)) or _CONFIRM.get((None, action))
-    if confirm:
-        title, text, yes = confirm
+    found = steps.button(step, action)
+    if found is not None and found.confirm is not None:
+        confirm = found.confirm
         button["confirm"] = {
-            "title": {"type": "plain_text", "text": title},
-            "text": {"type": "mrkdwn", "text": text},
-            "confirm": {"type": "plain_text", "text": yes},
+            "title": {"type": "plain_text", "text": confirm.title},
+            "text": {"type": "mrkdwn", "text": confirm.text},
+            "confirm": {"type": "plain_text", "text": confirm.yes},
             "deny": {"type": "plain_text", "text": "Not now"},
             **({"style": "danger"} if action is Action.REJECT else {}),
         }

@@ -6,20 +6,14 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from starter.audit.collect import AuditRecord
-from workflows.models import SYSTEM, AuditEntry, DeployStatus
-
-NO_CLOUD = "cloud not known yet"
+from workflows.messages import NO_CLOUD as NO_CLOUD  # the cloud as every face says it
+from workflows.models import SYSTEM, AuditEntry
 
 
 def _iso(t: datetime | None) -> str:
     if t is None:
         return "-"
     return t.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _cloud(st: DeployStatus) -> str:
-    """ "com-cloud", or that the workers' rules have not said yet (or the start was refused)."""
-    return f"{st.cloud.value}-cloud" if st.cloud is not None else NO_CLOUD
 
 
 # -- identities (SPEC §9)

@@ -15,7 +15,6 @@ from starter.audit.common import (
     NO_CLOUD,
     OUT_OF_POLICY,
     SYSTEM,
-    _cloud,
     _identity_text,
     _iso,
     _params,
@@ -23,6 +22,7 @@ from starter.audit.common import (
     identity_summary,
     links,
 )
+from workflows.messages import cloud_text
 
 
 def _e(value: object) -> str:
@@ -100,7 +100,7 @@ def render_html(r: AuditRecord) -> str:
         f"<style>{CSS}</style></head><body>",
         f"<header><h1>Audit of <code>{_e(st.workflow_id)}</code></h1>",
         f"<p>{_e(st.process.value)} deploy of <b>{_e(st.service)}</b> to <b>{_e(st.environment)}</b> "
-        f'({_e(_cloud(st))}) — <span class="badge {_e(outcome)}">{_e(outcome)}</span></p>',
+        f'({_e(cloud_text(st.cloud))}) — <span class="badge {_e(outcome)}">{_e(outcome)}</span></p>',
     ]
     if r.from_history:
         parts.append(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 
 from starter.audit.collect import FROM_HISTORY, AuditRecord
-from starter.audit.common import _LINK_NAMES, _cloud, _identity_text, _iso, _params, identity_summary, links
+from starter.audit.common import _LINK_NAMES, _identity_text, _iso, _params, identity_summary, links
+from workflows.messages import cloud_text
 
 # Markdown (CommonMark with GitHub's extensions, as cmark-gfm renders it) gives meaning to these inline.
 _MD_PUNCT = frozenset("\\`*[]~|$")
@@ -75,7 +76,7 @@ def render_md(r: AuditRecord) -> str:
             "",
         ]
     lines += [
-        f"- deploy: {st.process.value} {_md(st.service)} → {_md(st.environment)} ({_cloud(st)})",
+        f"- deploy: {st.process.value} {_md(st.service)} → {_md(st.environment)} ({cloud_text(st.cloud)})",
         f"- workflow id: {_md(st.workflow_id)}",
         f"- opened by: {_md(r.opened_by) or '-'}" + (f" at {_iso(r.started)}" if r.started else ""),
         f"- outcome: {outcome}" + (f" ({_md(st.outcome_reason)})" if st.outcome_reason else ""),

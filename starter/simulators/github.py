@@ -57,11 +57,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+from urllib.parse import quote, unquote, urlencode
 
-from starter.simulators.server import LocalServer
+from starter.simulators import server
+from starter.simulators.server import LocalServer, QuietHandler, Request
 
 DOCS = "https://docs.github.com/rest"
 EMPTY_LABEL_COLOR = "ededed"
@@ -183,12 +183,7 @@ class _Repo:
 
 
 @dataclass
-class _FailRule:
-    status: int
-    method: str | None
-    path_contains: str
-    times: int
-    after_effect: bool
+class _FailRule(server.FailRule):
     message: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -226,15 +221,7 @@ def _validation(
     return _HttpError(422, "Validation Failed", [err])
 
 
-class _Request:
-    def __init__(self, method: str, path: str, query: dict[str, str], body: bytes, headers: Any) -> None:
-        self.method = method
-        self.path = path
-        self.query = query
-        self.body = body
-        self.headers = headers
-        self.user: str | None = None
-
+class _Request(Request):
     def json(self) -> Any:
         if not self.body:
             return {}
@@ -272,35 +259,21 @@ class FakeGitHub(LocalServer):
     def start(self) -> FakeGitHub:
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        class Handler(QuietHandler):
             disable_nagle_algorithm = True
             server_version = "GitHub.com"
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
             def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                parts = urlsplit(self.path)
-                query = dict(parse_qsl(parts.query, keep_blank_values=True))
-                req = _Request(self.command, parts.path, query, body, self.headers)
-                rsp = fake._serve(req)
-                payload = b"" if rsp.body is None else json.dumps(rsp.body).encode()
-                self.send_response(rsp.status)
-                if rsp.body is not None:
-                    self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(payload)))
-                self.send_header("X-GitHub-Media-Type", "github.v3; format=json")
-                self.send_header(
-                    "X-GitHub-Request-Id", hashlib.md5(str(time.time_ns()).encode()).hexdigest()[:16]
-                )
-                for k, v in rsp.headers.items():
-                    self.send_header(k, v)
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(payload)
+                rsp = fake._serve(self.read_request(_Request))
+                github = [
+                    ("X-GitHub-Media-Type", "github.v3; format=json"),
+                    ("X-GitHub-Request-Id", hashlib.md5(str(time.time_ns()).encode()).hexdigest()[:16]),
+                    *rsp.headers.items(),
+                ]
+                if rsp.body is None:
+                    self.reply(rsp.status, b"", None, after=github)
+                else:
+                    self.reply_json(rsp.status, rsp.body, after=github)
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
 
@@ -929,7 +902,7 @@ class FakeGitHub(LocalServer):
 
     def _answer(self, req: _Request) -> _Response:
         with self._lock:
-            self.requests.append((req.method, req.path, dict(req.query), req.body.decode("utf-8", "replace")))
+            self.requests.append(req.recorded())
             for hook in list(self._hooks):
                 if (
                     hook.method is None or hook.method.upper() == req.method
@@ -971,19 +944,10 @@ class FakeGitHub(LocalServer):
             self._chaos = (rate, random.Random(seed), path_contains)
 
     def _match_fail_rule(self, req: _Request) -> _FailRule | None:
-        chaos = getattr(self, "_chaos", None)
-        if chaos and chaos[0] > 0 and chaos[2] in req.path and chaos[1].random() < chaos[0]:
-            return _FailRule(chaos[1].choice([500, 502, 503]), None, "", 1, chaos[1].random() < 0.5)
-        for rule in self._fail_rules:
-            if rule.method is not None and rule.method.upper() != req.method:
-                continue
-            if rule.path_contains not in req.path:
-                continue
-            rule.times -= 1
-            if rule.times <= 0:
-                self._fail_rules.remove(rule)
-            return rule
-        return None
+        rng = server.chaos_strikes(getattr(self, "_chaos", None), req)
+        if rng is not None:
+            return server.chaos_failure(_FailRule, rng)
+        return server.take_fail_rule(self._fail_rules, req)
 
     @staticmethod
     def _fail_response(rule: _FailRule, headers: dict[str, str]) -> _Response:

@@ -49,11 +49,11 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote
 
-from starter.simulators.server import LocalServer
+from starter.simulators import server
+from starter.simulators.server import LocalServer, QuietHandler, Request
 
 JENKINS_VERSION = "2.479"
 #: Stapler's `LargeText.MAX_LINES_READ`: the most lines one progressiveText answer carries while a build runs.
@@ -166,12 +166,7 @@ class _Build:
 
 
 @dataclass
-class _FailRule:
-    status: int
-    method: str | None
-    path_contains: str
-    times: int
-    after_effect: bool
+class _FailRule(server.FailRule):
     delay: float = 0.0  # > 0: not an error, the right answer this many seconds late
 
 
@@ -184,15 +179,7 @@ class _Response:
     delay: float = 0.0  # seconds to wait before answering
 
 
-class _Request:
-    def __init__(self, method: str, raw_path: str, query: dict[str, str], body: bytes, headers: Any):
-        self.method = method
-        self.raw_path = raw_path
-        self.query = query
-        self.body = body
-        self.headers = headers
-        self.user: str | None = None
-
+class _Request(Request):
     def form(self) -> dict[str, str]:
         ctype = self.headers.get("Content-Type", "") or ""
         if self.body and "application/x-www-form-urlencoded" in ctype:
@@ -231,34 +218,17 @@ class FakeJenkins(LocalServer):
     def start(self) -> FakeJenkins:
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        class Handler(QuietHandler):
             disable_nagle_algorithm = True
             server_version = "Jetty(12.0.13)"
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
             def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                parts = urlsplit(self.path)
-                query = dict(parse_qsl(parts.query, keep_blank_values=True))
-                req = _Request(self.command, parts.path, query, body, self.headers)
-                rsp = fake._serve(req)
+                rsp = fake._serve(self.read_request(_Request))
                 if rsp.delay:  # a slow Jenkins: the work is done, the answer comes too late
                     time.sleep(rsp.delay)
-                self.send_response(rsp.status)
-                self.send_header("X-Jenkins", JENKINS_VERSION)
-                self.send_header("X-Hudson", "1.395")
-                self.send_header("Content-Type", rsp.content_type)
-                self.send_header("Content-Length", str(len(rsp.body)))
-                for k, v in rsp.headers.items():
-                    if k.lower() not in fake.drop_headers:
-                        self.send_header(k, v)
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(rsp.body)
+                jenkins = (("X-Jenkins", JENKINS_VERSION), ("X-Hudson", "1.395"))
+                after = {k: v for k, v in rsp.headers.items() if k.lower() not in fake.drop_headers}
+                self.reply(rsp.status, rsp.body, rsp.content_type, before=jenkins, after=after)
 
             do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = _handle
 
@@ -544,17 +514,9 @@ class FakeJenkins(LocalServer):
 
     def _serve(self, req: _Request) -> _Response:
         with self._lock:
-            self.requests.append(
-                (req.method, req.raw_path, dict(req.query), req.body.decode("utf-8", "replace"))
-            )
+            self.requests.append(req.recorded())
             self.timeline.append(
-                (
-                    time.time(),
-                    request_kind(req.method, req.raw_path),
-                    req.method,
-                    req.raw_path,
-                    dict(req.query),
-                )
+                (time.time(), request_kind(req.method, req.path), req.method, req.path, dict(req.query))
             )
             rule = self._match_fail_rule(req)
             if rule is not None and not rule.after_effect:
@@ -589,21 +551,12 @@ class FakeJenkins(LocalServer):
             self.slow_answers = 0
 
     def _match_fail_rule(self, req: _Request) -> _FailRule | None:
-        chaos = getattr(self, "_chaos", None)
-        if chaos and chaos[0] > 0 and chaos[2] in req.raw_path and chaos[1].random() < chaos[0]:
-            if chaos[1].random() < self._slow[0]:
+        rng = server.chaos_strikes(getattr(self, "_chaos", None), req)
+        if rng is not None:
+            if rng.random() < self._slow[0]:
                 return _FailRule(200, None, "", 1, True, delay=self._slow[1])
-            return _FailRule(chaos[1].choice([500, 502, 503]), None, "", 1, chaos[1].random() < 0.5)
-        for rule in self._fail_rules:
-            if rule.method is not None and rule.method.upper() != req.method:
-                continue
-            if rule.path_contains not in req.raw_path:
-                continue
-            rule.times -= 1
-            if rule.times <= 0:
-                self._fail_rules.remove(rule)
-            return rule
-        return None
+            return server.chaos_failure(_FailRule, rng)
+        return server.take_fail_rule(self._fail_rules, req)
 
     @staticmethod
     def _error_response(status: int) -> _Response:
@@ -655,7 +608,7 @@ class FakeJenkins(LocalServer):
         denied = self._authenticate(req)
         if denied is not None:
             return denied
-        segs = [unquote(s) for s in req.raw_path.split("/") if s]
+        segs = [unquote(s) for s in req.path.split("/") if s]
         if segs[:2] == ["crumbIssuer", "api"]:
             if self.crumbs is False:
                 return _Response(404, _html("Not Found", "Not Found"))

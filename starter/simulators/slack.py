@@ -47,7 +47,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from starter.simulators.block_kit import MESSAGE_TEXT, TRUNCATED_WARNING, BlocksRefused, check_blocks
-from starter.simulators.server import LocalServer
+from starter.simulators.server import LocalServer, QuietHandler
 
 DEFAULT_USERGROUPS: dict[str, list[str]] = {"S0SREGOV": ["U0SRE3"]}
 
@@ -819,25 +819,9 @@ def _parse_body(content_type: str, raw: bytes, query: str) -> dict[str, Any]:
     return body
 
 
-def _make_handler(fake: FakeSlack) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+def _make_handler(fake: FakeSlack) -> type[QuietHandler]:
+    class Handler(QuietHandler):
         server_version = "FakeSlack/1.0"
-
-        def log_message(self, format: str, *args: Any) -> None:  # quiet
-            pass
-
-        def _send(self, status: int, payload: bytes, ctype: str, extra: dict[str, str] | None = None) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(payload)))
-            for k, v in (extra or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def _send_json(self, status: int, obj: dict[str, Any], extra: dict[str, str] | None = None) -> None:
-            self._send(status, json.dumps(obj).encode(), "application/json; charset=utf-8", extra)
 
         def do_GET(self) -> None:
             parts = urlsplit(self.path)
@@ -848,7 +832,7 @@ def _make_handler(fake: FakeSlack) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             if urlsplit(self.path).path.startswith("/actions/"):
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                raw = self.read_body()
                 try:
                     posted = json.loads(raw.decode() or "{}")
                 except ValueError:
@@ -856,15 +840,15 @@ def _make_handler(fake: FakeSlack) -> type[BaseHTTPRequestHandler]:
                 with fake._changed:
                     fake._response_url_posts.append({"path": self.path, "body": posted})
                     fake._changed.notify_all()
-                self._send_json(200, {"ok": True})
+                self.reply_json(200, {"ok": True})
                 return
             self._api()
 
         def _api(self) -> None:
             parts = urlsplit(self.path)
-            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            raw = self.read_body()
             if not parts.path.startswith("/api/"):
-                self._send(404, b"Not Found", "text/plain")
+                self.reply(404, b"Not Found", "text/plain")
                 return
             method = parts.path[len("/api/") :]
             record: dict[str, Any] = {"method": method, "body": {}, "status": 200, "error": None}
@@ -884,7 +868,7 @@ def _make_handler(fake: FakeSlack) -> type[BaseHTTPRequestHandler]:
 
             if fake.down:
                 record.update(status=503, error="service_unavailable")
-                self._send(503, b"<html><body>503 Service Unavailable</body></html>", "text/html")
+                self.reply(503, b"<html><body>503 Service Unavailable</body></html>", "text/html")
                 return
             fault = self._take_fault(method)
             if fault is not None:
@@ -898,7 +882,7 @@ def _make_handler(fake: FakeSlack) -> type[BaseHTTPRequestHandler]:
             except SlackApiFault as e:
                 self._answer_error(record, 200, e.error, errors=e.errors)
                 return
-            self._send_json(200, result)
+            self.reply_json(200, result)
 
         def _answer_error(
             self,
@@ -913,7 +897,7 @@ def _make_handler(fake: FakeSlack) -> type[BaseHTTPRequestHandler]:
             if errors:
                 answer["errors"] = errors
                 answer["response_metadata"] = {"messages": [f"[ERROR] {e}" for e in errors]}
-            self._send_json(status, answer, extra)
+            self.reply_json(status, answer, after=extra or {})
 
         @staticmethod
         def _take_fault(method: str) -> _Fault | None:
@@ -942,7 +926,7 @@ def _make_handler(fake: FakeSlack) -> type[BaseHTTPRequestHandler]:
                 known = ticket in fake._ws_tickets
                 fake._ws_tickets.discard(ticket)
             if not key or not known:
-                self._send(401, b"invalid ticket", "text/plain")
+                self.reply(401, b"invalid ticket", "text/plain")
                 return
             accept = base64.b64encode(hashlib.sha1((key + _WS_GUID).encode()).digest()).decode()
             self.send_response(101, "Switching Protocols")
