@@ -25,6 +25,8 @@ retry policy does the rest. Failures are classified where they happen:
   other 403 → non-retryable `GithubForbidden`.
 - other 4xx (422 validation errors included) → non-retryable `GithubRejected`.
 - 5xx → retryable `GithubUnavailable`; connection errors and timeouts → retryable `GithubUnreachable`.
+`watch_pr` is the exception: a rate limit slows it down instead of failing it (it waits what GitHub asks
+and polls again), and it polls one request a minute once its first minute is over (`activities.budget`).
 Messages name the API URL and the repository, never the token: every message built from a client's
 error, and GitHub's reason for refusing a merge, is scrubbed (`activities.common.scrub`) of the token
 (plain or URL-quoted) and of any URL's user name and password.
@@ -49,7 +51,8 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError
 from urllib3.util.retry import Retry
 
-from activities.common import heartbeat, heartbeating, scrub, scrubbed, sleep_unless_cancelled
+from activities.budget import GITHUB_CAP, TIGHT_FOR, Pacer, PollSchedule
+from activities.common import heartbeat, heartbeating, scrub, scrubbed
 from workflows.models import (
     CommentInput,
     IssueRef,
@@ -89,6 +92,10 @@ _VERSION_LINE = re.compile(
 )
 _STALE_SHA_ATTEMPTS = 5
 _RATE_LIMIT_MAX_DELAY = timedelta(hours=1)
+#: What a rate limit waits when GitHub says nothing about how long ("wait for at least one minute").
+RATE_LIMIT_FALLBACK = timedelta(seconds=60)
+#: Below this share of `X-RateLimit-Limit` left, the watcher spreads what is left until the reset.
+RATE_LOW = 0.10
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -218,6 +225,16 @@ def rate_limit_delay(headers: dict[str, Any], now: float | None = None) -> timed
     return min(delay, _RATE_LIMIT_MAX_DELAY) if delay is not None else None
 
 
+def rate_limit_spread(remaining: int, limit: int, reset: float, now: float, low: float = RATE_LOW) -> float:
+    """The pause (seconds) that spreads the requests left in GitHub's window until it resets, once fewer than
+    `low` of the limit are left (`X-RateLimit-Remaining` < `low` × `X-RateLimit-Limit`); 0 while enough
+    are left, or when GitHub sent no rate-limit headers (`limit` ≤ 0). The caller bounds it by the
+    notice rule: a watcher then polls once a minute, which spends at most 60 of the hour's requests."""
+    if limit <= 0 or remaining < 0 or remaining >= low * limit:
+        return 0.0
+    return max(0.0, reset - now) / max(1, remaining)
+
+
 def _is_rate_limited(status: int, headers: dict[str, Any], message: str) -> bool:
     h = {str(k).lower(): str(v).strip() for k, v in headers.items()}
     if status == 429:
@@ -260,12 +277,18 @@ class GithubActivities:
         branch_prefix: str = "deployctl/",
         issue_scan_limit: int = 300,
         watch_interval: float = 15.0,
+        watch_cap: float = GITHUB_CAP,
+        tight_for: float = TIGHT_FOR,
     ) -> None:
+        """`watch_interval` is `watch_pr`'s pause in the first `tight_for` seconds of a watch; after that it
+        pauses `watch_cap` seconds per request (`activities.budget`: 1 request a minute)."""
         self.api_url = api_url.rstrip("/")
         self._token = token
         self.timeout = timeout
         self.branch_prefix = branch_prefix
         self.watch_interval = watch_interval
+        self.watch_cap = watch_cap
+        self.tight_for = tight_for
         self.issue_scan_limit = issue_scan_limit
         self._local = threading.local()
         self._labels_lock = threading.Lock()
@@ -302,6 +325,14 @@ class GithubActivities:
             self._local.client = client
         return client
 
+    def _lazy_client(self) -> Github:
+        """This thread's client, but objects it hands out are lazy: `get_repo` sends nothing."""
+        client = getattr(self._local, "lazy_client", None)
+        if client is None:
+            client = self._client().withLazy(True)
+            self._local.lazy_client = client
+        return client
+
     def _scrub(self, text: str) -> str:
         """`text` without our token and without any URL's user name and password."""
         return scrub(text, (self._token,))
@@ -327,7 +358,7 @@ class GithubActivities:
                     non_retryable=True,
                 )
             if _is_rate_limited(status, headers, message):
-                delay = rate_limit_delay(headers) or timedelta(seconds=60)
+                delay = rate_limit_delay(headers) or RATE_LIMIT_FALLBACK
                 return ApplicationError(
                     f"{what}: {where} is rate limiting (HTTP {status}: {message}); retrying in {delay}",
                     type="GithubRateLimited",
@@ -574,17 +605,46 @@ class GithubActivities:
     def watch_pr(self, inp: PrRefInput) -> VersionPr:
         """Return once the PR is no longer open (merged or closed directly on GitHub).
 
-        Polls every `watch_interval` seconds; the workflow cancels it when the SRE merges through
-        deployctl, and the cancellation is noticed between polls. It runs under a heartbeat timeout shorter
-        than the interval, so it heartbeats throughout: while it sleeps (`sleep_unless_cancelled`) and
-        while a read of the PR waits for GitHub (`heartbeating`)."""
+        One request a poll (`GET pulls/n`; the repository is not read), paced by `activities.budget`:
+        every `watch_interval` seconds for the first `tight_for`, then every `watch_cap` (60 s), so a
+        merge on GitHub is seen within a minute at one request a minute. When GitHub's
+        `X-RateLimit-Remaining` falls below RATE_LOW of `X-RateLimit-Limit`, the pause spreads what is left
+        until `X-RateLimit-Reset` (`rate_limit_spread`), still within the minute. A rate limit (primary or
+        secondary, 403/429) does not fail the watch: it waits what GitHub asks (`Retry-After`, else until
+        `X-RateLimit-Reset`, else a minute, doubling while GitHub keeps refusing without saying how long)
+        and polls again.
+
+        The workflow cancels it when the SRE merges through deployctl, and the cancellation is noticed
+        between polls. It runs under a heartbeat timeout shorter than the pauses, so it heartbeats
+        throughout: while it waits (`Pacer`, through `sleep_unless_cancelled`) and while a read of the PR
+        waits for GitHub (`heartbeating`)."""
+        what = f"watching PR #{inp.number} of {inp.repo}"
+        pacer = Pacer(PollSchedule(first=self.watch_interval, cap=self.watch_cap, tight_for=self.tight_for))
+        client = self._lazy_client()
+        repo = client.get_repo(inp.repo)  # lazy: no request, only `GET pulls/n` is polled
+        limited = 0  # polls in a row GitHub refused for its rate limit
         while True:
-            with heartbeating():
-                state = self.pr_state(inp)
+            try:
+                with heartbeating():  # (lazy: the PR is read when its fields are, inside the call)
+                    state = self._call(what, lambda: self._version_pr(repo.get_pull(inp.number)))
+            except ApplicationError as err:
+                if err.type != "GithubRateLimited":
+                    raise
+                limited += 1
+                delay = err.next_retry_delay or RATE_LIMIT_FALLBACK
+                if delay == RATE_LIMIT_FALLBACK:  # GitHub said nothing: wait longer each time it refuses
+                    delay = min(delay * 2 ** min(limited - 1, 6), _RATE_LIMIT_MAX_DELAY)
+                activity.logger.info("%s: GitHub is rate limiting; polling again in %s", what, delay)
+                heartbeat({"number": inp.number, "rate_limited": limited})
+                pacer.wait(1, at_least=delay.total_seconds(), beyond_gap=True)
+                continue
+            limited = 0
             if state.merged or state.state != "open":
                 return state
             heartbeat({"number": inp.number})
-            sleep_unless_cancelled(self.watch_interval)
+            remaining, limit = client.requester.rate_limiting  # from the last answer's X-RateLimit-* headers
+            reset = client.requester.rate_limiting_resettime
+            pacer.wait(1, at_least=rate_limit_spread(remaining, limit, reset, time.time()))
 
     @activity.defn
     def merge_pr(self, inp: MergePrInput) -> MergePrResult:

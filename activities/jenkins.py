@@ -7,6 +7,15 @@ pool, takes one model and returns one model. The polling activities heartbeat on
 cancellation cooperatively between polls (`no_thread_cancel_exception=True`: no exception is injected
 into a thread in the middle of a request on its client).
 
+Light on Jenkins (issue 15): every polling loop (`wait_build_started`, `read_diff`, `input_action` while
+the build has not reached its input, `watch_input`, `wait_build_result`) paces itself with
+`activities.budget`: tight (`poll_interval` / `watch_interval`) for the first minute of each call, then
+`poll_cap` seconds (30) per request the poll made, so a waiting deploy asks Jenkins at most twice a minute
+and never waits more than 60 s between polls. The console is read incrementally (`logText/progressiveText`
+from the offset reached, never the whole `consoleText` again), and its `X-More-Data` header tells whether
+the build still runs, so a poll costs one request while the input waits and two at most otherwise. POSTs
+(trigger, proceed, abort, stop) are never delayed.
+
 Failures are classified where they happen:
 - 401/403 → non-retryable `JenkinsAuth` (names the URL and user, never the token); a 403 "No valid
   crumb" is retryable `JenkinsCrumb` and the cached crumb is dropped so the retry fetches a fresh one.
@@ -38,6 +47,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, timedelta
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlencode, urlsplit
@@ -47,6 +57,7 @@ import requests
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError
 
+from activities.budget import JENKINS_CAP, TIGHT_FOR, Pacer, PollSchedule
 from activities.common import heartbeat, heartbeating, scrub, scrubbed, sleep_unless_cancelled
 from workflows.models import (
     AbortBuildInput,
@@ -227,6 +238,36 @@ def _http_response(exc: BaseException) -> requests.Response | None:
     return None
 
 
+@dataclass
+class Console:
+    """What one activity attempt has read of a build's console so far (`logText/progressiveText`): the text,
+    the byte offset to ask for next (Jenkins' `X-Text-Size`), and whether the build still runs
+    (`X-More-Data: true`). Kept in a local variable: a retried attempt starts again from 0."""
+
+    text: str = ""
+    offset: int = 0
+    more: bool = True
+    grew: bool = False  # the last read brought new text
+
+    def add(self, start: int, body: bytes, next_offset: int | None, more: bool) -> None:
+        """One answer to `progressiveText?start=start`. Jenkins sends whole lines while the build runs, so a
+        chunk never ends inside a UTF-8 sequence; a next offset below `start` means the log started over
+        (Stapler answers from 0 when `start` is past the end)."""
+        chunk = body.decode("utf-8", "replace")
+        end = next_offset if next_offset is not None else start + len(body)
+        if end < start:
+            self.text = chunk  # rolled over: Jenkins answered from 0
+        else:
+            self.text += chunk
+        self.grew = bool(chunk)
+        self.offset, self.more = end, more
+
+
+#: Stapler sends at most this many lines in one progressiveText answer while a build runs.
+PROGRESSIVE_MAX_LINES = 10000
+#: How many progressiveText requests one read makes at most to catch up with a long console.
+CATCH_UP_READS = 20
+
 # A read meeting one of these is tried again in the activity after these pauses (seconds).
 TRANSIENT = ("JenkinsUnavailable", "JenkinsUnreachable")
 READ_RETRY_PAUSES = (0.2, 0.5, 1.0)
@@ -246,13 +287,20 @@ class JenkinsActivities:
         *,
         poll_interval: float = 0.5,
         watch_interval: float = 1.0,
+        poll_cap: float = JENKINS_CAP,
+        tight_for: float = TIGHT_FOR,
     ) -> None:
+        """`poll_interval` (the waits for a build, its diff, its result) and `watch_interval` (the input at
+        `deploy_approval`) are the tight pauses of a wait's first `tight_for` seconds; after that a wait
+        pauses `poll_cap` seconds per request it made (`activities.budget`: 2 requests a minute)."""
         self.url = url.rstrip("/")
         self.user = user
         self._token = token
         self.timeout = timeout
         self.poll_interval = poll_interval
         self.watch_interval = watch_interval
+        self.poll_cap = poll_cap
+        self.tight_for = tight_for
         self._local = threading.local()
         self._our_names: frozenset[str] | None = None
 
@@ -260,6 +308,18 @@ class JenkinsActivities:
         return f"JenkinsActivities(url={scrub(self.url)!r}, user={self.user!r})"
 
     # -- plumbing ----------------------------------------------------------------------------------
+
+    def _pacer(self, first: float) -> Pacer:
+        """The schedule of one wait (one activity call): `first` seconds apart for `tight_for`, then
+        `poll_cap` seconds per request."""
+        return Pacer(PollSchedule(first=first, cap=self.poll_cap, tight_for=self.tight_for))
+
+    def _requests(self) -> int:
+        """How many HTTP requests this worker thread has sent to Jenkins (a poll's cost is the difference)."""
+        return int(getattr(self._local, "requests", 0))
+
+    def _count_request(self) -> None:
+        self._local.requests = self._requests() + 1
 
     def _client(self) -> Any:
         client = getattr(self._local, "client", None)
@@ -334,6 +394,7 @@ class JenkinsActivities:
         writes are retried only by Temporal, after their checks."""
         for pause in (*READ_RETRY_PAUSES, None) if read else (None,):
             try:
+                self._count_request()
                 with heartbeating(limit=2 * self.timeout + 5):  # a slow answer must not time the attempt out
                     return fn(self._client())
             except Exception as exc:
@@ -374,8 +435,31 @@ class JenkinsActivities:
     def _build_info(self, job: str, number: int, what: str) -> dict[str, Any]:
         return self._call(what, lambda c: c.get_build_info(job, number), read=True)
 
-    def _console(self, job: str, number: int, what: str) -> str:
-        return self._request("GET", f"{job_path(job)}{number}/consoleText", what).text
+    def _read_console(self, job: str, number: int, console: Console, what: str) -> Console:
+        """Read what the console printed since `console.offset` (`logText/progressiveText?start=N`, as
+        Jenkins' own console page does; docs/jenkins.md) into `console`. One request, or a few more only
+        to catch up with more than PROGRESSIVE_MAX_LINES new lines."""
+        grew = False
+        for _ in range(CATCH_UP_READS):
+            start = console.offset
+            rsp = self._request("GET", f"{job_path(job)}{number}/logText/progressiveText?start={start}", what)
+            size = (rsp.headers.get("X-Text-Size") or "").strip()
+            more = (rsp.headers.get("X-More-Data") or "").strip().lower() == "true"
+            console.add(start, rsp.content, int(size) if size.isdigit() else None, more)
+            grew = grew or console.grew
+            if not more or rsp.content.count(b"\n") < PROGRESSIVE_MAX_LINES:
+                break
+        console.grew = grew
+        return console
+
+    def _ended(self, job: str, number: int, console: Console, what: str) -> dict[str, Any] | None:
+        """The build's `api/json` if it is over, else None. While `X-More-Data` says the log goes on, the
+        build runs and nothing more is asked; once it stops saying so the build is read, and a build that
+        still shows `building` (a proxy that drops the header) counts as running."""
+        if console.more:
+            return None
+        info = self._build_info(job, number, what)
+        return None if info.get("building") else info
 
     def _pending_inputs(self, job: str, number: int, what: str) -> list[dict[str, Any]]:
         pending = self._get_json(f"{job_path(job)}{number}/wfapi/pendingInputActions", what)
@@ -384,6 +468,7 @@ class JenkinsActivities:
     def _post_input(self, job: str, number: int, input_id: str, verb: str, what: str) -> bool:
         """POST input/ID/verb. False when Jenkins refuses because the input is settled (400/404/409)."""
         path = f"{job_path(job)}{number}/input/{quote(input_id, safe='')}/{verb}"
+        self._count_request()
         try:
             with heartbeating(limit=2 * self.timeout + 5):  # the POST, and the crumb it may fetch first
                 self._client().jenkins_request(requests.Request("POST", self._client().server + path))
@@ -578,8 +663,10 @@ class JenkinsActivities:
         `QueueItemGone` is raised (the activity's timeouts bound the retries).
         """
         what = f"waiting for queue item {inp.queue_id} of {inp.job!r}"
+        pacer = self._pacer(self.poll_interval)
         while True:
             heartbeat({"queue_id": inp.queue_id})
+            before = self._requests()
             item = self._call_or_none(what, lambda c: c.get_queue_item(inp.queue_id))
             if item is None:
                 ref = self._find_build_by_queue_id(inp.job, inp.queue_id, what)
@@ -596,28 +683,34 @@ class JenkinsActivities:
             executable = item.get("executable")
             if executable and executable.get("number") is not None:
                 return BuildRef(job=inp.job, number=executable["number"], url=executable.get("url"))
-            sleep_unless_cancelled(self.poll_interval)
+            pacer.wait(self._requests() - before)
 
     @activity.defn(no_thread_cancel_exception=True)
     def read_diff(self, inp: ReadDiffInput) -> ReadDiffResult:
         """Poll the console until the diff block is complete. A build that ends, or pauses at an input,
-        without a complete block → non-retryable `NoDiff`."""
+        without a complete block → non-retryable `NoDiff`.
+
+        Each poll reads only what the console printed since the last one (`progressiveText`), which also
+        says whether the build still runs; the pending inputs are asked for only when the console did not
+        grow (a build paused at its input prints nothing), so a poll costs one request, two at most."""
         what = f"reading the diff of {inp.job} #{inp.number}"
+        console = Console()
+        pacer = self._pacer(self.poll_interval)
         while True:
             heartbeat({"number": inp.number})
-            lines = extract_diff(self._console(inp.job, inp.number, what), inp.diff_begin, inp.diff_end)
+            before = self._requests()
+            self._read_console(inp.job, inp.number, console, what)
+            lines = extract_diff(console.text, inp.diff_begin, inp.diff_end)
             if lines is None:
-                info = self._build_info(inp.job, inp.number, what)
                 why = None
-                if not info.get("building"):
+                if (info := self._ended(inp.job, inp.number, console, what)) is not None:
                     why = f"the build ended ({info.get('result')})"
-                elif self._pending_inputs(inp.job, inp.number, what):
+                elif not console.grew and self._pending_inputs(inp.job, inp.number, what):
                     why = "the build is waiting at its input step"
                 if why is not None:
                     # The block may have been printed between the two reads: look once more.
-                    lines = extract_diff(
-                        self._console(inp.job, inp.number, what), inp.diff_begin, inp.diff_end
-                    )
+                    self._read_console(inp.job, inp.number, console, what)
+                    lines = extract_diff(console.text, inp.diff_begin, inp.diff_end)
                     if lines is None:
                         raise ApplicationError(
                             f"{what}: {why} without printing a diff between {inp.diff_begin!r} and {inp.diff_end!r}",
@@ -633,7 +726,7 @@ class JenkinsActivities:
                     diff_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
                     console_url=build_url + "console",
                 )
-            sleep_unless_cancelled(self.poll_interval)
+            pacer.wait(self._requests() - before)
 
     @activity.defn(no_thread_cancel_exception=True)
     def input_action(self, inp: InputActionInput) -> InputActionResult:
@@ -650,8 +743,11 @@ class JenkinsActivities:
         what = f"answering the input of {inp.job} #{inp.number}"
         posted: str | None = None  # the input this attempt answered
         rechecks = 0
+        console = Console()
+        pacer = self._pacer(self.poll_interval)
         while True:
             heartbeat({"number": inp.number, "posted": posted is not None})
+            before = self._requests()
             pending = self._pending_inputs(inp.job, inp.number, what)
             if posted is None:
                 target, unclear = choose_input(pending, inp.input_id, inp.number)
@@ -677,15 +773,16 @@ class JenkinsActivities:
                     )
                 sleep_unless_cancelled(self.poll_interval / 2)
                 continue
-            settled = self._input_settlement(inp, posted or inp.input_id or "", what)
+            settled = self._input_settlement(inp, posted or inp.input_id or "", console, what)
             if settled is not None:
                 return settled
-            sleep_unless_cancelled(self.poll_interval)
+            pacer.wait(self._requests() - before)  # waiting for the build to reach its input
 
-    def _input_settlement(self, inp: InputActionInput, iid: str, what: str) -> InputActionResult | None:
+    def _input_settlement(
+        self, inp: InputActionInput, iid: str, console: Console, what: str
+    ) -> InputActionResult | None:
         """Nothing is pending: who answered? None when the build has not reached the input yet."""
-        console = self._console(inp.job, inp.number, what)
-        answer = first_answer(console)
+        answer = first_answer(self._read_console(inp.job, inp.number, console, what).text)
         if answer is not None:
             kind, who, line = answer
             wanted = ("proceed",) if inp.decision == "proceed" else ("abort", "stop")
@@ -697,8 +794,7 @@ class JenkinsActivities:
                 detail=f"input {iid} of {inp.job} #{inp.number} was already answered in Jenkins: {line}",
                 answered_by=who,
             )
-        info = self._build_info(inp.job, inp.number, what)
-        if not info.get("building"):
+        if (info := self._ended(inp.job, inp.number, console, what)) is not None:
             return InputActionResult(
                 done=False,
                 answered_elsewhere=True,
@@ -727,7 +823,10 @@ class JenkinsActivities:
         last = details[0] if details and isinstance(details[0], dict) else {}
         seen_pending = bool(last.get("seen_pending"))
         not_reached_since: float | None = last.get("not_reached_since")
+        console = Console()
+        pacer = self._pacer(self.watch_interval)
         while True:
+            before = self._requests()
             pending = self._pending_inputs(inp.job, inp.number, what)
             target, unclear = choose_input(pending, inp.input_id, inp.number)
             state: InputState
@@ -737,9 +836,8 @@ class JenkinsActivities:
             elif unclear is not None:
                 state, detail = "unclear", unclear
             else:
-                info = self._build_info(inp.job, inp.number, what)
-                answer = first_answer(self._console(inp.job, inp.number, what))
-                if not info.get("building"):
+                answer = first_answer(self._read_console(inp.job, inp.number, console, what).text)
+                if (info := self._ended(inp.job, inp.number, console, what)) is not None:
                     result = info.get("result")
                     return WatchInputResult(
                         build_result=result,
@@ -763,18 +861,20 @@ class JenkinsActivities:
             if changed and settled:
                 return WatchInputResult(state=state, detail=detail)
             heartbeat({"seen_pending": seen_pending, "not_reached_since": not_reached_since})
-            sleep_unless_cancelled(self.watch_interval)
+            pacer.wait(self._requests() - before)
 
     @activity.defn(no_thread_cancel_exception=True)
     def wait_build_result(self, inp: BuildResultInput) -> BuildResult:
         """Poll the build until it is over and has a result."""
         what = f"waiting for the result of {inp.job} #{inp.number}"
+        pacer = self._pacer(self.poll_interval)
         while True:
             heartbeat({"number": inp.number})
+            before = self._requests()
             info = self._build_info(inp.job, inp.number, what)
             if not info.get("building") and info.get("result"):
                 return BuildResult(number=inp.number, result=info["result"], url=info.get("url"))
-            sleep_unless_cancelled(self.poll_interval)
+            pacer.wait(self._requests() - before)
 
     @activity.defn
     def abort_build(self, inp: AbortBuildInput) -> None:

@@ -8,7 +8,11 @@ shas of the content; commit shas are unique made-up hex.
 
 What it answers like GitHub does (checked against GitHub's docs and reported client behaviour):
 - Auth: `Authorization: token X` or `Bearer X`. A wrong token → 401 "Bad credentials"; none → 401
-  "Requires authentication". Every response carries the `X-RateLimit-*` headers.
+  "Requires authentication". Every response carries the `X-RateLimit-*` headers (`Limit`, `Remaining`
+  after this request, `Reset` of a fixed hour window that starts again once passed, `Used`, `Resource`);
+  `set_rate_limit` sets them up. `rate_limit_next` answers the next K requests with a primary limit (403
+  or 429, `X-RateLimit-Remaining: 0`) or, given `retry_after`, a secondary one (403 or 429, "You have
+  exceeded a secondary rate limit", `Retry-After`), as GitHub's "Rate limits for the REST API" describes.
 - Every absolute `url` points at this server under `/api/v3` (PyGithub asserts the host, port and
   prefix); `html_url`s point at the same host without the prefix, like GitHub Enterprise.
 - `POST git/refs` for an existing ref → 422 "Reference already exists"; `DELETE git/refs/heads/b` for a
@@ -236,6 +240,8 @@ class FakeGitHub(LocalServer):
         self.login = login
         self.requests: list[tuple[str, str, dict[str, str], str]] = []
         self.statuses: list[tuple[str, str, int]] = []  # (method, path, the status answered)
+        #: (epoch seconds when answered, method, path, status): what a wait cost, and when.
+        self.timeline: list[tuple[float, str, str, int]] = []
         self._lock = threading.RLock()
         self._repos: dict[str, _Repo] = {}
         self._fail_rules: list[_FailRule] = []
@@ -244,6 +250,7 @@ class FakeGitHub(LocalServer):
         self._sha_counter = itertools.count(1)
         self.rate_limit = 5000
         self.rate_remaining = 5000
+        self.rate_reset = int(time.time()) + 3600  # when the current window ends (epoch seconds)
         self._signing_keys: dict[str, list[dict[str, Any]]] = {}
         self._omit_patch: set[str] = set()  # paths whose patch is left out, as GitHub does for large ones
 
@@ -867,18 +874,30 @@ class FakeGitHub(LocalServer):
     # -- HTTP --------------------------------------------------------------------------------------
 
     def _rate_headers(self) -> dict[str, str]:
+        """GitHub's primary rate-limit headers: a fixed window of an hour, which starts again (all
+        requests back) once `X-RateLimit-Reset` has passed."""
+        if time.time() >= self.rate_reset:
+            self.rate_remaining, self.rate_reset = self.rate_limit, int(time.time()) + 3600
         return {
             "X-RateLimit-Limit": str(self.rate_limit),
             "X-RateLimit-Remaining": str(self.rate_remaining),
-            "X-RateLimit-Reset": str(int(time.time()) + 3600),
+            "X-RateLimit-Reset": str(self.rate_reset),
             "X-RateLimit-Used": str(self.rate_limit - self.rate_remaining),
             "X-RateLimit-Resource": "core",
         }
+
+    def set_rate_limit(self, remaining: int, limit: int = 5000, reset_in: int = 3600) -> None:
+        """The primary rate limit's state from now: `remaining` of `limit` left, the window ending in
+        `reset_in` seconds. Each authenticated request then spends one, as on GitHub."""
+        with self._lock:
+            self.rate_limit, self.rate_remaining = limit, remaining
+            self.rate_reset = int(time.time()) + reset_in
 
     def _serve(self, req: _Request) -> _Response:
         rsp = self._answer(req)
         with self._lock:
             self.statuses.append((req.method, req.path, rsp.status))
+            self.timeline.append((time.time(), req.method, req.path, rsp.status))
         return rsp
 
     def _answer(self, req: _Request) -> _Response:
@@ -901,6 +920,7 @@ class FakeGitHub(LocalServer):
                 return self._fail_response(rule, headers)
             if self.rate_remaining > 0:
                 self.rate_remaining -= 1
+            headers = self._rate_headers()  # what is left after this request, as GitHub shows it
             try:
                 rsp = self._dispatch(req)
             except _HttpError as e:
@@ -971,6 +991,7 @@ class FakeGitHub(LocalServer):
                 "reset": int(time.time()) + 3600,
                 "used": 0,
             }
+            core["reset"], core["used"] = self.rate_reset, self.rate_limit - self.rate_remaining
             return _Response(200, {"resources": {"core": core}, "rate": core})
         if len(segs) >= 3 and segs[0] == "repos":
             repo = self._repos.get(f"{segs[1]}/{segs[2]}".lower())

@@ -31,6 +31,11 @@ Deliberate choices where Jenkins behaviour is configurable or version dependent:
   `parallel_inputs` are further inputs pending at the same time, as parallel branches give; answering
   one lets the build go on once none is left; aborting one ends the build ABORTED (a simplification:
   real Jenkins fails that branch and, without failFast, the others keep waiting).
+- `logText/progressiveText?start=N` answers as Stapler's `LargeText.doProgressText` does (docs/jenkins.md):
+  the text from byte offset N, `X-Text-Size` the next offset, `X-More-Data: true` while the build runs.
+- Every request is kept in `timeline` with its kind (`request_kind`: `pendingInputActions`,
+  `progressiveText`, `consoleText`, `build`, `queue item`…), so a test can count what a wait cost:
+  `count(kind, job, number)`, `requests_of(…)`, `kinds()`.
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ from starter.simulators import server
 from starter.simulators.server import LocalServer, QuietHandler, Request
 
 JENKINS_VERSION = "2.479"
+#: Stapler's `LargeText.MAX_LINES_READ`: the most lines one progressiveText answer carries while a build runs.
+PROGRESSIVE_MAX_LINES = 10000
 
 _PARAM_TYPES = {
     "string": "StringParameterDefinition",
@@ -195,6 +202,10 @@ class FakeJenkins(LocalServer):
         self.users = dict(users) if users is not None else {"deploy-bot": "token"}
         self.crumbs = crumbs
         self.requests: list[tuple[str, str, dict[str, str], str]] = []
+        #: Every request as (epoch seconds, kind, method, path, query): `request_kind` names the kinds.
+        self.timeline: list[tuple[float, str, str, str, dict[str, str]]] = []
+        #: Response headers (lower-case names) left out, as a proxy in front of Jenkins might.
+        self.drop_headers: set[str] = set()
         self._lock = threading.RLock()
         self._jobs: dict[str, _Job] = {}
         self._queue: dict[int, _QueueItem] = {}
@@ -216,7 +227,8 @@ class FakeJenkins(LocalServer):
                 if rsp.delay:  # a slow Jenkins: the work is done, the answer comes too late
                     time.sleep(rsp.delay)
                 jenkins = (("X-Jenkins", JENKINS_VERSION), ("X-Hudson", "1.395"))
-                self.reply(rsp.status, rsp.body, rsp.content_type, before=jenkins, after=rsp.headers)
+                after = {k: v for k, v in rsp.headers.items() if k.lower() not in fake.drop_headers}
+                self.reply(rsp.status, rsp.body, rsp.content_type, before=jenkins, after=after)
 
             do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = _handle
 
@@ -328,6 +340,35 @@ class FakeJenkins(LocalServer):
         processed first (the build is queued, the input answered…) and only the answer is lost."""
         with self._lock:
             self._fail_rules.append(_FailRule(status, method, path_contains, times, after_effect))
+
+    def count(self, kind: str | None = None, job: str | None = None, number: int | None = None) -> int:
+        """How many requests of `kind` (`request_kind`; None: all) this fake served, for `job` (and build
+        `number`) if given."""
+        return len(self.requests_of(kind, job, number))
+
+    def requests_of(
+        self, kind: str | None = None, job: str | None = None, number: int | None = None
+    ) -> list[tuple[float, dict[str, str]]]:
+        """The requests of `kind` (None: all), for `job` and build `number` if given: (epoch seconds, query)."""
+        prefix = None
+        if job is not None:
+            prefix = "/" + "".join(f"job/{quote(p, safe='')}/" for p in job.split("/"))
+            if number is not None:
+                prefix += f"{number}/"
+        with self._lock:
+            return [
+                (t, dict(q))
+                for t, k, _, path, q in self.timeline
+                if (kind is None or k == kind) and (prefix is None or path.startswith(prefix))
+            ]
+
+    def kinds(self) -> dict[str, int]:
+        """How many requests of each kind this fake served."""
+        out: dict[str, int] = {}
+        with self._lock:
+            for _, k, *_ in self.timeline:
+                out[k] = out.get(k, 0) + 1
+        return out
 
     def answer_input(
         self, job: str, number: int, proceed: bool = True, by: str = "someone", input_id: str | None = None
@@ -474,6 +515,9 @@ class FakeJenkins(LocalServer):
     def _serve(self, req: _Request) -> _Response:
         with self._lock:
             self.requests.append(req.recorded())
+            self.timeline.append(
+                (time.time(), request_kind(req.method, req.path), req.method, req.path, dict(req.query))
+            )
             rule = self._match_fail_rule(req)
             if rule is not None and not rule.after_effect:
                 return self._error_response(rule.status)
@@ -963,6 +1007,8 @@ class FakeJenkins(LocalServer):
         if rest == ["consoleText"]:
             text = "".join(line + "\n" for line in b.console)
             return _Response(200, text.encode(), "text/plain;charset=utf-8")
+        if rest == ["logText", "progressiveText"]:
+            return self._progressive_text(req, b)
         if rest in ([], ["console"]):
             return _Response(200, _html(f"{b.job.short_name} #{b.number}", "Console Output"))
         if rest == ["wfapi", "pendingInputActions"]:
@@ -1002,6 +1048,28 @@ class FakeJenkins(LocalServer):
             self._stop(b, req.user)
             return _Response(302, headers={"Location": self._build_url(b)})
         return _Response(404, _html("Not Found", "Not Found"))
+
+    def _progressive_text(self, req: _Request, b: _Build) -> _Response:
+        """`logText/progressiveText?start=N` as Stapler's `LargeText.doProgressText` answers it: the log from
+        byte offset N (0 if N is past the end: "text rolled over"); while the build runs only whole lines,
+        at most MAX_LINES_READ of them; `X-Text-Size` the offset to ask for next; `X-More-Data: true` while
+        the build runs (the log is not complete)."""
+        try:
+            start = int(req.query.get("start") or 0)
+        except ValueError:  # Long.parseLong throws: Jenkins' "Oops!" page
+            return _Response(500, _html("Oops!", "java.lang.NumberFormatException"))
+        data = "".join(line + "\n" for line in b.console).encode("utf-8")
+        if start > len(data) or start < 0:
+            start = 0
+        completed = b.state == "finished"
+        chunk = data[start:]
+        if not completed:
+            lines = chunk.split(b"\n")[:-1][:PROGRESSIVE_MAX_LINES]  # whole lines only
+            chunk = b"".join(line + b"\n" for line in lines)
+        headers = {"X-Text-Size": str(start + len(chunk))}
+        if not completed:
+            headers["X-More-Data"] = "true"
+        return _Response(200, chunk, "text/plain;charset=UTF-8", headers)
 
     def _input(self, req: _Request, b: _Build, input_id: str, verb: str) -> _Response:
         assert req.user is not None
@@ -1045,6 +1113,52 @@ class FakeJenkins(LocalServer):
             "pauseDurationMillis": pause,
             "stages": stages,
         }
+
+
+# -- what a request is, for counting -----------------------------------------------------------------
+
+_BUILD_KINDS = {
+    "api/json": "build",
+    "consoleText": "consoleText",
+    "logText/progressiveText": "progressiveText",
+    "wfapi/pendingInputActions": "pendingInputActions",
+    "wfapi/describe": "describe",
+    "wfapi/inputSubmit": "input",
+    "stop": "stop",
+}
+
+
+def request_kind(method: str, path: str) -> str:
+    """The kind of a request, by its path: `crumb`, `me`, `root`, `queue`, `queue item`, `job`, `trigger`,
+    `build`, `consoleText`, `progressiveText`, `pendingInputActions`, `describe`, `input` (a POST that
+    answers an input), `stop`, or `other`. Folders are seen through (`job/a/job/b/…`)."""
+    segs = [s for s in path.split("/") if s]
+    if segs[:1] == ["crumbIssuer"]:
+        return "crumb"
+    if segs[:1] == ["me"]:
+        return "me"
+    if segs in ([], ["api", "json"]):
+        return "root"
+    if segs[:2] == ["queue", "item"]:
+        return "queue item"
+    if segs[:1] == ["queue"]:
+        return "queue"
+    i = 0
+    while i + 1 < len(segs) and segs[i] == "job":
+        i += 2
+    if i == 0:
+        return "other"
+    rest = segs[i:]
+    if rest in ([], ["api", "json"]):
+        return "job"
+    if rest[0] in ("build", "buildWithParameters"):
+        return "trigger"
+    if rest[0].isdigit():
+        tail = "/".join(rest[1:])
+        if tail.startswith("input/"):
+            return "input"
+        return _BUILD_KINDS.get(tail, "other")
+    return "other"
 
 
 # -- the `tree` query parameter ---------------------------------------------------------------------
