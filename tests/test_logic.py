@@ -331,5 +331,6 @@ async def test_a_version_pr_merged_on_github_moves_the_deploy_on(skipping: Workf
     assert "merge_pr" not in stubs.names()
     (entry,) = [e for e in st.audit if e.action == "merged_on_github"]
     assert entry.channel == "github" and entry.identity == "github:octo-elsewhere" and entry.out_of_policy
-    assert any("merged directly on GitHub by octo-elsewhere" in m.text for m in stubs.posted())
+    said = "merged directly on GitHub by octo-elsewhere"  # the thread hears it (a notice: eventually)
+    await eventually(lambda: any(said in m.text for m in stubs.posted()), timeout=10, interval=0.02)
     await c.get_workflow_handle(wid).terminate("test over")
