@@ -48,6 +48,8 @@ from starter.audit import (
     record_from_history,
     render_audit,
 )
+from starter.audit.common import audit_now
+from starter.audit.md import _md
 from starter.cli import render_audit as cli_render_audit
 from starter.client import Refused, send_action, start_deploy
 from starter.devstack import wait_for_step
@@ -72,6 +74,7 @@ from tests.support import act
 from tests.test_cli import deployctl
 from worker import create_worker
 from workflows import signing
+from workflows.messages import status_lines
 from workflows.models import (
     Action,
     ActionInput,
@@ -326,8 +329,10 @@ def test_markdown_report():
     st = sample()
     md = render_audit(st, "md")
     assert md.startswith(f"# Audit of {WID}\n")
-    assert "- deploy: release payments-api → kprod (com-cloud)" in md
-    assert "- outcome: succeeded (build #7 ended SUCCESS)" in md
+    # The header says what `status` says (workflows/messages.py `status_facts`), escaped for Markdown.
+    assert f"- RELEASE deploy of payments-api to kprod ({WID}, com-cloud)\n- workflow id: {WID}\n" in md
+    assert "- outcome: succeeded — build #7 ended SUCCESS (ended at deploying)" in md
+    assert f"- SRE: {SRE1}" in md and "- build result: SUCCESS" in md
     assert "- release window: 2026.03 2026-03-02T14:00:00Z – 2026-03-02T18:00:00Z" in md
     # The PCCR and its parameters as a table.
     assert "- backend: builtin" in md and "- state: done" in md
@@ -523,6 +528,90 @@ def test_html_report_renders_every_outside_value_as_its_text():
     assert "".join(page.texts["h1"]) == f"Audit of {EVIL}"
     assert [EVIL, EVIL] in page.rows  # the parameters table
     assert "default-src 'none'" in page_html
+
+
+def running(st: DeployStatus, **update: object) -> DeployStatus:
+    """`st` while it still runs: at deploy_approval, waiting on the SRE for four minutes."""
+    return st.model_copy(
+        update={
+            "outcome": None,
+            "outcome_reason": None,
+            "step": Step.DEPLOY_APPROVAL,
+            "waiting_on": [SRE1],
+            "allowed_actions": [Action.APPROVE, Action.REJECT],
+            "waiting_for": f"{SRE1} to approve",
+            "waiting_since": at(1460),
+            "blocked_by": "deploy-payments-api-kprod-00000000",
+            "version_pr": "http://github.test/o/r/pull/3",
+            "version_pr_head_sha": "0123456789abcdef",
+            **update,
+        }
+    )
+
+
+def test_the_header_says_what_status_says():
+    """One wording: each line `status` prints is a line of the Markdown header, escaped whole; the audit's
+    own facts follow. With no clock, the audit ages what the deploy waits for up to its last event."""
+    st = running(sample())
+    record = AuditRecord(status=st, opened_by=OWNER, started=at(-60))
+    assert audit_now(record) == max(e.time for e in st.audit) == at(1700)
+    md = render_audit(record, "md")
+    header = md.split("\n## Links")[0].split("\n")[2:-1]
+    shown = [f"- {_md(line)}" for line in status_lines(st, audit_now(record))]
+    assert header[0] == shown[0] and header[2 : len(shown) + 1] == shown[1:]
+    assert header[1] == f"- workflow id: {WID}"
+    assert header[len(shown) + 1 :] == [
+        f"- opened by: {OWNER} at 2026-03-02T13:59:00Z",
+        "- build result: SUCCESS",
+        "- release window: 2026.03 2026-03-02T14:00:00Z – 2026-03-02T18:00:00Z",
+    ]
+    assert f"- waits for: {SRE1} to approve (4m)" in header
+    assert audit_now(record.model_copy(update={"closed": at(9000)})) == at(9000)
+    page = render_audit(record, "html")
+    assert "<tr><th>waits for</th><td>U0SRE1 to approve (4m)</td></tr>" in page
+    assert (
+        "<tr><th>blocked by</th><td>waits for deploy <code>deploy-payments-api-kprod-00000000</code>" in page
+    )
+    ended = render_audit(AuditRecord(status=sample(), closed=at(5000)), "html")
+    assert '<tr><th>outcome</th><td><span class="badge succeeded">succeeded</span> — build #7' in ended
+
+
+def test_a_running_deploys_header_renders_every_outside_value_as_its_text():
+    """The live facts only a running deploy has (who and what it waits for, the deploy it waits behind,
+    the version PR's head) are escaped too, in Markdown and in HTML."""
+    record = hostile()
+    record.status = running(
+        record.status,
+        waiting_on=[EVIL, EVIL],
+        waiting_for=EVIL,
+        blocked_by=EVIL,
+        version_pr=EVIL_URL,
+        version_pr_head_sha=EVIL,
+        audit=[record.status.audit[0].model_copy(update={"accepted": True})],
+    )
+    md = render_audit(record, "md")
+    assert "<img" not in md and "<script" not in md
+    page = _Page(gfm(md))
+    assert {tag for tag, _ in page.tags} <= {
+        *("h1", "h2", "h3", "p", "ul", "li", "table", "thead", "tbody", "tr", "th", "td"),
+        *("code", "pre", "blockquote", "strong"),
+    }
+    assert page.texts["strong"] == [FROM_HISTORY]
+    items = "".join(page.texts["li"])
+    for line in (
+        f"waiting on: {EVIL}, {EVIL}",
+        f"waits for: {EVIL}",
+        f"waits for deploy {EVIL} of the same service",
+        f"version PR: {EVIL_URL} (head {EVIL[:12]}",
+        f"last action: {EVIL} by {EVIL} at pccr_review",
+    ):
+        assert line in items, line
+    page_html = render_audit(record, "html")
+    for tag, attrs in _Page(page_html).tags:
+        assert tag not in {"img", "script", "iframe", "object", "embed", "link", "base", "form"}, tag
+        assert not [a for a in attrs if a.startswith("on")], (tag, attrs)
+        if tag == "a":
+            assert attrs["href"] == EVIL_URL
 
 
 def test_json_report_keeps_the_status_audit_entries():
@@ -752,10 +841,10 @@ def test_a_deploy_whose_cloud_is_not_known_yet_renders():
     st.cloud = None
     st.config_sha256 = "ab" * 32
     md = render_audit(st, "md")
-    assert "- deploy: release payments-api → kprod (cloud not known yet)" in md
+    assert f"- RELEASE deploy of payments-api to kprod ({WID}, cloud not known yet)" in md
     assert f"- workers' config sha256: {'ab' * 32}" in md
     page = render_audit(st, "html")
-    assert "<tr><th>cloud</th><td>cloud not known yet</td></tr>" in page and "(cloud not known yet)" in page
+    assert f"(<code>{WID}</code>, cloud not known yet) — " in page
     doc = json.loads(render_audit(st, "json"))
     assert doc["cloud"] is None and doc["config_sha256"] == "ab" * 32
 
@@ -875,7 +964,7 @@ async def test_record_from_history_reads_the_intent_and_the_first_rules():
     md = render_audit(record, "md")
     assert st.slack_thread == "1712345678.000100"
     assert (
-        "(gov-cloud)" in md and FROM_HISTORY in md and "- Slack thread: C0GOV thread 1712345678.000100" in md
+        ", gov-cloud)" in md and FROM_HISTORY in md and "- Slack thread: C0GOV thread 1712345678.000100" in md
     )
 
 

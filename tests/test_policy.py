@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from workflows import policy
-from workflows.messages import human_duration, status_lines, triage_text, ui_link
+from workflows.messages import Span, human_duration, status_facts, status_lines, triage_text, ui_link
 from workflows.models import (
     Action,
     ActionInput,
@@ -379,3 +379,14 @@ def test_status_lines_say_the_same_on_every_face():
     )
     ended = st.model_copy(update={"outcome": Outcome.REJECTED, "outcome_reason": "no"})
     assert "outcome: *rejected* — no (ended at `pccr_review`)" in status_lines(ended, now, "slack")
+
+    # The lines are `status_facts`, which say what each part is so that each face marks it up its way.
+    facts = status_facts(st, now)
+    assert plain == [f"{f.label}: {f.text}" if f.label else f.text for f in facts]
+    by_key = {f.key: f for f in facts}
+    assert by_key["waits_for"].spans == (Span("Jenkins <build> (4m)", "said"),)
+    assert [s.kind for s in by_key["waiting_on"].spans] == ["user", "text", "user"]
+    assert by_key["build"].text == "http://j/job/api/7/ (diff sha256 ab)"
+    threaded = st.model_copy(update={"slack_thread": "1.2"})
+    assert "Slack thread: 1.2" in status_lines(threaded, now)
+    assert status_lines(threaded, now, "slack") == slack  # Slack leaves out the thread it answers in

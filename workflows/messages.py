@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
@@ -44,68 +45,145 @@ def ui_link(ui_url: str, namespace: str, workflow_id: str) -> str:
 
 
 #: How a face marks text up: the CLI prints plain text, `/deploy status` answers in Slack mrkdwn, the
-#: Web UI's current details are markdown.
+#: Web UI's current details are markdown. (The audit's Markdown and HTML render the same facts their
+#: own way: starter/audit/.)
 Markup = Literal["plain", "slack", "markdown"]
+
+#: What a stretch of a fact is, so that each face marks it up its own way: `text` is shown as it is by
+#: the live faces (deployctl's words, the cloud, the PCCR's state, action names); `strong` is stressed
+#: (the deploy, its outcome); `code` is an identifier (the workflow id, a step, a sha256); `user` a Slack
+#: user id (a mention in Slack); `link` goes to `url` and is labelled `text`; `said` comes from people or
+#: other systems (a reason, what the deploy waits for) and is escaped wherever markup could take it.
+SpanKind = Literal["text", "strong", "code", "user", "link", "said"]
+
+
+@dataclass(frozen=True)
+class Span:
+    text: str
+    kind: SpanKind = "text"
+    url: str = ""  # a `link`'s target
+
+    @property
+    def plain(self) -> str:
+        """The span as plain text: a link is its URL."""
+        return self.url if self.kind == "link" else self.text
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One line of where a deploy stands: `label: spans` (a fact with no label is its spans alone).
+    `key` names the fact for a face that places or leaves out one (`slack_thread` in Slack)."""
+
+    key: str
+    label: str
+    spans: tuple[Span, ...]
+
+    @property
+    def text(self) -> str:
+        """The fact's value as plain, unescaped text."""
+        return "".join(s.plain for s in self.spans)
+
+
+def _fact(key: str, label: str, *spans: Span | str) -> Fact:
+    return Fact(key, label, tuple(s if isinstance(s, Span) else Span(s) for s in spans))
+
+
+def _code(text: str) -> Span:
+    return Span(text, "code")
+
+
+def _user(text: str) -> Span:
+    return Span(text, "user")
+
+
+def status_facts(st: DeployStatus, now: datetime) -> list[Fact]:
+    """Where a deploy stands, in the order every face says it: the CLI's `status`, `/deploy status`, the
+    Web UI's current details (`status_lines`) and the audit's header. Pure: `now` only ages what the
+    deploy waits for."""
+    facts = [
+        _fact(
+            "deploy",
+            "",
+            Span(deploy_name(st.service, st.environment, st.process), "strong"),
+            " (",
+            _code(st.workflow_id),
+            f", {cloud_text(st.cloud)})",
+        )
+    ]
+    if st.outcome is not None:
+        reason = (" — ", Span(st.outcome_reason, "said")) if st.outcome_reason else ()
+        step = (" (ended at ", _code(st.step.value), ")")
+        facts.append(_fact("outcome", "outcome", Span(st.outcome.value, "strong"), *reason, *step))
+    else:
+        facts.append(_fact("step", "step", _code(st.step.value)))
+        people: list[Span | str] = []
+        for u in st.waiting_on:
+            people += [", ", _user(u)] if people else [_user(u)]
+        facts.append(_fact("waiting_on", "waiting on", *(people or ["nobody (it is working)"])))
+        if st.allowed_actions:
+            facts.append(_fact("actions", "actions now", ", ".join(a.value for a in st.allowed_actions)))
+        waits = waiting_line(st.waiting_for, st.waiting_since, now)
+        if waits:
+            facts.append(_fact("waits_for", "waits for", Span(waits, "said")))
+        if st.blocked_by:
+            ends = " of the same service and environment to end"
+            facts.append(_fact("blocked_by", "", "waits for deploy ", _code(st.blocked_by), ends))
+    if st.sre:
+        facts.append(_fact("sre", "SRE", _user(st.sre)))
+    if st.pccr:
+        facts.append(_fact("pccr", "PCCR", Span("PCCR", "link", st.pccr.url), f" [{st.pccr.state}]"))
+    if st.build.url:
+        sha = (" (diff sha256 ", _code(st.build.diff_sha256), ")") if st.build.diff_sha256 else ()
+        facts.append(_fact("build", "build", Span(f"build #{st.build.number}", "link", st.build.url), *sha))
+    if st.version_pr:
+        head = st.version_pr_head_sha
+        shown = (
+            (" (head ", _code(head[:12]), ", diff sha256 ", _code(st.version_pr_diff_sha256 or "-"), ")")
+            if head
+            else ()
+        )
+        facts.append(_fact("version_pr", "version PR", Span("version PR", "link", st.version_pr), *shown))
+    if st.slack_thread:
+        facts.append(_fact("slack_thread", "Slack thread", st.slack_thread))
+    last = next((e for e in reversed(st.audit) if e.accepted and e.actor != SYSTEM), None)
+    if last:
+        by = (f"{last.action} by ", _user(last.actor), " at ", _code(last.step.value))
+        facts.append(_fact("last_action", "last action", *by))
+    if st.ui_url:
+        facts.append(_fact("ui", "Temporal UI", Span("Temporal UI", "link", st.ui_url)))
+    return facts
 
 
 def status_lines(st: DeployStatus, now: datetime, markup: Markup = "plain") -> list[str]:
-    """Where a deploy stands, said the same way by every face: the CLI's `status`, `/deploy status` and
-    the Web UI's current details differ only in `markup`. Text from people or other systems (a reason,
-    what it waits for) is escaped for Slack (SPEC §10)."""
+    """`status_facts` as lines: the CLI's `status`, `/deploy status` and the Web UI's current details
+    differ only in `markup`. Text from people or other systems is escaped for Slack (SPEC §10); Slack
+    leaves out the thread it answers in."""
+    return [
+        _fact_line(f, markup)
+        for f in status_facts(st, now)
+        if not (markup == "slack" and f.key == "slack_thread")
+    ]
+
+
+def _fact_line(fact: Fact, markup: Markup = "plain") -> str:
+    """One fact as a line of `markup`."""
+    body = "".join(_marked(s, markup) for s in fact.spans)
+    return f"{fact.label}: {body}" if fact.label else body
+
+
+def _marked(s: Span, markup: Markup) -> str:
     slack = markup == "slack"
-
-    def bold(text: str) -> str:
-        return {"plain": text, "slack": f"*{text}*", "markdown": f"**{text}**"}[markup]
-
-    def code(text: str) -> str:
-        return text if markup == "plain" else f"`{text}`"
-
-    def who(user: str) -> str:
-        return f"<@{user}>" if slack else user
-
-    def link(url: str, label: str) -> str:
-        return f"<{url}|{label}>" if slack else url
-
-    def said(text: str) -> str:
-        return slack_escape(text) if slack else text
-
-    cloud = cloud_text(st.cloud)
-    lines = [f"{bold(deploy_name(st.service, st.environment, st.process))} ({code(st.workflow_id)}, {cloud})"]
-    if st.outcome is not None:
-        reason = f" — {said(st.outcome_reason)}" if st.outcome_reason else ""
-        lines.append(f"outcome: {bold(st.outcome.value)}{reason} (ended at {code(st.step.value)})")
-    else:
-        lines.append(f"step: {code(st.step.value)}")
-        lines.append("waiting on: " + (", ".join(who(u) for u in st.waiting_on) or "nobody (it is working)"))
-        if st.allowed_actions:
-            lines.append("actions now: " + ", ".join(a.value for a in st.allowed_actions))
-        waits = waiting_line(st.waiting_for, st.waiting_since, now)
-        if waits:
-            lines.append(f"waits for: {said(waits)}")
-        if st.blocked_by:
-            lines.append(f"waits for deploy {code(st.blocked_by)} of the same service and environment to end")
-    if st.sre:
-        lines.append(f"SRE: {who(st.sre)}")
-    if st.pccr:
-        lines.append(f"PCCR: {link(st.pccr.url, 'PCCR')} [{st.pccr.state}]")
-    if st.build.url:
-        sha = f" (diff sha256 {code(st.build.diff_sha256)})" if st.build.diff_sha256 else ""
-        lines.append(f"build: {link(st.build.url, f'build #{st.build.number}')}{sha}")
-    if st.version_pr:
-        shown = (
-            f" (head {code(st.version_pr_head_sha[:12])}, diff sha256 {code(st.version_pr_diff_sha256 or '-')})"
-            if st.version_pr_head_sha
-            else ""
-        )
-        lines.append(f"version PR: {link(st.version_pr, 'version PR')}{shown}")
-    if st.slack_thread and not slack:
-        lines.append(f"Slack thread: {st.slack_thread}")
-    last = next((e for e in reversed(st.audit) if e.accepted and e.actor != SYSTEM), None)
-    if last:
-        lines.append(f"last action: {last.action} by {who(last.actor)} at {code(last.step.value)}")
-    if st.ui_url:
-        lines.append(f"Temporal UI: {link(st.ui_url, 'Temporal UI')}")
-    return lines
+    if s.kind == "strong":
+        return {"plain": s.text, "slack": f"*{s.text}*", "markdown": f"**{s.text}**"}[markup]
+    if s.kind == "code":
+        return s.text if markup == "plain" else f"`{s.text}`"
+    if s.kind == "user":
+        return f"<@{s.text}>" if slack else s.text
+    if s.kind == "link":
+        return f"<{s.url}|{s.text}>" if slack else s.url
+    if s.kind == "said":
+        return slack_escape(s.text) if slack else s.text
+    return s.text
 
 
 def action_hint(workflow_id: str, defn: StepDef, user: str, diff_sha256: str | None = None) -> str:

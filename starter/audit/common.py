@@ -1,4 +1,5 @@
-"""What the renderers share: times, the cloud, identities (SPEC §9) and the record's links."""
+"""What the renderers share: times, the cloud, the header's facts, identities (SPEC §9) and the record's
+links."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from datetime import UTC, datetime
 
 from starter.audit.collect import AuditRecord
 from workflows.messages import NO_CLOUD as NO_CLOUD  # the cloud as every face says it
+from workflows.messages import Fact, Span, status_facts
 from workflows.models import SYSTEM, AuditEntry
 
 
@@ -14,6 +16,49 @@ def _iso(t: datetime | None) -> str:
     if t is None:
         return "-"
     return t.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+# -- the header: where the deploy stands, as every face says it, then what only the audit knows
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def audit_now(r: AuditRecord) -> datetime:
+    """The "now" the header is said at (the audit has no clock): when the deploy closed, else the last
+    time the record holds (an action, a Signal or Update received, a roster, since when it waits, its
+    start). So a running deploy's "waits for … (4m)" is as of its last event, not as of the export."""
+    st = r.status
+    times = [e.time for e in st.audit] + [a.time for a in r.received] + [ro.time for ro in st.rosters]
+    times += [t for t in (st.waiting_since, r.started) if t is not None]
+    # With no time at all there is no `waiting_since` either, and `now` ages nothing.
+    return r.closed or max(times, default=_EPOCH)
+
+
+def header_facts(r: AuditRecord) -> list[Fact]:
+    """The header's lines: `status_facts` (what the CLI, Slack and the Web UI say, in their words), the
+    workflow id on its own line after the first, then what only the audit has: who opened the deploy and
+    when, when it closed, the build's result, the version, the release window, the workers' config."""
+    st = r.status
+    live = status_facts(st, audit_now(r))
+    extra = [Fact("opened_by", "opened by", (Span(r.opened_by or "-", "user"),) + _at(r.started))]
+    if r.closed:
+        extra.append(Fact("closed", "closed at", (Span(_iso(r.closed)),)))
+    if st.build.result:
+        extra.append(Fact("build_result", "build result", (Span(st.build.result, "said"),)))
+    if st.version:
+        extra.append(Fact("version", "version", (Span(st.version, "said"),)))
+    if st.release_window:
+        w = st.release_window
+        window = (Span(w.name, "said"), Span(f" {_iso(w.start)} – {_iso(w.end)}"))
+        extra.append(Fact("release_window", "release window", window))
+    if st.config_sha256:
+        extra.append(Fact("config_sha256", "workers' config sha256", (Span(st.config_sha256, "code"),)))
+    wid = Fact("workflow_id", "workflow id", (Span(st.workflow_id, "code"),))
+    return [live[0], wid, *live[1:], *extra]
+
+
+def _at(t: datetime | None) -> tuple[Span, ...]:
+    return (Span(f" at {_iso(t)}"),) if t else ()
 
 
 # -- identities (SPEC §9)

@@ -12,17 +12,17 @@ from pydantic import BaseModel, Field
 from starter.audit.collect import FROM_HISTORY, AuditRecord
 from starter.audit.common import (
     _LINK_NAMES,
-    NO_CLOUD,
     OUT_OF_POLICY,
     SYSTEM,
     _identity_text,
     _iso,
     _params,
+    header_facts,
     identity_kind,
     identity_summary,
     links,
 )
-from workflows.messages import cloud_text
+from workflows.messages import Fact, Span
 
 
 def _e(value: object) -> str:
@@ -65,31 +65,26 @@ footer { margin-top: 32px; color: var(--muted); font-size: 12px; }
 """
 
 
+def _span(s: Span, badge: bool = False) -> str:
+    """A span of a fact as HTML, escaped whatever its kind; an outcome's stressed word is its badge."""
+    if s.kind == "link":
+        return _a(s.url, s.text)
+    if s.kind == "code":
+        return f"<code>{_e(s.text)}</code>"
+    if s.kind == "strong":
+        return f'<span class="badge {_e(s.text)}">{_e(s.text)}</span>' if badge else f"<b>{_e(s.text)}</b>"
+    return _e(s.text)
+
+
+def _fact_html(f: Fact) -> str:
+    return "".join(_span(s, badge=f.key == "outcome") for s in f.spans)
+
+
 def render_html(r: AuditRecord) -> str:
     st = r.status
     outcome = st.outcome.value if st.outcome else ("unknown" if r.closed else "running")
-    kv: list[tuple[str, str]] = [
-        ("workflow id", f"<code>{_e(st.workflow_id)}</code>"),
-        ("service", _e(st.service)),
-        ("environment", _e(st.environment)),
-        ("cloud", _e(st.cloud.value if st.cloud is not None else NO_CLOUD)),
-        ("process", _e(st.process.value)),
-        ("opened by", _e(r.opened_by or "-") + (f" at {_e(_iso(r.started))}" if r.started else "")),
-        ("outcome", f'<span class="badge {_e(outcome)}">{_e(outcome)}</span> {_e(st.outcome_reason or "")}'),
-        ("step", _e(st.step.value) + (f" (closed {_e(_iso(r.closed))})" if r.closed else "")),
-        ("assigned SRE", _e(st.sre or "-")),
-    ]
-    if st.version:
-        kv.append(("version", _e(st.version)))
-    if st.release_window:
-        w = st.release_window
-        kv.append(("release window", f"{_e(w.name)}: {_e(_iso(w.start))} – {_e(_iso(w.end))}"))
-    if st.waiting_on and not st.outcome:
-        kv.append(("waiting on", _e(", ".join(st.waiting_on))))
-    if st.blocked_by:
-        kv.append(("waits for", _e(st.blocked_by)))
-    if st.config_sha256:
-        kv.append(("workers' config sha256", f"<code>{_e(st.config_sha256)}</code>"))
+    headline, *facts = header_facts(r)
+    kv = [(f.label or f.key.replace("_", " "), _fact_html(f)) for f in facts]
 
     parts = [
         "<!DOCTYPE html>",
@@ -99,8 +94,7 @@ def render_html(r: AuditRecord) -> str:
         f"<title>Audit of {_e(st.workflow_id)}</title>",
         f"<style>{CSS}</style></head><body>",
         f"<header><h1>Audit of <code>{_e(st.workflow_id)}</code></h1>",
-        f"<p>{_e(st.process.value)} deploy of <b>{_e(st.service)}</b> to <b>{_e(st.environment)}</b> "
-        f'({_e(cloud_text(st.cloud))}) — <span class="badge {_e(outcome)}">{_e(outcome)}</span></p>',
+        f'<p>{_fact_html(headline)} — <span class="badge {_e(outcome)}">{_e(outcome)}</span></p>',
     ]
     if r.from_history:
         parts.append(

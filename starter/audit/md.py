@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 
 from starter.audit.collect import FROM_HISTORY, AuditRecord
-from starter.audit.common import _LINK_NAMES, _identity_text, _iso, _params, identity_summary, links
-from workflows.messages import cloud_text
+from starter.audit.common import _LINK_NAMES, _identity_text, _params, header_facts, identity_summary, links
 
 # Markdown (CommonMark with GitHub's extensions, as cmark-gfm renders it) gives meaning to these inline.
 _MD_PUNCT = frozenset("\\`*[]~|$")
@@ -67,7 +66,6 @@ def _groups_text(groups: dict[str, list[str]]) -> str:
 
 def render_md(r: AuditRecord) -> str:
     st = r.status
-    outcome = st.outcome.value if st.outcome else "running"
     lines = [f"# Audit of {_md(st.workflow_id)}", ""]
     if r.from_history:
         lines += [
@@ -75,26 +73,8 @@ def render_md(r: AuditRecord) -> str:
             "trail and rosters live in the workflow's state and need a worker to be read.",
             "",
         ]
-    lines += [
-        f"- deploy: {st.process.value} {_md(st.service)} → {_md(st.environment)} ({cloud_text(st.cloud)})",
-        f"- workflow id: {_md(st.workflow_id)}",
-        f"- opened by: {_md(r.opened_by) or '-'}" + (f" at {_iso(r.started)}" if r.started else ""),
-        f"- outcome: {outcome}" + (f" ({_md(st.outcome_reason)})" if st.outcome_reason else ""),
-        f"- step: {st.step.value}" + (f" (closed {_iso(r.closed)})" if r.closed else ""),
-        f"- PCCR: {_md(st.pccr.url if st.pccr else '') or '-'} ({_md(st.pccr.state if st.pccr else '') or '-'})",
-        f"- build: {_md(st.build.url) or '-'} result {_md(st.build.result) or '-'} "
-        f"diff sha256 {_md(st.build.diff_sha256) or '-'}",
-        f"- SRE: {_md(st.sre) or '-'}",
-    ]
-    if st.version:
-        lines.append(f"- version: {_md(st.version)}")
-    if st.release_window:
-        w = st.release_window
-        lines.append(f"- release window: {_md(w.name)} {_iso(w.start)} – {_iso(w.end)}")
-    if st.waiting_on and not st.outcome:
-        lines.append(f"- waiting on: {_md(', '.join(st.waiting_on))}")
-    if st.config_sha256:
-        lines.append(f"- workers' config sha256: {_md(st.config_sha256)}")
+    # Each fact is one line escaped whole: the Markdown audit marks nothing up (its URLs are text).
+    lines += [f"- {_md(f'{f.label}: {f.text}' if f.label else f.text)}" for f in header_facts(r)]
     lines += ["", "## Links", ""]
     lines += [f"- {_LINK_NAMES[k]}: {_md(v) or '-'}" for k, v in links(r).items()]
 
