@@ -40,6 +40,21 @@ from temporalio.exceptions import ApplicationError, CancelledError
 HEARTBEAT_EVERY = 2.0
 #: How long `heartbeating()` keeps an attempt alive around one blocking call, at most (seconds).
 KEEP_ALIVE_LIMIT = 60.0
+#: A watcher's first minute (seconds): it polls at its worker's own interval throughout it.
+FIRST_MINUTE = 60.0
+
+
+def watch_pause(interval: float, poll_cap: float | None, started: float, now: float | None = None) -> float:
+    """Seconds a watcher sleeps before its next read: the worker's `interval` for the first minute of the
+    attempt (monotonic `started`), then `poll_cap` (webhooks are configured: they bring news sooner, the
+    polls are only the fallback) but never less than `interval`. `poll_cap` None: `interval` throughout.
+
+    The simplest stretch; a polling budget (a schedule with a tight first minute and a cap) may replace
+    it, keeping `poll_cap` as the cap to use when webhooks are configured."""
+    if poll_cap is None:
+        return interval
+    elapsed = (time.monotonic() if now is None else now) - started
+    return interval if elapsed < FIRST_MINUTE else max(interval, poll_cap)
 
 
 class _Beats:

@@ -49,7 +49,14 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError
 from urllib3.util.retry import Retry
 
-from activities.common import heartbeat, heartbeating, scrub, scrubbed, sleep_unless_cancelled
+from activities.common import (
+    heartbeat,
+    heartbeating,
+    scrub,
+    scrubbed,
+    sleep_unless_cancelled,
+    watch_pause,
+)
 from workflows.models import (
     CommentInput,
     IssueRef,
@@ -62,6 +69,7 @@ from workflows.models import (
     PrDiffInput,
     PrRefInput,
     VersionPr,
+    WatchPrInput,
 )
 from workflows.policy import PLAIN_VERSION
 
@@ -571,20 +579,24 @@ class GithubActivities:
         ]
 
     @activity.defn(no_thread_cancel_exception=True)
-    def watch_pr(self, inp: PrRefInput) -> VersionPr:
+    def watch_pr(self, inp: WatchPrInput) -> VersionPr:
         """Return once the PR is no longer open (merged or closed directly on GitHub).
 
-        Polls every `watch_interval` seconds; the workflow cancels it when the SRE merges through
-        deployctl, and the cancellation is noticed between polls. It runs under a heartbeat timeout shorter
-        than the interval, so it heartbeats throughout: while it sleeps (`sleep_unless_cancelled`) and
-        while a read of the PR waits for GitHub (`heartbeating`)."""
+        Reads the PR at once, then every `watch_interval` seconds (after the first minute every
+        `inp.poll_cap` seconds when webhooks are configured: `watch_pause`); the workflow cancels it when
+        the SRE merges through deployctl, and the cancellation is noticed between polls, and restarts it
+        when a webhook says the PR changed (its first read is the one that matters). It runs under a
+        heartbeat timeout shorter than the interval, so it heartbeats throughout: while it sleeps
+        (`sleep_unless_cancelled`) and while a read of the PR waits for GitHub (`heartbeating`)."""
+        started = time.monotonic()
+        ref = PrRefInput(repo=inp.repo, number=inp.number)
         while True:
             with heartbeating():
-                state = self.pr_state(inp)
+                state = self.pr_state(ref)
             if state.merged or state.state != "open":
                 return state
             heartbeat({"number": inp.number})
-            sleep_unless_cancelled(self.watch_interval)
+            sleep_unless_cancelled(watch_pause(self.watch_interval, inp.poll_cap, started))
 
     @activity.defn
     def merge_pr(self, inp: MergePrInput) -> MergePrResult:

@@ -47,7 +47,14 @@ import requests
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError
 
-from activities.common import heartbeat, heartbeating, scrub, scrubbed, sleep_unless_cancelled
+from activities.common import (
+    heartbeat,
+    heartbeating,
+    scrub,
+    scrubbed,
+    sleep_unless_cancelled,
+    watch_pause,
+)
 from workflows.models import (
     AbortBuildInput,
     BuildRef,
@@ -719,10 +726,13 @@ class JenkinsActivities:
         - `not_reached`: the build runs and has not reached its input yet; reported only once that has
           lasted `settle_seconds`, so a build on its way to the input costs no extra round trip.
 
-        Heartbeats on every poll; honours cancellation (the workflow cancels it when the SRE answers
-        through deployctl).
+        Reads at once, then every `watch_interval` seconds (after the first minute of the attempt every
+        `inp.poll_cap` seconds when webhooks are configured: `watch_pause`). Heartbeats on every poll;
+        honours cancellation (the workflow cancels it when the SRE answers through deployctl, and
+        restarts it when a Jenkins notification says something changed).
         """
         what = f"watching the input of {inp.job} #{inp.number}"
+        started = time.monotonic()
         details = activity.info().heartbeat_details
         last = details[0] if details and isinstance(details[0], dict) else {}
         seen_pending = bool(last.get("seen_pending"))
@@ -763,7 +773,7 @@ class JenkinsActivities:
             if changed and settled:
                 return WatchInputResult(state=state, detail=detail)
             heartbeat({"seen_pending": seen_pending, "not_reached_since": not_reached_since})
-            sleep_unless_cancelled(self.watch_interval)
+            sleep_unless_cancelled(watch_pause(self.watch_interval, inp.poll_cap, started))
 
     @activity.defn(no_thread_cancel_exception=True)
     def wait_build_result(self, inp: BuildResultInput) -> BuildResult:
