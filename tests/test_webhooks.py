@@ -46,6 +46,7 @@ from tests.conftest import (
     make_deployment,
 )
 from tests.support import SREG1, act, start_gov, start_oow, status, to_merge, to_trigger
+from tests.test_replay import replayer
 from tests.test_slack_bridge import SIGNING_SECRET, temporal_factory
 from worker import build_activities, create_worker
 from workflows.models import (
@@ -58,6 +59,7 @@ from workflows.models import (
     OutsideEvent,
     Step,
 )
+from workflows.watchers import MAX_RESTARTS
 
 GITHUB_SECRET = "gh-webhook-secret-3f9a"
 JENKINS_SECRET = "jenkins-webhook-secret-81cd"
@@ -257,9 +259,9 @@ async def test_a_merge_on_github_is_noticed_at_once_through_the_webhook(
     # With [webhooks] github = true the watcher's fallback stretches to WEBHOOK_POLL_CAP.
     assert {i.get("poll_cap") for i in await scheduled_inputs(client, wid, "watch_pr")} == {WEBHOOK_POLL_CAP}
     await send_action(client, wid, Action.CANCEL, ActionInput(actor=OWNER, step=Step.TRIGGER))
-    assert (
-        await client.get_workflow_handle(wid, result_type=DeployResult).result()
-    ).outcome is Outcome.CANCELLED
+    handle = client.get_workflow_handle(wid, result_type=DeployResult)
+    assert (await handle.result()).outcome is Outcome.CANCELLED
+    await replayer().replay_workflow(await handle.fetch_history())  # the restart path replays
 
 
 async def test_a_signed_event_for_a_pr_that_is_not_merged_costs_one_read_and_changes_nothing(
@@ -337,6 +339,7 @@ async def test_an_input_answered_in_jenkins_is_noticed_at_once_through_the_notif
     final = await status(client, wid)
     noticed = [e for e in final.audit if e.action == "answered_in_jenkins"]
     assert len(noticed) == 1 and noticed[0].step is Step.DEPLOY_APPROVAL
+    await replayer().replay_workflow(await client.get_workflow_handle(wid).fetch_history())
     assert {i.get("poll_cap") for i in await scheduled_inputs(client, wid, "watch_input")} == {
         WEBHOOK_POLL_CAP
     }
@@ -375,3 +378,25 @@ async def _notes(client: Client, wid: str, n: int):
     st = await status(client, wid)
     notes = [e for e in st.audit if e.action == "outside_event"]
     return notes if len(notes) >= n else None
+
+
+async def test_a_flood_of_events_restarts_the_watcher_a_bounded_number_of_times(
+    client: Client, d: Deployment, slow_worker: None
+):
+    wid, number = await gov_at_merge(client, d)
+    handle = client.get_workflow_handle(wid)
+    for i in range(MAX_RESTARTS + 5):
+        await handle.signal(OUTSIDE_EVENT, OutsideEvent(system="github", detail=f"flood {i}"))
+    notes = await eventually(lambda: _notes(client, wid, MAX_RESTARTS + 1))
+    assert len(notes) == MAX_RESTARTS + 1  # one per restart, then one saying the rest are ignored
+    assert "later ones are ignored here" in (notes[-1].reason or "")
+    # Events that land together coalesce (a watcher cancelled before it ran schedules nothing): at most
+    # one new watch_pr per restart.
+    assert 2 <= len(await scheduled_inputs(client, wid, "watch_pr")) <= 1 + MAX_RESTARTS
+    st = await status(client, wid)
+    assert st.step is Step.VERSION_PR_MERGE and SREG1 in st.waiting_on
+    await act(client, wid, Action.MERGE, SREG1, Step.VERSION_PR_MERGE)  # still merges as usual
+    await wait_for_step(client, wid, Step.TRIGGER, SREG1)
+    await send_action(client, wid, Action.CANCEL, ActionInput(actor=OWNER, step=Step.TRIGGER))
+    await handle.result()
+    await replayer().replay_workflow(await handle.fetch_history())
