@@ -25,7 +25,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.common import FIRST_MINUTE, watch_pause
 from activities.github import GithubActivities
 from activities.jenkins import JenkinsActivities
-from starter.client import send_action
+from starter.client import build_path, send_action
 from starter.devstack import wait_for_step
 from starter.http_front import HttpFront, make_front
 from starter.simulators.github import FakeGitHub
@@ -201,6 +201,11 @@ async def gov_at_merge(client: Client, d: Deployment) -> tuple[str, int]:
 # ---------------------------------------------------------------------------------------------- tests
 
 
+def test_a_build_is_matched_by_the_path_jenkins_gives_its_url():
+    assert build_path("deploy-x", 12) == "/job/deploy-x/12/"
+    assert build_path("platform/deploy x", 3) == "/job/platform/job/deploy%20x/3/"
+
+
 def test_the_fallback_stretches_after_the_first_minute_only_when_webhooks_are_configured():
     assert watch_pause(15.0, None, started=0.0, now=10_000.0) == 15.0
     assert watch_pause(15.0, 300.0, started=0.0, now=FIRST_MINUTE - 1) == 15.0
@@ -305,6 +310,9 @@ async def test_ping_and_events_that_do_not_matter_send_nothing(
     r = await post_jenkins(front, {"job": d.job, "build": 1, "event": "started"})
     assert r.status_code == 200 and r.text.startswith("ignored")
     r = await post_jenkins(front, {"job": d.job, "build": 999, "event": "finished"})
+    assert r.status_code == 200 and r.text.startswith("no deploy waits")
+    # `${env.BUILD_NUMBER}` quoted by a pipeline is decimal text: taken as the number (docs/jenkins.md)
+    r = await post_jenkins(front, {"job": d.job, "build": "999", "event": "finished"})
     assert r.status_code == 200 and r.text.startswith("no deploy waits")
     assert await outside_signals(client, wid) == 0
     await send_action(client, wid, Action.CANCEL, ActionInput(actor=OWNER, step=Step.VERSION_PR_MERGE))
