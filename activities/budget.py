@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from activities.common import sleep_unless_cancelled
 
@@ -62,6 +62,14 @@ class PollSchedule:
         if elapsed < self.tight_for:
             return min(self.first, self.max_gap)
         return min(max(self.first, self.cap * max(1, requests)), self.max_gap)
+
+    def stretched(self, poll_cap: float | None) -> PollSchedule:
+        """The schedule when webhooks bring the news (the workflow passes `poll_cap`, 300 s, when the
+        workers' config says they are set up): the polls are only the fallback, `poll_cap` seconds apart
+        once the tight period is over. None: this schedule."""
+        if poll_cap is None:
+            return self
+        return replace(self, cap=max(self.cap, poll_cap), max_gap=max(self.max_gap, poll_cap))
 
     def requests_per_minute(self, requests_per_poll: int = 1) -> float:
         """The steady rate once the wait backs off (for docs and the benchmark)."""

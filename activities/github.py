@@ -65,6 +65,7 @@ from workflows.models import (
     PrDiffInput,
     PrRefInput,
     VersionPr,
+    WatchPrInput,
 )
 from workflows.policy import PLAIN_VERSION
 
@@ -602,7 +603,7 @@ class GithubActivities:
         ]
 
     @activity.defn(no_thread_cancel_exception=True)
-    def watch_pr(self, inp: PrRefInput) -> VersionPr:
+    def watch_pr(self, inp: WatchPrInput) -> VersionPr:
         """Return once the PR is no longer open (merged or closed directly on GitHub).
 
         One request a poll (`GET pulls/n`; the repository is not read), paced by `activities.budget`:
@@ -614,12 +615,17 @@ class GithubActivities:
         `X-RateLimit-Reset`, else a minute, doubling while GitHub keeps refusing without saying how long)
         and polls again.
 
+        With webhooks configured the workflow passes `poll_cap` (300 s) and the polls after the first
+        minute are that far apart (`PollSchedule.stretched`): the webhook brings the news, and the
+        workflow restarts this watcher on it, so its first read is the one that matters.
+
         The workflow cancels it when the SRE merges through deployctl, and the cancellation is noticed
         between polls. It runs under a heartbeat timeout shorter than the pauses, so it heartbeats
         throughout: while it waits (`Pacer`, through `sleep_unless_cancelled`) and while a read of the PR
         waits for GitHub (`heartbeating`)."""
         what = f"watching PR #{inp.number} of {inp.repo}"
-        pacer = Pacer(PollSchedule(first=self.watch_interval, cap=self.watch_cap, tight_for=self.tight_for))
+        schedule = PollSchedule(first=self.watch_interval, cap=self.watch_cap, tight_for=self.tight_for)
+        pacer = Pacer(schedule.stretched(inp.poll_cap))  # webhooks configured: polls are the fallback
         client = self._lazy_client()
         repo = client.get_repo(inp.repo)  # lazy: no request, only `GET pulls/n` is polled
         limited = 0  # polls in a row GitHub refused for its rate limit

@@ -309,10 +309,11 @@ class JenkinsActivities:
 
     # -- plumbing ----------------------------------------------------------------------------------
 
-    def _pacer(self, first: float) -> Pacer:
+    def _pacer(self, first: float, stretch: float | None = None) -> Pacer:
         """The schedule of one wait (one activity call): `first` seconds apart for `tight_for`, then
-        `poll_cap` seconds per request."""
-        return Pacer(PollSchedule(first=first, cap=self.poll_cap, tight_for=self.tight_for))
+        `poll_cap` seconds per request; `stretch` seconds apart instead when webhooks bring the news
+        (`PollSchedule.stretched`)."""
+        return Pacer(PollSchedule(first=first, cap=self.poll_cap, tight_for=self.tight_for).stretched(stretch))
 
     def _requests(self) -> int:
         """How many HTTP requests this worker thread has sent to Jenkins (a poll's cost is the difference)."""
@@ -815,8 +816,11 @@ class JenkinsActivities:
         - `not_reached`: the build runs and has not reached its input yet; reported only once that has
           lasted `settle_seconds`, so a build on its way to the input costs no extra round trip.
 
-        Heartbeats on every poll; honours cancellation (the workflow cancels it when the SRE answers
-        through deployctl).
+        Reads at once, then as the budget paces it (`_pacer`: every `watch_interval` seconds for the first
+        minute of the attempt, then `poll_cap` seconds per request; `inp.poll_cap` seconds apart when webhooks
+        are configured, `PollSchedule.stretched`). Heartbeats on every poll;
+        honours cancellation (the workflow cancels it when the SRE answers through deployctl, and
+        restarts it when a Jenkins notification says something changed).
         """
         what = f"watching the input of {inp.job} #{inp.number}"
         details = activity.info().heartbeat_details
@@ -824,7 +828,7 @@ class JenkinsActivities:
         seen_pending = bool(last.get("seen_pending"))
         not_reached_since: float | None = last.get("not_reached_since")
         console = Console()
-        pacer = self._pacer(self.watch_interval)
+        pacer = self._pacer(self.watch_interval, inp.poll_cap)
         while True:
             before = self._requests()
             pending = self._pending_inputs(inp.job, inp.number, what)

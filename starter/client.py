@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import yaml
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
@@ -41,6 +42,7 @@ from starter.signing import SigningError, sign_payload
 from workflows import messages, policy
 from workflows import search_attributes as sa
 from workflows.models import (
+    OUTSIDE_EVENT,
     Action,
     ActionInput,
     ActionResult,
@@ -48,6 +50,7 @@ from workflows.models import (
     DeployStatus,
     JobParametersInput,
     JobParametersResult,
+    OutsideEvent,
     Process,
     Rules,
     StartIntent,
@@ -412,3 +415,57 @@ async def deploy_opening(
     """From the deploy's history: its start's intent and time, and the first rules the workers gave it."""
     handle = client.get_workflow_handle(workflow_id)
     return await opening(handle.fetch_history_events(page_size=50), client.data_converter)
+
+
+# ------------------------------------------------------------------------------------ outside events
+
+
+#: Running deploys at deploy_approval looked at, at most, to find the one a Jenkins build belongs to.
+MAX_APPROVALS_SCANNED = 100
+
+
+async def signal_outside_event(client: Client, workflow_id: str, event: OutsideEvent) -> str:
+    """Send Signal `outside_event` to deploy `workflow_id` (it then reads GitHub or Jenkins again); what
+    happened, in a few words: "signalled", "not a deploy", "no such deploy", "finished". Other RPC errors
+    (Temporal unreachable) are raised."""
+    handle = client.get_workflow_handle(workflow_id)
+    try:
+        described = await handle.describe()
+    except RPCError as err:
+        if err.status is RPCStatusCode.NOT_FOUND:
+            return "no such deploy"
+        raise
+    if described.workflow_type != "Deploy":
+        return "not a deploy"
+    if described.close_time is not None:
+        return "finished"
+    try:
+        await handle.signal(OUTSIDE_EVENT, event)
+    except RPCError as err:
+        if err.status is RPCStatusCode.NOT_FOUND or "completed" in err.message.lower():
+            return "finished"
+        raise
+    return "signalled"
+
+
+def build_path(job: str, number: int) -> str:
+    """The path a Jenkins build's URL ends with: `platform/deploy-x` #12 → `/job/platform/job/deploy-x/12/`."""
+    segments = "".join(f"/job/{quote(part, safe='')}" for part in job.strip("/").split("/"))
+    return f"{segments}/{number}/"
+
+
+async def deploys_at_build(client: Client, job: str, number: int) -> list[str]:
+    """The running deploys at `deploy_approval` whose build is `job` #`number` (by each one's own status:
+    the build URL Jenkins gave it). Needs deployctl's search attributes in the namespace."""
+    query = "WorkflowType = 'Deploy' AND ExecutionStatus = 'Running' AND DeployStep = 'deploy_approval'"
+    path = build_path(job, number)
+    found: list[str] = []
+    async for wf in client.list_workflows(query, limit=MAX_APPROVALS_SCANNED):
+        try:
+            st = await query_status(client, wf.id, rpc_timeout=5.0)
+        except (WorkflowQueryFailedError, RPCError):
+            continue
+        url = st.build.url or ""
+        if st.build.number == number and urlsplit(url).path.endswith(path):
+            found.append(wf.id)
+    return found

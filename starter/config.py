@@ -73,6 +73,7 @@ __all__ = [
     "ReleaseConfig",
     "ServiceConfig",
     "SlackConfig",
+    "WebhooksConfig",
     "load_config",
     "parse_duration",
     "secret",
@@ -97,13 +98,23 @@ REQUIRED_GROUPS = ("pccr-gatekeeper", "sre")
 #: The waiting steps, each with its default timeout, from the step table (workflows/steps.py).
 TIMEOUT_DEFAULTS: dict[Step, timedelta] = TIMEOUTS
 
-SECRET_NAMES = ("JENKINS_TOKEN", "GITHUB_TOKEN", "SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN")
+SECRET_NAMES = (
+    "JENKINS_TOKEN",
+    "GITHUB_TOKEN",
+    "SLACK_BOT_TOKEN",
+    "SLACK_SIGNING_SECRET",
+    "SLACK_APP_TOKEN",
+    "GITHUB_WEBHOOK_SECRET",
+    "JENKINS_WEBHOOK_SECRET",
+)
 _SECRET_HINTS = {
     "JENKINS_TOKEN": "the Jenkins API token of the [jenkins] user",
     "GITHUB_TOKEN": "a GitHub token that can open and merge pull requests in the configs repo",
     "SLACK_BOT_TOKEN": "the Slack app's bot token, xoxb-…",
     "SLACK_SIGNING_SECRET": "the Slack app's signing secret, from its Basic Information page",
     "SLACK_APP_TOKEN": "an app-level token, xapp-…, with connections:write for Socket Mode",
+    "GITHUB_WEBHOOK_SECRET": "the secret of the configs repo's webhook, as typed in its GitHub settings",
+    "JENKINS_WEBHOOK_SECRET": "the shared secret the deploy job sends in X-Deployctl-Token",
 }
 
 
@@ -463,6 +474,15 @@ class ChangeRequestsConfig(_Table):
         return self
 
 
+class WebhooksConfig(_Table):
+    """`[webhooks]` (the workers' config): which systems notify the bridge of changes (README, "Webhooks").
+    True stretches that system's polling fallback to `WEBHOOK_POLL_CAP` seconds after a watcher's first
+    minute; set it only once the webhook is delivered, or changes are noticed that much later."""
+
+    github: StrictBool = False
+    jenkins: StrictBool = False
+
+
 class EnvironmentConfig(_Table):
     cloud: Cloud
 
@@ -561,6 +581,7 @@ class Config(_Table):
     timeouts: dict[TimeoutStep, Duration]
     people: dict[SlackUserId, PersonConfig]
     security: SecurityConfig
+    webhooks: WebhooksConfig
 
     _source: str = PrivateAttr(default=DEFAULT_CONFIG_PATH)
     _sha256: str = PrivateAttr(default="")
@@ -571,7 +592,17 @@ class Config(_Table):
         """A missing table is an empty one, so its own required keys are reported by name."""
         if isinstance(data, dict):
             data = dict(data)
-            for key in ("jenkins", "github", "slack", "change_requests", "release", "groups", "security"):
+            tables = (
+                "jenkins",
+                "github",
+                "slack",
+                "change_requests",
+                "release",
+                "groups",
+                "security",
+                "webhooks",
+            )
+            for key in tables:
                 data.setdefault(key, {})
             for key in ("environments", "services", "timeouts", "people"):
                 data.setdefault(key, {})
@@ -742,6 +773,8 @@ class Config(_Table):
             version_file=self.github.version_file,
             pccr_backend=self.change_requests.backend,
             pccr_repo=self.change_requests.repo,
+            webhooks_github=self.webhooks.github,
+            webhooks_jenkins=self.webhooks.jenkins,
         )
 
 

@@ -54,6 +54,7 @@ from starlette.routing import BaseRoute
 from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from starter import webhooks
 from starter.client import Refused, connect, deploy_opening, query_status, send_action
 from starter.config import Config, ConfigError, secret
 from starter.http_front import EVENTS_PATH, make_front
@@ -512,7 +513,8 @@ def bridge_key_file(config: Config, env: dict[str, str] | None = None) -> str | 
 
 def run_bridge(host: str, port: int, config: Config, *, extra_routes: Sequence[BaseRoute] = ()) -> int:
     """Run the bridge until SIGINT/SIGTERM: Socket Mode with SLACK_APP_TOKEN, else HTTP on host:port
-    (`starter.http_front`, with `extra_routes` mounted beside /slack/events and /healthz).
+    (`starter.http_front`, with the webhooks (`starter.webhooks`) and `extra_routes` mounted beside
+    /slack/events and /healthz). In Socket Mode, host:port serves the webhooks when a webhook secret is set.
 
     Missing secrets raise ConfigError (the CLI exits 2); returns the exit code otherwise.
     """
@@ -536,10 +538,28 @@ def run_bridge(host: str, port: int, config: Config, *, extra_routes: Sequence[B
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    # The webhooks (starter/webhooks.py) share the HTTP front; in Socket Mode the front serves only for them
+    # (its /slack/events then checks against a secret nobody knows, so no Slack request passes there).
+    routes = [*webhooks.webhook_routes(config, app.temporal), *extra_routes]
     try:
         if app_token:
-            return _run_socket_mode(app, app_token, web, stop)
-        return _run_http(app, host, port, stop, extra_routes)
+            if not webhooks.configured():
+                return _run_socket_mode(app, app_token, web, stop)
+            try:
+                front = make_front(app, host, port, extra_routes=routes)
+            except OSError as err:
+                print(
+                    f"deployctl: cannot listen on {host}:{port} for webhooks ({err.strerror})",
+                    file=sys.stderr,
+                )
+                return 1
+            front.start()
+            print(f"deployctl slack: webhooks on http://{host}:{front.port}/webhooks/", file=sys.stderr)
+            try:
+                return _run_socket_mode(app, app_token, web, stop)
+            finally:
+                front.stop()
+        return _run_http(app, host, port, stop, routes)
     finally:
         app.close()
 

@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.calls import call
     from workflows.lock import LOCK_UPDATE
     from workflows.models import (
+        OUTSIDE_EVENT,
         Action,
         AuditEntry,
         Cloud,
@@ -138,6 +139,11 @@ class DeployWorkflow:
             lifecycle.on_lock_update(s, update)
 
         workflow.set_signal_handler(LOCK_UPDATE, lock_update)
+
+        def outside_event(payload: Any) -> None:  # untyped: a bad payload is noted, never a failed task
+            watchers.on_outside_event(s, payload)
+
+        workflow.set_signal_handler(OUTSIDE_EVENT, outside_event)
 
     # ------------------------------------------------------------------------------------------ run
 
@@ -428,23 +434,27 @@ class DeployWorkflow:
         them. No `finally` here: when the worker evicts the run, the coroutine is closed at its await, and
         nothing may be awaited then (docs/replay.md); each way out stops the watcher itself."""
         s = self._s
-        watcher = watchers.start(s, defn)
+        # The watcher is `s.watcher`, not a local: an outside event (a webhook) may replace it meanwhile
+        # (watchers.on_outside_event), and what ends the wait is the current one.
+        watchers.start(s, defn)
         try:
-            if not await self._wait_marks(defn, watcher):
-                await self._stop(watcher)
+            if not await self._wait_marks(defn):
+                await self._stop(s)
                 return StepEnd(How.EXPIRED)
         except asyncio.CancelledError:  # the deploy was cancelled: so is its watcher (no await here)
-            if watcher is not None:
-                watcher.cancel()
+            if s.watcher is not None:
+                s.watcher.cancel()
+            s.watcher = None
             raise
         if s.inbox is not None:
-            await self._stop(watcher)
+            await self._stop(s)
             return StepEnd(How.ACTED, s.inbox)
+        watcher, s.watcher = s.watcher, None
         assert watcher is not None
         await watcher  # it ended True: the step was finished outside deployctl
         return StepEnd(How.IN_JENKINS if defn.watcher is Watcher.JENKINS_INPUT else How.ON_GITHUB)
 
-    async def _wait_marks(self, defn: StepDef, watcher: asyncio.Task[bool] | None) -> bool:
+    async def _wait_marks(self, defn: StepDef) -> bool:
         """Until an action arrives or the watcher ends (True), saying the marks as they pass; False when
         the step expired."""
         s = self._s
@@ -453,7 +463,7 @@ class DeployWorkflow:
         started, total = s.step_started, deadline - s.step_started
 
         def woken() -> bool:
-            return s.inbox is not None or (watcher is not None and watcher.done())
+            return s.inbox is not None or (s.watcher is not None and s.watcher.done())
 
         while s.marks < len(MARKS):
             fraction, kind = MARKS[s.marks]
@@ -486,8 +496,9 @@ class DeployWorkflow:
         return False
 
     @staticmethod
-    async def _stop(watcher: asyncio.Task[bool] | None) -> None:
+    async def _stop(s: DeployState) -> None:
         """The step is over here: its watcher (an activity polling Jenkins or GitHub) is cancelled."""
+        watcher, s.watcher = s.watcher, None
         if watcher is not None and not watcher.done():
             watcher.cancel()
             try:

@@ -115,6 +115,10 @@ class DeploySettings(BaseModel):
     pccr_repo: str | None = None
     groups: dict[str, GroupSpec] = Field(default_factory=dict)
     timeouts: dict[str, timedelta] = Field(default_factory=dict)
+    #: `[webhooks]` of the workers' config: GitHub / Jenkins tell the bridge of changes (docs/operations.md),
+    #: so the watchers' polling fallback may stretch to WEBHOOK_POLL_CAP between reads.
+    webhooks_github: bool = False
+    webhooks_jenkins: bool = False
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -360,6 +364,28 @@ class LockState(BaseModel):
 
 
 # ---------------------------------------------------------------------------------------------------
+# Outside events (webhooks): "look again now", never a verdict
+
+OUTSIDE_EVENT = "outside_event"  # the Signal's name
+MAX_EVENT_DETAIL = 200  # characters of an event's detail kept (SPEC §10)
+#: Seconds between a watcher's reads after its first minute, when webhooks of its system are configured:
+#: a missed webhook is still noticed within this long.
+WEBHOOK_POLL_CAP = 300.0
+
+
+class OutsideEvent(BaseModel):
+    """Signal `outside_event`: GitHub or Jenkins said something changed (a webhook the bridge verified).
+
+    It carries no verdict, only "look again now": the open step's watcher reads the real state again
+    at once through its activity, so a forged or replayed event costs at most one extra read."""
+
+    model_config = ConfigDict(frozen=True)
+
+    system: Literal["github", "jenkins"]
+    detail: str = Field(default="", max_length=MAX_EVENT_DETAIL)
+
+
+# ---------------------------------------------------------------------------------------------------
 # A click on a deployctl button (workflows/slack_blocks.py draws and parses them; the bridge acts)
 
 
@@ -473,6 +499,9 @@ class WatchInputInput(BaseModel):
     known: InputState = "pending"  # what the workflow knows; the watcher returns when Jenkins differs
     known_detail: str = ""  # with `unclear`: the line already reported
     settle_seconds: float = 20.0  # `not_reached` is reported only once it lasts this long
+    #: Webhooks configured: after the first minute, read at most this often (seconds); None: the worker's
+    #: own interval throughout.
+    poll_cap: float | None = None
 
 
 class WatchInputResult(BaseModel):
@@ -576,6 +605,15 @@ class PrRefInput(BaseModel):
 
     repo: str
     number: int
+
+
+class WatchPrInput(PrRefInput):
+    """`watch_pr`'s input: the PR, and the polling fallback's stretch (a `PrRefInput` of an older history
+    reads as one with no stretch)."""
+
+    #: Webhooks configured: after the first minute, read at most this often (seconds); None: the worker's
+    #: own interval throughout.
+    poll_cap: float | None = None
 
 
 class MergePrInput(BaseModel):

@@ -7,6 +7,7 @@ out so that a reader sees it all in one place.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -65,6 +66,12 @@ class DeployState:
     step_started: datetime | None = None
     deadline: tuple[datetime, str] | None = None  # the open step's expiry and its reason, set once
     marks: int = 0  # how many of the step's reminder, escalation and expiry have passed
+    # the open step's watcher (workflows/watchers.py), the step it watches, and how often an outside event
+    # (a webhook) restarted it at this step; event notes kept in the audit trail in all (bounded)
+    watcher: asyncio.Task[bool] | None = None
+    watching: StepDef | None = None
+    restarts: int = 0
+    event_notes: int = 0
 
     # -- who
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # rosters, captured as steps open

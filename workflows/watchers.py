@@ -3,28 +3,63 @@ directly in Jenkins, the version PR merged or closed directly on GitHub (the ste
 
 A watcher is an activity polling in the background while the step waits for its action; the workflow
 cancels it when someone acts through deployctl. Its task ends True when the step was finished outside.
+
+**Outside events (webhooks).** The Signal `outside_event` (`OutsideEvent`: the system, a line of detail)
+says "GitHub or Jenkins says something changed": the open step's watcher of that system is restarted
+(its activity cancelled, a new one started), and a new watcher reads the real state at once. The event
+itself decides nothing: it carries no verdict, the workflow believes only what its own activity reads from
+GitHub or Jenkins (the PR it opened, the build it triggered), so a forged, replayed or misrouted event,
+signed or not, costs at most one extra read. An event at a step without a watcher of its system is
+noted in the audit trail and changes nothing. Restarts are bounded per step (`MAX_RESTARTS`) and event
+notes per deploy (`MAX_EVENT_NOTES`), so a flood cannot grow the history or the audit without bound.
+
+Replay: the new commands (the watcher's cancel, the new schedule) come only after an `outside_event`
+Signal in the history, so histories without one replay as before (tests/test_replay.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+from pydantic import ValidationError
 from temporalio import workflow
 
 from activities.github import GithubActivities
 from activities.jenkins import JenkinsActivities
-from workflows import messages, notices, people, trail, view
+from workflows import messages, notices, people, policy, trail, view
 from workflows.calls import call
 from workflows.effects import input_id, job, number
-from workflows.models import AuditEntry, Outcome, PrRefInput, Role, WatchInputInput
+from workflows.models import (
+    MAX_EVENT_DETAIL,
+    WEBHOOK_POLL_CAP,
+    AuditEntry,
+    Outcome,
+    OutsideEvent,
+    Role,
+    WatchInputInput,
+    WatchPrInput,
+)
 from workflows.options import LONG_POLL
 from workflows.outbox import NoticeKind
 from workflows.state import DeployState
 from workflows.steps import StepDef, Watcher
 
+#: Outside events that restart one step's watcher, at most; later ones at that step are noted once.
+MAX_RESTARTS = 30
+#: Audit notes about outside events in one deploy, at most; later events act (within MAX_RESTARTS) unnoted.
+MAX_EVENT_NOTES = 100
+_SYSTEM_WATCHER = {"github": Watcher.VERSION_PR, "jenkins": Watcher.JENKINS_INPUT}
+
 
 def start(s: DeployState, defn: StepDef) -> asyncio.Task[bool] | None:
-    """The step's watcher, started now; None if nothing outside can finish the step."""
+    """The step's watcher, started now (kept as `s.watcher`); None if nothing outside can finish the step."""
+    s.watching, s.restarts = defn, 0
+    s.watcher = _task(s, defn)
+    return s.watcher
+
+
+def _task(s: DeployState, defn: StepDef) -> asyncio.Task[bool] | None:
     if defn.watcher is Watcher.JENKINS_INPUT:
         return asyncio.create_task(_watch_input(s))
     if defn.watcher is Watcher.VERSION_PR and s.version_pr is not None:
@@ -32,12 +67,68 @@ def start(s: DeployState, defn: StepDef) -> asyncio.Task[bool] | None:
     return None
 
 
+def on_outside_event(s: DeployState, payload: Any) -> None:
+    """Signal `outside_event`: restart the open step's watcher of that system, so it reads GitHub or
+    Jenkins again now; anything else is noted and ignored (module docstring: an event decides nothing)."""
+    try:
+        event = OutsideEvent.model_validate(payload)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "payload"
+        _event_note(s, f"outside event refused: {where}: {first['msg']}", accepted=False)
+        return
+    detail = policy.one_line(event.detail, MAX_EVENT_DETAIL) if event.detail else "no detail"
+    watcher, defn = s.watcher, s.watching
+    if (
+        watcher is None
+        or watcher.done()
+        or defn is None
+        or defn.watcher is not _SYSTEM_WATCHER[event.system]
+        or s.inbox is not None
+        or s.outcome is not None
+    ):
+        _event_note(
+            s, f"{event.system} event ({detail}): nothing at {s.step.value} watches {event.system}; ignored"
+        )
+        return
+    if s.restarts >= MAX_RESTARTS:
+        if s.restarts == MAX_RESTARTS:
+            s.restarts += 1
+            _event_note(
+                s,
+                f"{event.system} event ({detail}): {MAX_RESTARTS} events at {s.step.value} already; "
+                "later ones are ignored here (the watcher keeps polling)",
+            )
+        return
+    s.restarts += 1
+    watcher.cancel()  # its activity is cancelled (TRY_CANCEL); the new one reads at once
+    s.watcher = _task(s, defn)
+    _event_note(s, f"{event.system} event ({detail}): reading {_what(defn)} again now")
+
+
+def _what(defn: StepDef) -> str:
+    return (
+        "the version PR on GitHub" if defn.watcher is Watcher.VERSION_PR else "the build's input in Jenkins"
+    )
+
+
+def _event_note(s: DeployState, text: str, accepted: bool = True) -> None:
+    if s.event_notes >= MAX_EVENT_NOTES:
+        return
+    s.event_notes += 1
+    trail.note(s, text, action="outside_event", accepted=accepted)
+
+
 async def _watch_pr(s: DeployState) -> bool:
     assert s.version_pr is not None
     pr = await call(
         s,
         GithubActivities.watch_pr,
-        PrRefInput(repo=s.plan.settings.configs_repo, number=s.version_pr.number),
+        WatchPrInput(
+            repo=s.plan.settings.configs_repo,
+            number=s.version_pr.number,
+            poll_cap=WEBHOOK_POLL_CAP if s.plan.settings.webhooks_github else None,
+        ),
         what=f"GitHub: watching version PR #{s.version_pr.number}",
         summary="watch the version PR on GitHub",
         options=LONG_POLL,
@@ -91,7 +182,12 @@ async def _watch_input(s: DeployState) -> bool:
             s,
             JenkinsActivities.watch_input,
             WatchInputInput(
-                job=job(s), number=number(s), input_id=input_id(s), known=known, known_detail=known_detail
+                job=job(s),
+                number=number(s),
+                input_id=input_id(s),
+                known=known,
+                known_detail=known_detail,
+                poll_cap=WEBHOOK_POLL_CAP if s.plan.settings.webhooks_jenkins else None,
             ),
             what=f"Jenkins: watching the input of build #{number(s)}",
             summary="watch the input in Jenkins",
