@@ -313,7 +313,9 @@ class JenkinsActivities:
         """The schedule of one wait (one activity call): `first` seconds apart for `tight_for`, then
         `poll_cap` seconds per request; `stretch` seconds apart instead when webhooks bring the news
         (`PollSchedule.stretched`)."""
-        return Pacer(PollSchedule(first=first, cap=self.poll_cap, tight_for=self.tight_for).stretched(stretch))
+        return Pacer(
+            PollSchedule(first=first, cap=self.poll_cap, tight_for=self.tight_for).stretched(stretch)
+        )
 
     def _requests(self) -> int:
         """How many HTTP requests this worker thread has sent to Jenkins (a poll's cost is the difference)."""
