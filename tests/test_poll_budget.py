@@ -22,11 +22,11 @@ from starter.simulators.github import FakeGitHub
 from starter.simulators.jenkins import FakeJenkins
 from workflows.models import (
     InputActionInput,
-    PrRefInput,
     ReadDiffInput,
     TriggerBuildInput,
     WaitBuildStartedInput,
     WatchInputInput,
+    WatchPrInput,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -276,7 +276,7 @@ def test_watch_pr_asks_one_request_a_poll_and_notices_a_merge(github: FakeGitHub
     timer = threading.Timer(TIGHT_FOR + 3.5 * CAP, merge)
     timer.start()
     try:
-        state = run(gh_acts(github).watch_pr, PrRefInput(repo=CONFIGS, number=number))
+        state = run(gh_acts(github).watch_pr, WatchPrInput(repo=CONFIGS, number=number))
     finally:
         timer.join()
     assert (state.merged, state.merged_by) == (True, "alice")
@@ -294,7 +294,7 @@ def test_watch_pr_waits_out_a_secondary_rate_limit(github: FakeGitHub) -> None:
     number = github.open_pull(CONFIGS, "deployctl/x")
     github.rate_limit_next(retry_after=1, status=403, times=2)
     threading.Timer(2.5, lambda: github.merge_directly(CONFIGS, number, by="alice")).start()
-    state = run(gh_acts(github).watch_pr, PrRefInput(repo=CONFIGS, number=number))
+    state = run(gh_acts(github).watch_pr, WatchPrInput(repo=CONFIGS, number=number))
     assert state.merged
     answers = pulls_gets(github, number)
     assert [s for _, s in answers[:3]] == [403, 403, 200]
@@ -307,7 +307,7 @@ def test_watch_pr_slows_down_when_few_requests_are_left(github: FakeGitHub) -> N
     (here 100 left for 30 s: about 0.3 s each, not the tight 0.01 s)."""
     number = github.open_pull(CONFIGS, "deployctl/x")
     github.set_rate_limit(remaining=100, limit=5000, reset_in=30)
-    run_for(1.5, gh_acts(github, tight_for=60.0).watch_pr, PrRefInput(repo=CONFIGS, number=number))
+    run_for(1.5, gh_acts(github, tight_for=60.0).watch_pr, WatchPrInput(repo=CONFIGS, number=number))
     polls = [t for t, _ in pulls_gets(github, number)]
     assert len(polls) >= 2 and all(g >= 0.25 for g in gaps(polls)), gaps(polls)
     assert github.rate_remaining < 100  # each request spent one, as on GitHub
