@@ -228,8 +228,10 @@ async def embedded_stack(
     db_file: Path | None,
     release_in: timedelta | None = None,
     quiet: bool = False,
+    extra_config: str = "",
 ) -> AsyncIterator[Stack]:
-    """Start the simulators, the dev server and one worker (`run_worker`); stop them all on the way out."""
+    """Start the simulators, the dev server and one worker (`run_worker`); stop them all on the way out.
+    `extra_config`: TOML appended to the stack's config (the benchmarks' `[webhooks]`)."""
     STATE_DIR.mkdir(exist_ok=True)
     jenkins = FakeJenkins(users={"deploy-bot": SIM_JENKINS_TOKEN})
     jenkins.add_job(  # its input has no `id:`, as most pipelines write it: Jenkins names it from the message
@@ -254,6 +256,7 @@ async def embedded_stack(
     config_path.write_text(
         config_text(jenkins.url, slack.url, github.url, ui_url=ui_url, keys=keys)
         + release_calendar(release_in)
+        + extra_config
     )
     os.environ.update(
         {
