@@ -26,6 +26,7 @@ from workflows.models import (
     OpenVersionPrInput,
     PrDiffInput,
     PrRefInput,
+    WatchPrInput,
 )
 
 pytestmark = pytest.mark.timeout(20)
@@ -436,7 +437,7 @@ def test_watch_pr_heartbeats_through_slow_reads_and_sleeps(fake: FakeGitHub, ope
     fake.before_next("GET", f"/pulls/{opened.number}", lambda: time.sleep(1.5))
     threading.Timer(2.5, lambda: fake.merge_directly(CONFIGS, opened.number, by="alice")).start()
     start = time.monotonic()
-    state = env.run(acts.watch_pr, PrRefInput(repo=CONFIGS, number=opened.number))
+    state = env.run(acts.watch_pr, WatchPrInput(repo=CONFIGS, number=opened.number))
     end = time.monotonic()
     assert (state.merged, state.merged_by) == (True, "alice")
     times = [start, *(t for t, _ in beats), end]
@@ -451,7 +452,7 @@ def test_watch_pr_is_cancelled_between_polls(fake: FakeGitHub, opened: Any) -> N
     threading.Timer(0.5, env.cancel).start()
     start = time.monotonic()
     with pytest.raises(CancelledError):
-        env.run(acts.watch_pr, PrRefInput(repo=CONFIGS, number=opened.number))
+        env.run(acts.watch_pr, WatchPrInput(repo=CONFIGS, number=opened.number))
     assert time.monotonic() - start < 2.0
     assert [d for _, d in beats] == [({"number": opened.number},)]  # the one poll's heartbeat
 
