@@ -52,6 +52,15 @@ MAX_EVENT_NOTES = 100
 _SYSTEM_WATCHER = {"github": Watcher.VERSION_PR, "jenkins": Watcher.JENKINS_INPUT}
 
 
+#: How a watcher's activity runs: a long poll in the background (status does not show it as what the
+#: deploy waits for), cancelled by asking (it notices between polls) when someone acts through deployctl.
+WATCHING: dict[str, Any] = {
+    "options": LONG_POLL,
+    "shown": False,
+    "cancellation_type": workflow.ActivityCancellationType.TRY_CANCEL,
+}
+
+
 def start(s: DeployState, defn: StepDef) -> asyncio.Task[bool] | None:
     """The step's watcher, started now (kept as `s.watcher`); None if nothing outside can finish the step."""
     s.watching, s.restarts = defn, 0
@@ -131,9 +140,7 @@ async def _watch_pr(s: DeployState) -> bool:
         ),
         what=f"GitHub: watching version PR #{s.version_pr.number}",
         summary="watch the version PR on GitHub",
-        options=LONG_POLL,
-        shown=False,
-        cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
+        **WATCHING,
     )
     s.version_pr = pr
     merged = pr.merged
@@ -191,9 +198,7 @@ async def _watch_input(s: DeployState) -> bool:
             ),
             what=f"Jenkins: watching the input of build #{number(s)}",
             summary="watch the input in Jenkins",
-            options=LONG_POLL,
-            shown=False,
-            cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
+            **WATCHING,
         )
         if result.build_result:
             s.build.result = result.build_result
