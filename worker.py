@@ -66,8 +66,8 @@ PURE_MODULES = (
 # The workflow cache: a worker keeps up to MAX_CACHED_WORKFLOWS runs in memory between their workflow tasks
 # (with a sticky task queue per worker); a run it does not hold is rebuilt from its history when its next
 # task comes, about 0.1 s for a deploy parked at a step. 100, not temporalio's default of 1,000: a cached run
-# costs a few hundred KB, so a worker caching 1,000 parked deploys used about 430 MB RSS, while with 100 one
-# worker holding 5,000 parked deploys stayed under 190 MB and one more approve on a deploy parked long
+# costs a few hundred KB, so a worker caching 1,000 parked deploys used about 510 MiB RSS, while with 100 one
+# worker holding 5,000 parked deploys used 187 MiB and one more approve on a deploy parked long
 # before (not cached, so replayed) took 101 ms at p50 and 196 ms at p99 (bench/RESULTS.md, "Parked deploys
 # (issue 15)"). Eviction and replay are safe because of the replay defence below. Two workers hold 200 runs
 # between them, more than the deploys people act on at once (the throughput bench runs 100 at once on two
