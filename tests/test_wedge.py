@@ -64,7 +64,8 @@ from worker import (
 from workflows.models import Action, ActionInput, DeployStatus, Process, SlackPostInput, SlackPostResult, Step
 
 ROOT = Path(__file__).resolve().parent.parent
-# temporalio's own default max_cached_workflows, and worker.py's.
+# temporalio's own default max_cached_workflows (worker.py's is MAX_CACHED_WORKFLOWS, 100): the wedge and the
+# defence do not depend on the size, only on a cache (and its sticky queue) being there.
 SDK_DEFAULT_CACHE = 1000
 # Seconds from the query to the DM's release: the task the release schedules must reach W1's sticky queue
 # within 10 s of W1's last poll, and the query (10 s on that queue) must reach W2 before the task (10 s too).
@@ -365,7 +366,7 @@ async def test_wedge_reproduces_without_defence(
 async def test_wedge_sequence_replays_with_the_defence(
     env: WorkflowEnvironment, deployment: Deployment, tmp_path: Path, slack: FakeSlack
 ):
-    """worker.py's default (the SDK's cache, OneJobAtATime): the same interleaving, forced the same way,
+    """worker.py's runner (OneJobAtATime), with a cache: the same interleaving, forced the same way,
     records a history that replays, and the deploy goes on. Replayed by the SDK's own runner, that very
     history fails as in the test above: it is the defence, not luck, that makes it replay."""
     async with wedge(env, deployment, tmp_path, one_job=True) as (run, _):
@@ -407,9 +408,11 @@ def test_worker_refuses_a_bad_defence_setting_at_start(capsys: pytest.CaptureFix
 
 
 def test_workflow_cache_size_setting():
-    assert MAX_CACHED_WORKFLOWS == 1000  # the SDK's default, with OneJobAtATime (docs/replay.md)
-    assert workflow_cache_size({}) == 1000
-    assert workflow_cache_size({CACHE_ENV: " "}) == 1000
+    # Smaller than the SDK's 1,000, so parked deploys cost little memory; safe with OneJobAtATime
+    # (docs/replay.md, bench/RESULTS.md "Parked deploys (issue 15)").
+    assert MAX_CACHED_WORKFLOWS == 100
+    assert workflow_cache_size({}) == 100
+    assert workflow_cache_size({CACHE_ENV: " "}) == 100
     assert workflow_cache_size({CACHE_ENV: "0"}) == 0
     assert workflow_cache_size({CACHE_ENV: "1000"}) == 1000
     for bad in ("-1", "lots", "1.5"):
