@@ -216,6 +216,15 @@ async def run_setting(webhooks: bool, wait: float, budget: bool = True) -> dict[
     return {"per_deploy": deploys, "waiting": waits}
 
 
+async def measure(wait: float) -> dict[str, dict[str, Any]]:
+    """Every setting, the baseline first."""
+    return {
+        "no budget": await run_setting(False, wait, budget=False),  # the baseline
+        "webhooks off": await run_setting(False, wait),
+        "webhooks on": await run_setting(True, wait),
+    }
+
+
 def report(results: dict[str, dict[str, Any]], wait: float) -> str:
     lines = ["requests per deploy (people act at once) — measured; floor: each write once, each read once"]
     lines.append(f"  {'':<18}{'Jenkins':>10}{'(floor)':>9}{'GitHub':>9}{'(floor)':>9}{'Slack':>8}")
@@ -254,14 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.getLogger("temporalio").setLevel(logging.ERROR)  # the workers' notes are not the figures
 
-    async def go() -> dict[str, Any]:
-        return {
-            "no budget": await run_setting(False, args.wait, budget=False),  # the baseline
-            "webhooks off": await run_setting(False, args.wait),
-            "webhooks on": await run_setting(True, args.wait),
-        }
-
-    results = asyncio.run(go())
+    results = asyncio.run(measure(args.wait))
     print(report(results, args.wait))
     if args.json:
         with open(args.json, "w") as f:

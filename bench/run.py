@@ -659,7 +659,9 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small N everywhere (about 2 minutes)")
-    p.add_argument("--only", choices=["throughput", "latency", "capacity", "parked", "cache"], default=None)
+    p.add_argument(
+        "--only", choices=["throughput", "latency", "capacity", "parked", "requests", "cache"], default=None
+    )
     p.add_argument(
         "--cache-order",
         default="defended,sdk",
@@ -729,6 +731,12 @@ def main(argv: list[str] | None = None) -> int:
             counts = [int(x) for x in (args.park or ("100,1000" if args.quick else "100,5000")).split(",")]
             caches = [int(x) for x in (args.park_caches or str(workflow_cache_size())).split(",")]
             out["parked"] = await parked_bench(caches, counts, 10 if args.quick else 30, args.park_window)
+        if args.only in (None, "requests"):  # issue 15: the load on Jenkins, GitHub and Slack
+            from bench import requests
+
+            wait = 90.0 if args.quick else 150.0
+            out["requests"] = await requests.measure(wait)
+            log(requests.report(out["requests"], wait))
         if args.only == "cache":  # not part of the full run: about 7 minutes on its own
             order = [x.strip() for x in args.cache_order.split(",") if x.strip()]
             quick = args.quick
