@@ -34,20 +34,9 @@ def note(
     step: Step | None = None,
     accepted: bool = True,
 ) -> None:
-    """An entry by deployctl itself in the audit trail."""
-    record(
-        s,
-        AuditEntry(
-            time=workflow.now(),
-            step=step or s.step,
-            action=action,
-            actor=SYSTEM,
-            channel=channel,
-            accepted=accepted,
-            reason=text,
-            identity=SYSTEM,
-        ),
-    )
+    """An entry by deployctl itself in the audit trail: `text` is its reason."""
+    what = {"action": action, "channel": channel, "accepted": accepted, "reason": text}
+    record(s, AuditEntry(time=workflow.now(), step=step or s.step, actor=SYSTEM, identity=SYSTEM, **what))
 
 
 def evidence(verdict: trust.Verdict, accepted: bool) -> dict[str, Any]:
