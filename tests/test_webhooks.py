@@ -49,6 +49,7 @@ from tests.support import SREG1, act, start_gov, start_oow, status, to_merge, to
 from tests.test_replay import replayer
 from tests.test_slack_bridge import SIGNING_SECRET, temporal_factory
 from worker import build_activities, create_worker
+from workflows import watchers
 from workflows.models import (
     OUTSIDE_EVENT,
     WEBHOOK_POLL_CAP,
@@ -413,3 +414,42 @@ async def test_a_flood_of_events_restarts_the_watcher_a_bounded_number_of_times(
     await send_action(client, wid, Action.CANCEL, ActionInput(actor=OWNER, step=Step.TRIGGER))
     await handle.result()
     await replayer().replay_workflow(await handle.fetch_history())
+
+
+async def _end_of_a_dropped_watcher(drop: bool) -> list[str]:
+    """What asyncio reports of a watcher cancelled and then forgotten, on a loop of its own: the task
+    ends with its activity's cancellation (an ActivityError in a workflow; a RuntimeError here)."""
+    import gc
+
+    reported: list[str] = []
+
+    async def watcher() -> bool:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            raise RuntimeError("Activity cancelled") from None
+        return True
+
+    loop = asyncio.get_running_loop()
+    before = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, ctx: reported.append(ctx["message"]))
+    try:
+        task = asyncio.create_task(watcher())
+        await asyncio.sleep(0)
+        if drop:
+            watchers.drop(task)
+        else:
+            task.cancel()
+        await asyncio.sleep(0.01)
+        assert task.done()
+        del task
+        gc.collect()
+    finally:
+        loop.set_exception_handler(before)
+    return reported
+
+
+async def test_a_replaced_watcher_ends_without_an_unread_exception():
+    """on_outside_event replaces the watcher without awaiting the old one; `drop` takes its end."""
+    assert await _end_of_a_dropped_watcher(drop=False) == ["Task exception was never retrieved"]
+    assert await _end_of_a_dropped_watcher(drop=True) == []

@@ -443,7 +443,7 @@ class DeployWorkflow:
                 return StepEnd(How.EXPIRED)
         except asyncio.CancelledError:  # the deploy was cancelled: so is its watcher (no await here)
             if s.watcher is not None:
-                s.watcher.cancel()
+                watchers.drop(s.watcher)
             s.watcher = None
             raise
         if s.inbox is not None:

@@ -110,9 +110,22 @@ def on_outside_event(s: DeployState, payload: Any) -> None:
             )
         return
     s.restarts += 1
-    watcher.cancel()  # its activity is cancelled (TRY_CANCEL); the new one reads at once
+    drop(watcher)  # its activity is cancelled (TRY_CANCEL); the new one reads at once
     s.watcher = _task(s, defn)
     _event_note(s, f"{event.system} event ({detail}): reading {_what(defn)} again now")
+
+
+def drop(watcher: asyncio.Task[bool]) -> None:
+    """Cancel a watcher nobody will await (replaced by a new one, or the deploy cancelled). Its task then
+    ends cancelled or with its activity's cancellation (an ActivityError), and that end is taken here:
+    unread, asyncio would log it as "Task exception was never retrieved" when the task is collected."""
+    watcher.cancel()
+    watcher.add_done_callback(_taken)
+
+
+def _taken(task: asyncio.Task[bool]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _what(defn: StepDef) -> str:
