@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import activity
 from temporalio.client import Client
@@ -64,6 +64,7 @@ from workflows.models import (
     WaitBuildStartedInput,
     WatchInputInput,
     WatchInputResult,
+    WatchPrInput,
 )
 
 JOB_PARAMETERS = [
@@ -75,6 +76,7 @@ DIFF = "~ deployment/app image: app:1.4.1 -> app:1.4.2\n"
 BUILD_NUMBER = 7
 PR_NUMBER = 12
 HEAD, MOVED_HEAD = "a" * 40, "b" * 40
+T = TypeVar("T")
 POLL = 0.05  # seconds between a blocking stub's heartbeats (its activity's heartbeat timeout is 10 s)
 
 #: The activities a deploy's worker runs that tell the deploy's story; the rest are Slack notices and
@@ -112,6 +114,15 @@ class Stubs:
 
     def posted(self, prefix: str = "") -> list[SlackPostInput]:
         return [i for i in self.inputs("post_message") if i.text.startswith(prefix)]
+
+    @staticmethod
+    async def _until_scripted(scripted: Callable[[], T | None]) -> T:
+        """What a watcher returns once the test scripts it; until then it blocks, heartbeating (its
+        activity's heartbeat timeout is 10 s), and a cancel ends it."""
+        while (value := scripted()) is None:
+            activity.heartbeat()
+            await asyncio.sleep(POLL)
+        return value
 
     def _record(self, name: str, inp: Any) -> None:
         self.calls.append(Call(name, inp))
@@ -164,10 +175,7 @@ class Stubs:
     async def watch_input(self, inp: WatchInputInput) -> WatchInputResult:
         """Blocks, heartbeating, until the test scripts what Jenkins shows; a cancel ends it."""
         self._record("watch_input", inp)
-        while self.watch_input_result is None:
-            activity.heartbeat()
-            await asyncio.sleep(POLL)
-        return self.watch_input_result
+        return await self._until_scripted(lambda: self.watch_input_result)
 
     @activity.defn(name="input_action")
     async def input_action(self, inp: InputActionInput) -> InputActionResult:
@@ -239,13 +247,10 @@ class Stubs:
         )
 
     @activity.defn(name="watch_pr")
-    async def watch_pr(self, inp: PrRefInput) -> VersionPr:
+    async def watch_pr(self, inp: WatchPrInput) -> VersionPr:
         """Blocks, heartbeating, until the test scripts the PR merged or closed on GitHub."""
         self._record("watch_pr", inp)
-        while self.watch_pr_result is None:
-            activity.heartbeat()
-            await asyncio.sleep(POLL)
-        return self.watch_pr_result
+        return await self._until_scripted(lambda: self.watch_pr_result)
 
     @activity.defn(name="merge_pr")
     async def merge_pr(self, inp: MergePrInput) -> MergePrResult:

@@ -36,8 +36,17 @@ LABEL_LIMIT = 75
 TRUNCATED = "… (truncated; see the console)"
 
 #: The buttons bound to the diff their message shows (`"d"`): the workflow refuses their click when the
-#: diff it shows now is another one.
-DIFF_BOUND = (Action.VALIDATE_DIFF, Action.MERGE)
+#: diff it shows now is another one. By the step table: the actions, but reject, of the steps that show a
+#: diff (validate_diff, merge).
+DIFF_BOUND = tuple(
+    dict.fromkeys(
+        a
+        for d in steps.ALL
+        if d.shows in (steps.Shows.BUILD_DIFF, steps.Shows.PR_DIFF)
+        for a in d.actions
+        if a is not Action.REJECT
+    )
+)
 
 SRE_PLACEHOLDER = "Pick the SRE"
 

@@ -11,9 +11,9 @@ from temporalio.common import SearchAttributeUpdate
 
 from workflows import messages, people, policy
 from workflows import search_attributes as sa
-from workflows.models import DeployStatus, Step
+from workflows.models import DeployStatus
 from workflows.state import DeployState
-from workflows.steps import step_def
+from workflows.steps import Effect, step_def
 
 
 def wid() -> str:
@@ -59,7 +59,7 @@ def waiting_for(s: DeployState) -> tuple[str, datetime] | None:
     if waiting and defn is not None:
         actions = " or ".join(a.value.replace("_", " ") for a in defn.actions)
         return f"{', '.join(waiting)} to {actions} at {s.step.value}", since
-    if s.step is Step.RELEASE_WINDOW_WAIT and s.plan.window is not None:
+    if defn is not None and defn.effect is Effect.WAIT_WINDOW and s.plan.window is not None:
         return f"release window {s.plan.window.name} to open", since
     return None
 
