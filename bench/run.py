@@ -41,6 +41,7 @@ from typing import Any
 
 from temporalio.api.enums.v1 import EventType
 
+from bench import heap_worker
 from bench import profile as bench_profile
 from bench.people import (
     Counters,
@@ -457,15 +458,21 @@ async def park(stack: BenchStack, target: int, wids: list[str], window: int) -> 
         wids.append(await t)
 
 
-async def parked_setting(cache: int, counts: list[int], samples: int, window: int) -> dict[str, Any]:
+async def parked_setting(
+    cache: int, counts: list[int], samples: int, window: int, heap: bool = False
+) -> dict[str, Any]:
     """One `python worker.py` with DEPLOYCTL_MAX_CACHED_WORKFLOWS=`cache`: its RSS once each of `counts`
     deploys is parked and the worker idle, then `samples` approves at pccr_review (the Update's round
     trip, one after another) on distinct deploys parked before the last `2 * cache`, i.e. no longer in
-    the worker's cache (when more than `2 * cache` are parked)."""
+    the worker's cache (when more than `2 * cache` are parked). `heap`: the worker runs under
+    bench/heap_worker.py, and each level also says malloc's in-use and free bytes and Python's blocks."""
     env = {CACHE_ENV: str(cache)}
     log(f"-- {CACHE_ENV}={cache}, one `python worker.py`; parking {', '.join(map(str, counts))}")
     async with bench_stack(1) as stack:
-        worker = stack.start_worker("product", env)
+        heap_file = stack.workdir / f"heap-{cache}.jsonl"
+        if heap:
+            env["BENCH_HEAP_FILE"] = str(heap_file)
+        worker = stack.start_worker("heap" if heap else "product", env)
         wids: list[str] = []
         levels: list[dict[str, Any]] = []
         with job_parameters_read_once():
@@ -487,6 +494,9 @@ async def parked_setting(cache: int, counts: list[int], samples: int, window: in
                     "others_cpu": used["others"],
                     "cpu": used,
                 }
+                if heap:
+                    await asyncio.sleep(1.5)  # the reporter's next line, taken idle
+                    level["heap"] = heap_worker.last(heap_file)
                 levels.append(level)
                 log(
                     f"   {level['parked']} parked (all parked {parked_at:.0f} s after the first start): worker "
@@ -494,6 +504,14 @@ async def parked_setting(cache: int, counts: list[int], samples: int, window: in
                     f"{level['worker_cpu_per_deploy'] * 1000:.0f} ms per deploy parked; CPU so far: "
                     + ", ".join(f"{k} {v:.0f} s" for k, v in used.items())
                 )
+                if heap:
+                    h = level["heap"]
+                    log(
+                        f"      heap: RSS {h.get('rss_kb', 0) / 1024:.1f} MiB; malloc in use "
+                        f"{h.get('malloc_in_use', 0) / 2**20:.1f} MiB, free in the heap "
+                        f"{h.get('malloc_free', 0) / 2**20:.1f} MiB, mmapped {h.get('malloc_mmap', 0) / 2**20:.1f} "
+                        f"MiB; Python blocks {h.get('py_blocks', 0):,}; threads {h.get('threads', 0)}"
+                    )
         old = wids[: max(samples, len(wids) - 2 * cache)]
         picks = random.Random(7).sample(old, min(samples, len(old)))
         times = await approve_times(stack, picks)
@@ -517,13 +535,15 @@ async def parked_setting(cache: int, counts: list[int], samples: int, window: in
     return {"cache": cache, "levels": levels, "approve": approve, "rss_after_mb": rss_after}
 
 
-async def parked_bench(caches: list[int], counts: list[int], samples: int, window: int) -> dict[str, Any]:
+async def parked_bench(
+    caches: list[int], counts: list[int], samples: int, window: int, heap: bool = False
+) -> dict[str, Any]:
     log(
         f"\n== parked: worker RSS with {' and '.join(map(str, counts))} deploys parked at pccr_review, and "
         f"one more approve; workflow cache {', '.join(map(str, caches))} (worker.py's default: "
         f"{workflow_cache_size()}); at most {window} deploys on their way to pccr_review at once"
     )
-    out = [await parked_setting(c, counts, samples, window) for c in caches]
+    out = [await parked_setting(c, counts, samples, window, heap) for c in caches]
     log("   cache | " + " | ".join(f"RSS at {n} parked" for n in counts) + " | approve p50 / p99")
     for r in out:
         log(
@@ -694,6 +714,12 @@ def main(argv: list[str] | None = None) -> int:
         help="parked: deploys on their way to pccr_review at once (default 20)",
     )
     p.add_argument(
+        "--park-heap",
+        action="store_true",
+        help="parked: run the worker under bench/heap_worker.py and print malloc's in-use and free bytes and "
+        "Python's blocks at each count (where RSS past the full cache goes)",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=2,
@@ -730,7 +756,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "parked"):
             counts = [int(x) for x in (args.park or ("100,1000" if args.quick else "100,5000")).split(",")]
             caches = [int(x) for x in (args.park_caches or str(workflow_cache_size())).split(",")]
-            out["parked"] = await parked_bench(caches, counts, 10 if args.quick else 30, args.park_window)
+            out["parked"] = await parked_bench(
+                caches, counts, 10 if args.quick else 30, args.park_window, args.park_heap
+            )
         if args.only in (None, "requests"):  # issue 15: the load on Jenkins, GitHub and Slack
             from bench import requests
 

@@ -155,9 +155,14 @@ class BenchStack:
 
     def start_worker(self, kind: str, extra_env: dict[str, str] | None = None) -> Worker:
         """`product`: `python worker.py`; `baseline`: the bench's bare workflow and activities;
-        `probe`: bench/probe_worker.py (bench.memory's variants)."""
+        `probe`: bench/probe_worker.py (bench.memory's variants); `heap`: worker.py under
+        bench/heap_worker.py's heap reporter."""
         log = self.workdir / f"worker-{kind}-{len(self.workers)}.log"
-        module = {"baseline": "bench.baseline", "probe": "bench.probe_worker"}.get(kind)
+        module = {
+            "baseline": "bench.baseline",
+            "probe": "bench.probe_worker",
+            "heap": "bench.heap_worker",
+        }.get(kind)
         argv = [sys.executable, "worker.py"] if module is None else [sys.executable, "-m", module]
         env = self.worker_env()
         env.update(extra_env or {})
