@@ -507,7 +507,9 @@ async def parked_setting(
                 if heap:
                     h = level["heap"]
                     log(
-                        f"      heap: RSS {h.get('rss_kb', 0) / 1024:.1f} MiB; malloc in use "
+                        f"      heap: RSS {h.get('rss_kb', 0) / 1024:.1f} MiB (anonymous "
+                        f"{h.get('anon_kb', 0) / 1024:.1f}, files {h.get('file_kb', 0) / 1024:.1f}, unnamed mappings "
+                        f"{h.get('unnamed_kb', 0) / 1024:.1f}); malloc in use "
                         f"{h.get('malloc_in_use', 0) / 2**20:.1f} MiB, free in the heap "
                         f"{h.get('malloc_free', 0) / 2**20:.1f} MiB, mmapped {h.get('malloc_mmap', 0) / 2**20:.1f} "
                         f"MiB; Python blocks {h.get('py_blocks', 0):,}; threads {h.get('threads', 0)}"
