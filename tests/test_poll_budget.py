@@ -380,3 +380,146 @@ def test_a_proxy_that_drops_x_more_data_does_not_end_the_build(
         fake.drop_headers = set()
     assert result.diff == "\n".join(DIFF) + "\n"
     assert fake.count("build", "proxied", number) >= 2  # it asked, and kept polling
+
+
+# ---------------------------------------------------------------------------------------------------
+# A simulated day at the production figures, counted on the fakes
+
+
+class SimulatedDay:
+    """Simulated time for the watchers' Pacer: a pause advances the clock at once. Each HTTP request the
+    fake serves is stamped with the simulated time of the poll it belongs to (`stamp`). At `answer_at`
+    (simulated) `answer` runs, as a person acting outside deployctl; at `end` the next pause raises
+    CancelledError, as the workflow's cancellation of a watcher does."""
+
+    def __init__(
+        self,
+        timeline: list[Any],
+        end: float,
+        answer_at: float | None = None,
+        answer: Callable[[], None] | None = None,
+    ) -> None:
+        self.now = 0.0
+        self.end, self.answer_at, self.answer = end, answer_at, answer
+        self.answered: float | None = None
+        self._timeline = timeline
+        self._marks = [(0.0, len(timeline))]  # (simulated time, requests the fake had served by then)
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds > 0
+        self.now += seconds
+        if self.now >= self.end:
+            raise CancelledError("the simulated day is over")
+        if self.answered is None and self.answer_at is not None and self.now >= self.answer_at:
+            assert self.answer is not None
+            self.answered = self.answer_at  # the person answers then; the next poll is at `now`
+            self.answer()
+        self._marks.append((self.now, len(self._timeline)))
+
+    def stamp(self, first: int) -> list[float]:
+        """The simulated times of the fake's requests from index `first` on."""
+        marks = self._marks + [(self.now, len(self._timeline))]
+        out: list[float] = []
+        for (t, a), (_, b) in zip(marks, marks[1:], strict=False):
+            out += [t] * (b - max(a, first)) if b > first else []
+        return out
+
+
+def most_in_a_minute(times: list[float], after: float) -> int:
+    """The most requests in any 60-second window that starts at or after `after` (simulated seconds)."""
+    later = sorted(t for t in times if t >= after)
+    j, best = 0, 0
+    for i, t in enumerate(later):
+        while j < len(later) and later[j] < t + 60.0:
+            j += 1
+        best = max(best, j - i)
+    return best
+
+
+@pytest.fixture
+def simulated(monkeypatch: pytest.MonkeyPatch) -> Callable[..., SimulatedDay]:
+    """Make the watchers' Pacers run on a SimulatedDay (what the activities sleep between polls only)."""
+    import activities.budget
+    import activities.github
+    import activities.jenkins
+
+    def make(timeline: list[Any], end: float, **kw: Any) -> SimulatedDay:
+        day = SimulatedDay(timeline, end, **kw)
+
+        def pacer(schedule: Any) -> activities.budget.Pacer:
+            return activities.budget.Pacer(schedule, clock=day.clock, sleep=day.sleep)
+
+        monkeypatch.setattr(activities.jenkins, "Pacer", pacer)
+        monkeypatch.setattr(activities.github, "Pacer", pacer)
+        return day
+
+    return make
+
+
+DAY = 24 * 3600.0
+
+
+@pytest.mark.parametrize("poll_cap", [None, 300.0], ids=["polling", "webhooks"])
+def test_a_day_at_deploy_approval_costs_jenkins_two_requests_a_minute(
+    fake: FakeJenkins, acts: JenkinsActivities, simulated: Callable[..., SimulatedDay], poll_cap: float | None
+) -> None:
+    """Issue 15's budget at the worker's own figures (1 s tight for the first minute, then 30 s per
+    request): a day of waiting at the input, every request counted on the Jenkins fake, is at most 2 a
+    minute after the first minute (1 per 5 minutes with webhooks configured), and an answer given in
+    Jenkins at 23:00 is noticed by the next poll, within a minute."""
+    fake.add_job("day", parameters=[{"name": "V"}], diff_lines=DIFF, queue_seconds=0.05, apply_seconds=5)
+    number = start_build(fake, acts, "day")
+    wait_state(fake, "day", number, "paused")
+    prod = JenkinsActivities(fake.url, USER, TOKEN, timeout=5.0)  # the production intervals and cap
+    first = len(fake.timeline)
+    day = simulated(
+        fake.timeline, DAY, answer_at=23 * 3600.0, answer=lambda: fake.answer_input("day", number, by="alice")
+    )
+    result = run(
+        prod.watch_input, WatchInputInput(job="day", number=number, input_id=INPUT_ID, poll_cap=poll_cap)
+    )
+    assert (result.state, result.answered_by) == ("answered", "alice")
+    # noticed by the first poll after the answer: within the minute (within the stretch with webhooks,
+    # whose notification is what brings the news then: test_webhooks)
+    assert day.answered is not None and 0 <= day.now - day.answered <= (poll_cap or 60.0)
+    stamped = list(zip(day.stamp(first), [k for _, k, *_ in fake.timeline[first:]], strict=True))
+    polls = [t for t, k in stamped if k == "pendingInputActions"]
+    kinds = [k for _, k in stamped]
+    assert set(kinds) == {"crumb", "pendingInputActions", "progressiveText"}
+    assert kinds.count("crumb") == 1  # python-jenkins asks for a CSRF crumb once per client
+    assert kinds.count("progressiveText") <= 2  # only to say who answered, from where it had read
+    assert most_in_a_minute(polls, after=60.0) <= (2 if poll_cap is None else 1)
+    # 60 tight polls, then one per 30 s (or per poll_cap) until the answer at 23:00
+    per_request = poll_cap or 30.0
+    assert 60 + (23 * 3600 - 60) / per_request <= len(polls) <= 61 + (23 * 3600 - 60) / per_request + 1, len(
+        polls
+    )
+    later = [t for t in polls if t >= 60.0]
+    assert all(b - a >= per_request for a, b in zip(later, later[1:], strict=False))
+
+
+@pytest.mark.parametrize("poll_cap", [None, 300.0], ids=["polling", "webhooks"])
+def test_a_day_at_version_pr_merge_costs_github_one_request_a_minute(
+    github: FakeGitHub, simulated: Callable[..., SimulatedDay], poll_cap: float | None
+) -> None:
+    """GitHub's side: a whole simulated day watching a PR nobody merges, counted on the GitHub fake, is
+    4 polls in the first minute and then at most 1 a minute (1 per 5 minutes with webhooks), and every
+    request is the one `GET pulls/n`: 1,444 a day, under a token's 5,000 an hour for 14 deploys at once."""
+    number = github.open_pull(CONFIGS, "deployctl/x")
+    prod = GithubActivities(github.url, GH_TOKEN, timeout=5)  # the production intervals and cap
+    first = len(github.timeline)
+    day = simulated(github.timeline, DAY)
+    with pytest.raises(CancelledError):
+        run(prod.watch_pr, WatchPrInput(repo=CONFIGS, number=number, poll_cap=poll_cap))
+    asked = github.timeline[first:]
+    assert {(m, p) for _, m, p, _ in asked} == {("GET", f"/api/v3/repos/{CONFIGS}/pulls/{number}")}
+    times = day.stamp(first)
+    assert len(times) == len(asked)
+    assert most_in_a_minute(times, after=60.0) <= 1
+    if poll_cap is None:
+        assert 4 + 1439 <= len(asked) <= 4 + 1440 + 1, len(asked)
+    else:
+        assert len(asked) <= 4 + (DAY - 60) / poll_cap + 1, len(asked)
