@@ -246,13 +246,20 @@ def _spread(total: int, parts: int) -> list[int]:
 # ------------------------------------------------------------------------------------------- worker
 
 
-async def _serve() -> None:
+async def _serve(metrics_port: int | None = None) -> None:
+    from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+
     from starter.client import connect
     from starter.config import load_config
     from worker import workflow_cache_size, workflow_runner
 
     config = load_config(None)
-    client = await connect()
+    runtime = None
+    if metrics_port:  # as worker.py's --metrics-port: the bench reads the workflow cache's counters
+        runtime = Runtime(
+            telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"127.0.0.1:{metrics_port}"))
+        )
+    client = await connect(runtime=runtime)
     acts = BaselineActivities(
         config.jenkins.url,
         config.jenkins.user,
@@ -290,4 +297,7 @@ async def _serve() -> None:
 
 
 if __name__ == "__main__":
-    main(_serve)
+    import sys
+
+    port = int(sys.argv[sys.argv.index("--metrics-port") + 1]) if "--metrics-port" in sys.argv else None
+    main(lambda: _serve(port))

@@ -152,15 +152,26 @@ async def history_per_deploy(stack: BenchStack, runs: list[DeployRun], sample: i
     }
 
 
+def cache_metrics(stack: BenchStack) -> dict[str, float]:
+    """The workers' workflow cache counters (bench.stack.CACHE_METRICS), summed over the workers."""
+    out: dict[str, float] = {}
+    for w in stack.workers:
+        for k, v in w.metrics().items():
+            out[k] = out.get(k, 0.0) + v
+    return out
+
+
 async def run_phase(
     stack: BenchStack, n: int, concurrency: int, one: Callable[[int], Awaitable[DeployRun]]
 ) -> dict[str, Any]:
     j0, s0 = stack.jenkins.count, stack.slack.count
+    m0 = cache_metrics(stack)
     cpu = CpuMeter(stack)
     t0 = time.monotonic()
     runs = await bounded(n, concurrency, one)
     wall = time.monotonic() - t0
     used = cpu.used()
+    m1 = cache_metrics(stack)
     durations = [r.ended - r.started for r in runs]
     return {
         "runs": runs,
@@ -169,6 +180,7 @@ async def run_phase(
         "jenkins_calls": (stack.jenkins.count - j0) / n,
         "slack_calls": (stack.slack.count - s0) / n,
         "cpu": used,
+        "cache": {k: (m1[k] - m0.get(k, 0.0)) / n for k in m1},
         "deploy_p50": pct(durations, 50),
         "deploy_p99": pct(durations, 99),
     }
@@ -204,54 +216,92 @@ async def product_phase(
     return prod
 
 
-async def throughput(n: int, concurrency: int, workers: int, profile: int = 0) -> dict[str, Any]:
+def describe(name: str, r: dict[str, Any], n: int, asked: str) -> str:
+    return (
+        f"{name:<8}: {r['rate']:.2f} deploys/s ({n} in {r['wall']:.1f} s); per deploy "
+        f"{r['workflows']:.0f} workflows, {r['events']:.0f} history events, "
+        f"{r['activities']:.1f} activities, {r['updates']:.0f} Updates, {r['jenkins_calls']:.1f} Jenkins "
+        f"+ {r['slack_calls']:.1f} Slack HTTP calls, {r['queries']:.1f} {asked}; deploy time "
+        f"p50 {r['deploy_p50']:.1f} s p99 {r['deploy_p99']:.1f} s"
+    )
+
+
+def cpu_line(name: str, r: dict[str, Any], n: int) -> str:
+    cpu, cache = r["cpu"], r.get("cache") or {}
+    line = (
+        f"  CPU per deploy, {name:<8}: "
+        + ", ".join(f"{k} {v / n * 1000:.0f} ms" for k, v in cpu.items())
+        + f"  (box {sum(cpu.values()) / r['wall'] / (os.cpu_count() or 1) * 100:.0f}% busy)"
+    )
+    if cache:
+        line += (
+            f"\n  workflow cache per deploy, {name:<8}: {cache.get('sticky_cache_hit', 0):.1f} hits, "
+            f"{cache.get('sticky_cache_miss', 0):.1f} misses (whole-history replays), "
+            f"{cache.get('sticky_cache_total_forced_eviction', 0):.1f} forced evictions"
+        )
+    return line
+
+
+async def baseline_phase(
+    stack: BenchStack, n: int, concurrency: int, workers: int, plan: dict[str, int]
+) -> dict[str, Any]:
+    for _ in range(workers):
+        stack.start_worker("baseline")
+    c = Counters()
+    await bounded(WARM, WARM, lambda i: baseline_deploy(stack, n + i, plan, POLL, c))
+    c = Counters()
+    base = await run_phase(stack, n, concurrency, lambda i: baseline_deploy(stack, i, plan, POLL, c))
+    base["queries"], base["updates"] = c.queries / n, c.updates / n
+    base.update(await history_per_deploy(stack, base["runs"]))
+    base["rss_mb"] = [w.rss_kb() / 1024 for w in stack.workers]
+    return base
+
+
+# What the baseline does per deploy when no product phase ran before it in this run (rounds > 1 start
+# with the baseline every other round): the product's counts as measured on 2026-12-03 (351 events,
+# 50 activities, 21 Jenkins and 33 Slack calls); replaced by the product's own counts once it has run.
+PLAN = {"activities": 50, "jenkins_calls": 21, "slack_calls": 33}
+
+
+async def throughput(
+    n: int, concurrency: int, workers: int, profile: int = 0, rounds: int = 1
+) -> dict[str, Any]:
+    """`rounds` pairs of phases, product and baseline each on a fresh stack; the order alternates
+    (product, baseline, then baseline, product, ...) so that a box getting busier or quieter over the run
+    weighs on both sides alike. The ratio is the sum of the product's wall times over the baseline's."""
     log(
         f"\n== throughput: {n} OOW com deploys, {concurrency} at once, people poll status every {POLL}s, "
         f"{workers} worker process(es); product and baseline workers alike: workflow cache "
         f"{workflow_cache_size()} runs, {'each job of an activation on its own (the replay defence)' if one_job_per_activation() else 'the SDK runner'}"
+        + (f"; {rounds} rounds, the order alternating" if rounds > 1 else "")
     )
     services = n + WARM
-    async with bench_stack(services) as stack:
-        prod = await product_phase(stack, n, concurrency, workers, profile)
-    log(
-        f"product : {prod['rate']:.2f} deploys/s ({n} in {prod['wall']:.1f} s); per deploy "
-        f"{prod['workflows']:.0f} workflows, {prod['events']:.0f} history events, "
-        f"{prod['activities']:.1f} activities, {prod['updates']:.0f} Updates, {prod['jenkins_calls']:.1f} Jenkins "
-        f"+ {prod['slack_calls']:.1f} Slack HTTP calls, {prod['queries']:.1f} status queries; deploy time "
-        f"p50 {prod['deploy_p50']:.1f} s p99 {prod['deploy_p99']:.1f} s"
-    )
-    plan = {
-        "activities": round(prod["activities"]),
-        "jenkins_calls": round(prod["jenkins_calls"]),
-        "slack_calls": round(prod["slack_calls"]),
-    }
-    async with bench_stack(services) as stack:
-        for _ in range(workers):
-            stack.start_worker("baseline")
-        c = Counters()
-        await bounded(WARM, WARM, lambda i: baseline_deploy(stack, n + i, plan, POLL, c))
-        c = Counters()
-        base = await run_phase(stack, n, concurrency, lambda i: baseline_deploy(stack, i, plan, POLL, c))
-        base["queries"], base["updates"] = c.queries / n, c.updates / n
-        base.update(await history_per_deploy(stack, base["runs"]))
-        base["rss_mb"] = [w.rss_kb() / 1024 for w in stack.workers]
-    log(
-        f"baseline: {base['rate']:.2f} deploys/s ({n} in {base['wall']:.1f} s); per deploy "
-        f"{base['workflows']:.0f} workflows, {base['events']:.0f} history events, "
-        f"{base['activities']:.1f} activities, {base['updates']:.0f} Updates, {base['jenkins_calls']:.1f} Jenkins "
-        f"+ {base['slack_calls']:.1f} Slack HTTP calls, {base['queries']:.1f} step queries; deploy time "
-        f"p50 {base['deploy_p50']:.1f} s p99 {base['deploy_p99']:.1f} s"
-    )
-    ratio = prod["wall"] / base["wall"]
-    log(f"ratio product/baseline (time for the same {n} deploys): {ratio:.2f}  (target <= 1.25)")
-    for name, r in (("product", prod), ("baseline", base)):
-        cpu = r["cpu"]
-        log(
-            f"  CPU per deploy, {name:<8}: "
-            + ", ".join(f"{k} {v / n * 1000:.0f} ms" for k, v in cpu.items())
-            + f"  (box {sum(cpu.values()) / r['wall'] / (os.cpu_count() or 1) * 100:.0f}% busy)"
-        )
-    for r in (prod, base):
+    plan = dict(PLAN)
+    prods: list[dict[str, Any]] = []
+    bases: list[dict[str, Any]] = []
+    for i in range(rounds):
+        order = ("product", "baseline") if i % 2 == 0 else ("baseline", "product")
+        for side in order:
+            async with bench_stack(services) as stack:
+                if side == "product":
+                    prod = await product_phase(stack, n, concurrency, workers, profile if not prods else 0)
+                    plan = {
+                        "activities": round(prod["activities"]),
+                        "jenkins_calls": round(prod["jenkins_calls"]),
+                        "slack_calls": round(prod["slack_calls"]),
+                    }
+                    prods.append(prod)
+                else:
+                    bases.append(await baseline_phase(stack, n, concurrency, workers, plan))
+            r = prods[-1] if side == "product" else bases[-1]
+            log(describe(side, r, n, "status queries" if side == "product" else "step queries"))
+            log(cpu_line(side, r, n))
+        log(f"  round {i + 1}: ratio product/baseline {prods[-1]['wall'] / bases[-1]['wall']:.2f}")
+    per_round = [p["wall"] / b["wall"] for p, b in zip(prods, bases, strict=True)]
+    ratio = sum(p["wall"] for p in prods) / sum(b["wall"] for b in bases)
+    spread = f" (rounds: {', '.join(f'{x:.2f}' for x in per_round)})" if rounds > 1 else ""
+    log(f"ratio product/baseline (time for the same {n} deploys): {ratio:.2f}{spread}  (target <= 1.25)")
+    for r in (*prods, *bases):
         r.pop("runs")
     return {
         "n": n,
@@ -259,8 +309,11 @@ async def throughput(n: int, concurrency: int, workers: int, profile: int = 0) -
         "workers": workers,
         "max_cached_workflows": workflow_cache_size(),
         "one_job_per_activation": one_job_per_activation(),
-        "product": prod,
-        "baseline": base,
+        "product": prods[0],
+        "baseline": bases[0],
+        "rounds": [
+            {"product": p, "baseline": b, "ratio": x} for p, b, x in zip(prods, bases, per_round, strict=True)
+        ],
         "ratio": ratio,
     }
 
@@ -734,6 +787,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECONDS",
         help="throughput: sample one product worker with py-spy for SECONDS and print where its CPU goes",
     )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="throughput: pairs of product and baseline phases, the order alternating (default 1)",
+    )
     p.add_argument("--json", default=None, help="also write the figures to this file")
     args = p.parse_args(argv)
     n = args.n or (40 if args.quick else 200)
@@ -748,7 +807,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         reuse = None
         if args.only in (None, "throughput"):
-            out["throughput"] = await throughput(n, conc, args.workers, args.profile)
+            out["throughput"] = await throughput(n, conc, args.workers, args.profile, args.rounds)
             if conc == in_flight:
                 reuse = out["throughput"]["product"]
         if args.only in (None, "latency"):

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,10 +98,42 @@ class CountingSlack(FakeSlack):
             self._requests.clear()
 
 
+#: What a worker's workflow cache did (sdk-core's metrics, docs.temporal.io "SDK metrics"): a hit is a
+#: workflow task for a cached run; a miss one for a run not in the cache (its whole history is replayed);
+#: a forced eviction a run pushed out of a full cache while it still had work.
+CACHE_METRICS = (
+    "sticky_cache_hit",
+    "sticky_cache_miss",
+    "sticky_cache_total_forced_eviction",
+    "workflow_task_replay_latency_count",
+)
+
+
 @dataclass
 class Worker:
     proc: subprocess.Popen[bytes]
     log: Path
+    metrics_port: int | None = None  # the SDK's Prometheus endpoint (`--metrics-port`)
+
+    def metrics(self, names: tuple[str, ...] = CACHE_METRICS) -> dict[str, float]:
+        """The SDK's counters named `names` (without `temporal_`), summed over their labels; {} without an
+        endpoint or when it does not answer."""
+        if self.metrics_port is None:
+            return {}
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as rsp:
+                text = rsp.read().decode()
+        except OSError:
+            return {}
+        out = dict.fromkeys(names, 0.0)
+        for line in text.splitlines():
+            if line.startswith("#") or not line.strip():
+                continue
+            metric, _, value = line.rpartition(" ")
+            name = metric.split("{", 1)[0].removeprefix("temporal_")
+            if name in out:
+                out[name] += float(value)
+        return out
 
     @property
     def pid(self) -> int:
@@ -164,11 +197,15 @@ class BenchStack:
             "heap": "bench.heap_worker",
         }.get(kind)
         argv = [sys.executable, "worker.py"] if module is None else [sys.executable, "-m", module]
+        port = None
+        if kind in ("product", "baseline"):
+            port = free_port()
+            argv += ["--metrics-port", str(port)]
         env = self.worker_env()
         env.update(extra_env or {})
         with open(log, "wb") as out:
             proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        w = Worker(proc, log)
+        w = Worker(proc, log, port)
         self.workers.append(w)
         return w
 
