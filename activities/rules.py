@@ -3,7 +3,8 @@
 A start carries only the caller's intent; who approves, which job runs, which repos are written and
 whose keys sign come from here. The file is read again on every call (a workflow calls when it starts
 and when each step opens), so a roster or key change reaches running deploys at their next step, and
-the sha256 of the bytes read goes into the deploy's audit trail.
+the sha256 of the bytes read goes into the deploy's audit trail. It is parsed and validated again only when
+those bytes (or an environment override) changed (`ConfigReader`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from activities.github import GithubActivities
-from starter.config import ConfigError, load_config
+from starter.config import ConfigError, ConfigReader
 from workflows import search_attributes as sa
 from workflows.models import Rules, RulesInput
 
@@ -28,6 +29,7 @@ class RulesActivities:
     def __init__(self, client: Client, config_path: str, github: GithubActivities | None) -> None:
         self._client = client
         self._path = config_path
+        self._reader = ConfigReader(config_path)  # read at every call, parsed only when it changed
         self._github = github
         self._indexed: bool | None = None  # whether the namespace has deployctl's search attributes
 
@@ -36,7 +38,7 @@ class RulesActivities:
         """The workers' rules for one deploy. A file that no longer loads is retried (the deploy says so in
         its status and thread until an operator fixes it); it never falls back to anything else."""
         try:
-            config = load_config(self._path)
+            config = self._reader.load()
         except ConfigError as err:
             raise ApplicationError(f"the workers' config does not load: {err}", type="ConfigError") from None
         rules = config.rules(

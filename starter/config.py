@@ -74,6 +74,7 @@ __all__ = [
     "ServiceConfig",
     "SlackConfig",
     "WebhooksConfig",
+    "ConfigReader",
     "load_config",
     "parse_duration",
     "secret",
@@ -789,19 +790,62 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     replace the file's values (an empty variable counts as unset) and are validated like them.
     """
     environ: Mapping[str, str] = os.environ if env is None else env
+    shown, raw = _read_config(path, environ)
+    return _parse_config(shown, raw, environ)
+
+
+class ConfigReader:
+    """`load_config` for a caller that reads the same file again and again: the rules activity, at each
+    step of every deploy (SPEC §9). The file is read on every `load()`, and parsed and validated again only
+    when its bytes, its name or an environment override differ from the last good read; otherwise the last
+    `Config` is returned as it is. A file that stops loading raises `ConfigError` at once, as
+    `load_config` does; the old `Config` is never handed out for it.
+
+    The returned `Config` is shared between calls: read it, do not change it. Parsing and validating the
+    file cost about a fifth of a worker's CPU under load before this (bench/RESULTS.md, 2026-12-03)."""
+
+    def __init__(
+        self, path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+    ) -> None:
+        self._path = path
+        self._env = env
+        self._key: tuple[str, bytes, tuple[str, ...]] | None = None
+        self._config: Config | None = None
+        self.parsed = 0  # how many times the file was parsed (for tests)
+
+    def load(self) -> Config:
+        environ: Mapping[str, str] = os.environ if self._env is None else self._env
+        shown, raw = _read_config(self._path, environ)
+        key = (
+            shown,
+            hashlib.sha256(raw).digest(),
+            tuple(environ.get(var, "").strip() for var in ENV_OVERRIDES),
+        )
+        if key != self._key or self._config is None:
+            self._key, self._config = None, None
+            config = _parse_config(shown, raw, environ)
+            self.parsed += 1
+            self._key, self._config = key, config
+        return self._config
+
+
+def _read_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> tuple[str, bytes]:
     if path is None:
         path = environ.get("DEPLOYCTL_CONFIG", "").strip() or DEFAULT_CONFIG_PATH
     shown = os.fspath(path)
     hint = "pass --config PATH or set DEPLOYCTL_CONFIG (deployctl.example.toml shows every key)"
     file = Path(shown).expanduser()
     try:
-        raw = file.read_bytes()
+        return shown, file.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{shown}: configuration file not found: {hint}") from None
     except IsADirectoryError:
         raise ConfigError(f"{shown}: is a directory, not a configuration file: {hint}") from None
     except OSError as e:
         raise ConfigError(f"{shown}: cannot read the configuration file ({e.strerror}): {hint}") from None
+
+
+def _parse_config(shown: str, raw: bytes, environ: Mapping[str, str]) -> Config:
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:

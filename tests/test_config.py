@@ -17,6 +17,7 @@ from starter.config import (
     TIMEOUT_DEFAULTS,
     Config,
     ConfigError,
+    ConfigReader,
     groups_needed,
     load_config,
     parse_duration,
@@ -985,3 +986,60 @@ def test_release_windows_example() -> None:
 
 def test_config_error_is_one_line() -> None:
     assert str(ConfigError("first\n  second\r\nthird")) == "first second third"
+
+
+# ---------------------------------------------------------------------------------------------------
+# ConfigReader: the rules activity reads the file at every step and parses it only when it changed
+
+
+def test_the_reader_parses_a_file_once_while_its_bytes_stay_the_same(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+    reader = ConfigReader(path, env={})
+    first = reader.load()
+    assert [reader.load() is first for _ in range(5)] == [True] * 5
+    assert reader.parsed == 1
+    assert first.model_dump() == load_config(path, env={}).model_dump()
+
+
+def test_the_reader_sees_every_change_of_the_bytes_at_the_next_load(tmp_path: Path) -> None:
+    """The attack a cache invites: change the roster and have the workers go on with the old one. The key
+    is the sha256 of the bytes read now, so any change, even one keeping size and mtime, is parsed."""
+    path = write(tmp_path, MINIMAL)
+    reader = ConfigReader(path, env={})
+    before = reader.load()
+    stat = path.stat()
+    path.write_text(MINIMAL.replace("U0SRE1", "U0SRE2"), encoding="utf-8")  # same length
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the same mtime
+    after = reader.load()
+    assert before.groups["sre"].members != after.groups["sre"].members
+    assert list(after.groups["sre"].members) == ["U0SRE2"]
+    assert after.rules("x", "y").config_sha256 != before.rules("x", "y").config_sha256
+    assert reader.parsed == 2
+
+
+def test_the_reader_reparses_when_an_environment_override_changes(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+    env: dict[str, str] = {}
+    reader = ConfigReader(path, env=env)
+    assert reader.load().jenkins.url.startswith("https://jenkins.example:8443")
+    env["JENKINS_URL"] = "https://other.example/"
+    assert reader.load().jenkins.url.startswith("https://other.example")
+    assert reader.parsed == 2
+
+
+def test_a_file_that_stops_loading_fails_at_once_and_never_gives_the_old_config(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+    reader = ConfigReader(path, env={})
+    reader.load()
+    path.write_text(MINIMAL + "\n[groups\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        reader.load()
+    path.write_text(MINIMAL.replace('sre = ["U0SRE1"]', ""), encoding="utf-8")  # valid TOML, bad config
+    with pytest.raises(ConfigError, match="sre"):
+        reader.load()
+    path.unlink()
+    with pytest.raises(ConfigError, match="not found"):
+        reader.load()
+    path.write_text(MINIMAL, encoding="utf-8")  # fixed: the same bytes as the first read, parsed anew
+    assert list(reader.load().groups["sre"].members) == ["U0SRE1"]
+    assert reader.parsed == 2
