@@ -67,6 +67,7 @@ from workflows.models import (
     VersionPr,
     WatchPrInput,
 )
+from workflows.options import GITHUB_RATE_LIMITED
 from workflows.policy import PLAIN_VERSION
 
 T = TypeVar("T")
@@ -362,7 +363,7 @@ class GithubActivities:
                 delay = rate_limit_delay(headers) or RATE_LIMIT_FALLBACK
                 return ApplicationError(
                     f"{what}: {where} is rate limiting (HTTP {status}: {message}); retrying in {delay}",
-                    type="GithubRateLimited",
+                    type=GITHUB_RATE_LIMITED,
                     next_retry_delay=delay,
                 )
             if status == 403:
@@ -634,7 +635,7 @@ class GithubActivities:
                 with heartbeating():  # (lazy: the PR is read when its fields are, inside the call)
                     state = self._call(what, lambda: self._version_pr(repo.get_pull(inp.number)))
             except ApplicationError as err:
-                if err.type != "GithubRateLimited":
+                if err.type != GITHUB_RATE_LIMITED:
                     raise
                 limited += 1
                 delay = err.next_retry_delay or RATE_LIMIT_FALLBACK

@@ -15,11 +15,13 @@ import hashlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 from temporalio import activity
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from activities.locks import LockActivities
@@ -66,6 +68,7 @@ from workflows.models import (
     WatchInputResult,
     WatchPrInput,
 )
+from workflows.options import GITHUB_RATE_LIMITED
 
 JOB_PARAMETERS = [
     JobParameter(name="IMAGE_TAG", default="latest"),
@@ -102,6 +105,8 @@ class Stubs:
     watch_input_result: WatchInputResult | None = None  # None: the input waits (watch_input blocks)
     watch_pr_result: VersionPr | None = None  # None: the PR stays open (watch_pr blocks)
     merge_results: list[MergePrResult] = field(default_factory=list)  # one per merge_pr, then merged
+    merge_rate_limits: int = 0  # how many merge_pr calls GitHub rate limits first
+    merge_rate_limit_wait: timedelta = timedelta(minutes=45)  # the wait each of them asks for
     pr_heads: list[str] = field(default_factory=lambda: [HEAD])  # pr_diff's heads, in turn; the last stays
     _ts: int = 0
 
@@ -255,6 +260,13 @@ class Stubs:
     @activity.defn(name="merge_pr")
     async def merge_pr(self, inp: MergePrInput) -> MergePrResult:
         self._record("merge_pr", inp)
+        if self.merge_rate_limits > 0:
+            self.merge_rate_limits -= 1
+            raise ApplicationError(
+                "merging: GitHub is rate limiting (HTTP 403: API rate limit exceeded)",
+                type=GITHUB_RATE_LIMITED,
+                next_retry_delay=self.merge_rate_limit_wait,
+            )
         if self.merge_results:
             return self.merge_results.pop(0)
         return MergePrResult(merged=True, sha="c" * 40)

@@ -7,6 +7,7 @@ person's key). The end-to-end tests through the HTTP fakes test the wiring.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -333,4 +334,70 @@ async def test_a_version_pr_merged_on_github_moves_the_deploy_on(skipping: Workf
     assert entry.channel == "github" and entry.identity == "github:octo-elsewhere" and entry.out_of_policy
     said = "merged directly on GitHub by octo-elsewhere"  # the thread hears it (a notice: eventually)
     await eventually(lambda: any(said in m.text for m in stubs.posted()), timeout=10, interval=0.02)
+    await c.get_workflow_handle(wid).terminate("test over")
+
+
+async def test_a_rate_limited_merge_waits_for_githubs_reset_and_then_goes_through(
+    skipping: WorkflowEnvironment, tier: Tier
+):
+    """GitHub rate limits the merge twice, 45 minutes each: longer than a short call's 30 minutes, so each
+    merge_pr is given up at its first try. The deploy waits each 45 minutes on a timer, says so once,
+    merges at the third call and goes on; it never fails for a rate limit."""
+    c, stubs = skipping.client, tier.stubs
+    stubs.merge_rate_limits = 2
+    wid = await start(skipping, tier, "kprod-gov")
+    await act(c, wid, Action.APPROVE, GATE1, Step.PCCR_REVIEW)
+    await act(c, wid, Action.ASSIGN, GATE1, Step.SRE_ASSIGNMENT, sre=SREG1)
+    await at(c, wid, Step.VERSION_PR_MERGE, SREG1)
+    res = await send_action(
+        c, wid, Action.MERGE, ActionInput(actor=SREG1, step=Step.VERSION_PR_MERGE, channel="t")
+    )
+    assert "rate limited; deployctl tries again at" in res.message, res.message
+    for _ in range(6):  # the clock moves only when told: on, 46 minutes at a time
+        if await _waits(c, wid, Step.TRIGGER, SREG1):
+            break
+        await skipping.sleep(timedelta(minutes=46))
+    st = await at(c, wid, Step.TRIGGER, SREG1)
+    assert st.outcome is None and st.version_pr is not None
+    assert stubs.names().count("merge_pr") == 3
+    notes = [e.reason or "" for e in st.audit if e.action == "waiting"]
+    assert len(notes) == 1 and "rate limited; deployctl tries again at" in notes[0], notes
+    assert "(in 45m)" in notes[0] and "API rate limit exceeded" in notes[0]
+    told = [p.text for p in stubs.posted() if "rate limited" in p.text]
+    assert len(told) == 1, told
+    merged = [e for e in st.audit if e.action == "merge" and e.accepted]
+    assert merged and st.waiting_for and "rate limited" not in st.waiting_for
+    history = [e async for e in c.get_workflow_handle(wid).fetch_history_events()]
+    fired = [e for e in history if e.HasField("timer_fired_event_attributes")]
+    assert len(fired) >= 2  # the two 45-minute waits ran on the workflow's clock
+    await c.get_workflow_handle(wid).terminate("test over")
+
+
+async def test_a_rate_limit_that_keeps_coming_back_is_said_once_each_way(
+    skipping: WorkflowEnvironment, tier: Tier
+):
+    """A secondary rate limit asking for a minute each time, for longer than a short call's 30 minutes: the
+    quiet tries, then "failing after 4 tries" once, then the call's 30 minutes run out and the deploy waits
+    and calls again, said once too; nothing is said again however often it comes back."""
+    c, stubs = skipping.client, tier.stubs
+    stubs.merge_rate_limits, stubs.merge_rate_limit_wait = 80, timedelta(minutes=1)
+    wid = await start(skipping, tier, "kprod-gov")
+    await act(c, wid, Action.APPROVE, GATE1, Step.PCCR_REVIEW)
+    await act(c, wid, Action.ASSIGN, GATE1, Step.SRE_ASSIGNMENT, sre=SREG1)
+    await at(c, wid, Step.VERSION_PR_MERGE, SREG1)
+    merge = send_action(
+        c, wid, Action.MERGE, ActionInput(actor=SREG1, step=Step.VERSION_PR_MERGE, channel="t")
+    )
+    task = asyncio.ensure_future(merge)
+    for _ in range(40):
+        if await _waits(c, wid, Step.TRIGGER, SREG1):
+            break
+        await skipping.sleep(timedelta(minutes=5))
+    st = await at(c, wid, Step.TRIGGER, SREG1)
+    await task
+    assert stubs.names().count("merge_pr") == 81 and stubs.merge_rate_limits == 0
+    notes = [e.reason or "" for e in st.audit if e.action == "waiting"]
+    assert len([n for n in notes if "failing after 4 tries" in n]) == 1, notes
+    assert len([n for n in notes if "rate limited; deployctl tries again" in n]) == 1, notes
+    assert len(notes) == 2, notes
     await c.get_workflow_handle(wid).terminate("test over")

@@ -8,6 +8,7 @@ GitHub refuses (the DMs stay, the step's clock does not restart).
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -253,3 +254,43 @@ async def _expired_24s_after(client: Client, wid: str, opened: datetime, why: st
     assert desc.close_time is not None
     waited = (desc.close_time - opened).total_seconds()
     assert 24 <= waited < 24 + 8 - 1, f"expired {waited:.1f}s after the step opened: {why}"
+
+
+async def test_a_rate_limit_longer_than_a_short_call_waits_for_the_reset_and_says_so(
+    client: Client, tmp_path: Path, jenkins: FakeJenkins, slack: FakeSlack, github: FakeGitHub, secrets: dict
+) -> None:
+    """The SRE merges while GitHub's primary rate limit resets 45 minutes ahead: longer than a short
+    call's 30 minutes, so Temporal gives the merge activity up at its first try (the next one would come
+    too late). A rate limit slows a deploy down and never fails it: the merge is accepted, the deploy
+    waits for the reset (status and, once, its thread say so), asks GitHub nothing meanwhile, and a
+    cancel still ends it at once."""
+    d = make_deployment(tmp_path, jenkins, slack, github=github)
+    async with running(client, d):
+        wid = await start_gov(client, d)
+        await to_merge(client, wid)
+        github.rate_limit_next(reset_in=45 * 60, method="PUT", path_contains="/merge")
+        res = await send_action(
+            client, wid, Action.MERGE, ActionInput(actor=SREG1, step=Step.VERSION_PR_MERGE, channel="test")
+        )
+        assert "rate limit" in res.message, res.message
+        st = await eventually(lambda: _waiting_for_prefix(client, wid, "rate limit"), timeout=20)
+        assert st.outcome is None and st.step is Step.VERSION_PR_MERGE
+        assert st.waiting_for.startswith(f"GitHub: merging version PR #{st.version_pr.split('/')[-1]}")  # type: ignore[union-attr]
+        assert "rate limited; deployctl tries again at " in st.waiting_for  # type: ignore[operator]
+        ours = f"/pulls/{st.version_pr.split('/')[-1]}/merge"  # type: ignore[union-attr]  # the fake is shared
+
+        def merges() -> list[int]:
+            return [code for m, p, code in github.statuses if m == "PUT" and p.endswith(ours)]
+
+        assert merges() == [403]
+        await asyncio.sleep(3)  # no second try before the reset
+        assert merges() == [403]
+        st = await status(client, wid)
+        assert st.outcome is None, st.outcome_reason
+        told = [m for m in thread_texts(slack, wid) if "rate limit" in m]
+        assert len(told) == 1 and "tries again at " in told[0] and re.search(r"\(in 4[56]m\)", told[0]), told
+        await send_action(client, wid, Action.CANCEL, ActionInput(actor=OWNER, step=st.step, channel="test"))
+        done = await client.get_workflow_handle(wid, result_type=DeployResult).result()
+    assert done.outcome is Outcome.CANCELLED, done.reason
+    notes = [e for e in done.status.audit if e.action == "waiting"] if done.status else []
+    assert len(notes) == 1 and "rate limit" in (notes[0].reason or "")

@@ -35,17 +35,25 @@ def _register(s: DeployState, action: Action) -> None:
             _refused(s, action, msg, "update", reason, verdict)
             raise ApplicationError(reason, type="Refused", non_retryable=True)
         _accept(s, action, msg, "update", verdict)
-        if action is Action.MERGE:
+        later = ""
+        if action is Action.MERGE:  # GitHub's answer is the SRE's answer, unless GitHub says "later"
             await workflow.wait_condition(
-                lambda: s.merge_verdict is not None or s.outcome is not None or s.cancel is not None
+                lambda: (
+                    s.merge_verdict is not None
+                    or s.outcome is not None
+                    or s.cancel is not None
+                    or s.rate_limited is not None
+                )
             )
             if s.merge_verdict:
                 raise ApplicationError(s.merge_verdict, type="Refused", non_retryable=True)
+            if s.merge_verdict is None and s.rate_limited:
+                later = f"; {s.rate_limited}"
         return ActionResult(
             accepted=True,
             step=msg.step,
             action=action,
-            message=f"{action.value} accepted at {msg.step.value}",
+            message=f"{action.value} accepted at {msg.step.value}{later}",
         )
 
     def validate(payload: Any) -> None:

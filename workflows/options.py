@@ -28,6 +28,14 @@ LONG_POLL: dict[str, Any] = {
 # After this many failed tries of a short call or a long poll, the deploy says in its thread, once, what
 # it waits for and why (status `waiting_for` says it all along); the activity goes on retrying.
 QUIET_TRIES = 4
+# A failure that means "later", not "no": the system asks to be called again after a while (GitHub's
+# primary and secondary rate limits; activities/github.py raises it with `next_retry_delay` set). It never
+# fails a deploy: when the wait asked for ends past a call's schedule-to-close, Temporal gives the
+# activity up at once, and `calls.call` waits that long itself, says so, and calls again.
+GITHUB_RATE_LIMITED = "GithubRateLimited"
+RATE_LIMITED = frozenset({GITHUB_RATE_LIMITED})
+# How long such a wait lasts when the failure does not say ("wait for at least one minute", GitHub's docs).
+RATE_LIMIT_WAIT = timedelta(minutes=1)
 # A best-effort notice (Slack, the PCCR issue's comments and labels): never blocks a deploy; a few tries,
 # then a note in the audit trail.
 NOTICE: dict[str, Any] = {

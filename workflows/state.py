@@ -102,6 +102,7 @@ class DeployState:
     # -- what it waits for on the outside world (status `waiting_for`), each with the time it began:
     # the activity running now, then what Jenkins or GitHub show that holds the step up
     activity_wait: tuple[str, datetime] | None = None
+    rate_limited: str | None = None  # while a call waits out a rate limit: what status says of it
     outside: tuple[str, datetime] | None = None
     jenkins_answer: str | None = None  # who answered the input in Jenkins, as the console says
     input_seen: tuple[InputState, str] = ("pending", "")  # deploy_approval: the input as last reported

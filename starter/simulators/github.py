@@ -454,11 +454,18 @@ class FakeGitHub(LocalServer):
             self._fail_rules.append(_FailRule(status, method, path_contains, times, after_effect, message))
 
     def rate_limit_next(
-        self, reset_in: int = 30, retry_after: int | None = None, status: int = 403, times: int = 1
+        self,
+        reset_in: int = 30,
+        retry_after: int | None = None,
+        status: int = 403,
+        times: int = 1,
+        method: str | None = None,
+        path_contains: str = "",
     ) -> None:
-        """The next `times` requests hit the rate limit: 403 (or 429) "API rate limit exceeded" with
-        `X-RateLimit-Remaining: 0` and `X-RateLimit-Reset` `reset_in` seconds ahead; with `retry_after`
-        a secondary rate limit with a `Retry-After` header instead."""
+        """The next `times` requests (of `method` whose path holds `path_contains`; any by default) hit
+        the rate limit: 403 (or 429) "API rate limit exceeded" with `X-RateLimit-Remaining: 0` and
+        `X-RateLimit-Reset` `reset_in` seconds ahead; with `retry_after` a secondary rate limit with a
+        `Retry-After` header instead."""
         reset = str(int(time.time()) + reset_in)
         if retry_after is not None:
             message = (
@@ -469,7 +476,7 @@ class FakeGitHub(LocalServer):
             message = f"API rate limit exceeded for user ID 1. (But here's the good news: ...) reset {reset}"
             headers = {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset}
         with self._lock:
-            self._fail_rules.append(_FailRule(status, None, "", times, False, message, headers))
+            self._fail_rules.append(_FailRule(status, method, path_contains, times, False, message, headers))
 
     def before_next(self, method: str | None, path_contains: str, fn: Callable[[], None]) -> None:
         """Run `fn` (e.g. someone else's commit) just before the next matching request is handled."""
