@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -41,10 +41,29 @@ async def call(
     if shown:
         s.activity_wait = (what, workflow.now())
         view.publish(s)
+
+    async def tries(quiet: bool) -> Any:
+        """QUIET_TRIES quiet tries, then (said once) the rest of `options`' policy; without `quiet` (a
+        rate limit was said already) only the latter."""
+        if quiet:
+            first = dict(options, retry_policy=replace(options["retry_policy"], maximum_attempts=QUIET_TRIES))
+            try:
+                return await workflow.execute_activity_method(method, arg, summary=summary, **first, **extra)
+            except ActivityError as err:
+                if err.retry_state is not RetryState.MAXIMUM_ATTEMPTS_REACHED:
+                    raise
+                line = f"{what}: failing after {QUIET_TRIES} tries ({cause(err)}); deployctl keeps trying"
+                trail.note(s, line, "waiting")
+                notices.say(s, NoticeKind.THREAD, f"{s.name} waits. {messages.slack_escape(line)}.")
+                if shown:
+                    s.activity_wait = (line, workflow.now())
+                    view.publish(s)
+        return await workflow.execute_activity_method(method, arg, summary=summary, **options, **extra)
+
     told = False
     while True:
         try:
-            result = await _tries(s, method, arg, what, summary, options, shown, extra, quiet=not told)
+            result = await tries(quiet=not told)
             break
         except ActivityError as err:
             limit = rate_limit(err)
@@ -69,38 +88,6 @@ async def call(
         s.activity_wait = before
         view.publish(s)
     return result
-
-
-async def _tries(
-    s: DeployState,
-    method: Any,
-    arg: Any,
-    what: str,
-    summary: str | None,
-    options: dict[str, Any],
-    shown: bool,
-    extra: dict[str, Any],
-    quiet: bool,
-) -> Any:
-    """The activity's tries: QUIET_TRIES quiet ones, then (said once) the rest of `options`' policy;
-    without `quiet` (after a rate limit was said) only the latter."""
-    if not quiet:
-        return await workflow.execute_activity_method(method, arg, summary=summary, **options, **extra)
-    first = dict(
-        options, retry_policy=dataclasses.replace(options["retry_policy"], maximum_attempts=QUIET_TRIES)
-    )
-    try:
-        return await workflow.execute_activity_method(method, arg, summary=summary, **first, **extra)
-    except ActivityError as err:
-        if err.retry_state is not RetryState.MAXIMUM_ATTEMPTS_REACHED:
-            raise
-        line = f"{what}: failing after {QUIET_TRIES} tries ({cause(err)}); deployctl keeps trying"
-        trail.note(s, line, "waiting")
-        notices.say(s, NoticeKind.THREAD, f"{s.name} waits. {messages.slack_escape(line)}.")
-        if shown:
-            s.activity_wait = (line, workflow.now())
-            view.publish(s)
-        return await workflow.execute_activity_method(method, arg, summary=summary, **options, **extra)
 
 
 def rate_limit(err: BaseException) -> ApplicationError | None:
