@@ -67,7 +67,7 @@ from workflows.models import (
     VersionPr,
     WatchPrInput,
 )
-from workflows.options import GITHUB_RATE_LIMITED
+from workflows.options import GITHUB_RATE_LIMITED, RATE_LIMIT_WAIT
 from workflows.policy import PLAIN_VERSION
 
 T = TypeVar("T")
@@ -94,8 +94,6 @@ _VERSION_LINE = re.compile(
 )
 _STALE_SHA_ATTEMPTS = 5
 _RATE_LIMIT_MAX_DELAY = timedelta(hours=1)
-#: What a rate limit waits when GitHub says nothing about how long ("wait for at least one minute").
-RATE_LIMIT_FALLBACK = timedelta(seconds=60)
 #: Below this share of `X-RateLimit-Limit` left, the watcher spreads what is left until the reset.
 RATE_LOW = 0.10
 
@@ -360,7 +358,7 @@ class GithubActivities:
                     non_retryable=True,
                 )
             if _is_rate_limited(status, headers, message):
-                delay = rate_limit_delay(headers) or RATE_LIMIT_FALLBACK
+                delay = rate_limit_delay(headers) or RATE_LIMIT_WAIT
                 return ApplicationError(
                     f"{what}: {where} is rate limiting (HTTP {status}: {message}); retrying in {delay}",
                     type=GITHUB_RATE_LIMITED,
@@ -638,8 +636,8 @@ class GithubActivities:
                 if err.type != GITHUB_RATE_LIMITED:
                     raise
                 limited += 1
-                delay = err.next_retry_delay or RATE_LIMIT_FALLBACK
-                if delay == RATE_LIMIT_FALLBACK:  # GitHub said nothing: wait longer each time it refuses
+                delay = err.next_retry_delay or RATE_LIMIT_WAIT
+                if delay == RATE_LIMIT_WAIT:  # GitHub said nothing: wait longer each time it refuses
                     delay = min(delay * 2 ** min(limited - 1, 6), _RATE_LIMIT_MAX_DELAY)
                 activity.logger.info("%s: GitHub is rate limiting; polling again in %s", what, delay)
                 heartbeat({"number": inp.number, "rate_limited": limited})

@@ -38,9 +38,15 @@ async def call(
     gives up on one (the wait the system asked for ends past the call's schedule-to-close, so Temporal
     ends it at the first try), the deploy waits that long on a timer, says so once, and calls again."""
     before = s.activity_wait
-    if shown:
-        s.activity_wait = (what, workflow.now())
-        view.publish(s)
+
+    def show(line: str) -> None:  # status `waiting_for`, unless the call runs in the background
+        if shown:
+            s.activity_wait = (line, workflow.now())
+            view.publish(s)
+
+    def tell(line: str, note: str) -> None:  # once per call and cause: the audit trail and the thread
+        trail.note(s, note, "waiting")
+        notices.say(s, NoticeKind.THREAD, f"{s.name} waits. {messages.slack_escape(line)}.")
 
     async def tries(quiet: bool) -> Any:
         """QUIET_TRIES quiet tries, then (said once) the rest of `options`' policy; without `quiet` (a
@@ -53,13 +59,11 @@ async def call(
                 if err.retry_state is not RetryState.MAXIMUM_ATTEMPTS_REACHED:
                     raise
                 line = f"{what}: failing after {QUIET_TRIES} tries ({cause(err)}); deployctl keeps trying"
-                trail.note(s, line, "waiting")
-                notices.say(s, NoticeKind.THREAD, f"{s.name} waits. {messages.slack_escape(line)}.")
-                if shown:
-                    s.activity_wait = (line, workflow.now())
-                    view.publish(s)
+                tell(line, line)
+                show(line)
         return await workflow.execute_activity_method(method, arg, summary=summary, **options, **extra)
 
+    show(what)
     told = False
     while True:
         try:
@@ -76,12 +80,9 @@ async def call(
             line = f"{what}: rate limited; deployctl tries again at {again:%H:%M} UTC (in {shown_wait})"
             if not told:
                 told = True
-                trail.note(s, f"{line}. {cause(err)}", "waiting")
-                notices.say(s, NoticeKind.THREAD, f"{s.name} waits. {messages.slack_escape(line)}.")
+                tell(line, f"{line}. {cause(err)}")
             s.rate_limited = line
-            if shown:
-                s.activity_wait = (line, workflow.now())
-                view.publish(s)
+            show(line)
             await workflow.sleep(wait)
             s.rate_limited = None
     if shown:

@@ -47,7 +47,7 @@ def _register(s: DeployState, action: Action) -> None:
             )
             if s.merge_verdict:
                 raise ApplicationError(s.merge_verdict, type="Refused", non_retryable=True)
-            if s.merge_verdict is None and s.rate_limited:
+            if s.rate_limited:  # cleared before the merge is tried again, so never beside a verdict
                 later = f"; {s.rate_limited}"
         return ActionResult(
             accepted=True,
